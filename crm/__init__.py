@@ -1,0 +1,1 @@
+"""shop-crm core: settings, database, event contract, ingestion, CLI."""

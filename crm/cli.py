@@ -1,0 +1,154 @@
+"""The ``crm`` command line: each step of the pipeline, by hand. DAG tasks call the same code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crm.errors import CrmError
+
+app = typer.Typer(help="shop-crm: customer engagement on your own PostgreSQL.", no_args_is_help=True)
+db_app = typer.Typer(help="Database: migrations and the embedded server.", no_args_is_help=True)
+contract_app = typer.Typer(help="The event contract.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(contract_app, name="contract")
+console = Console(stderr=True)
+out = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path(
+        ".crm/landing"
+    ),
+    users: Annotated[int, typer.Option(min=1, help="People in the simulated shop.")] = 2_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of traffic.")] = 60,
+    seed: Annotated[int, typer.Option(help="Same seed, same output.")] = 42,
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")] = "2026-01-01",
+    products: Annotated[int | None, typer.Option(min=12, help="Catalog size.")] = None,
+    no_gzip: Annotated[bool, typer.Option("--no-gzip", help="Write plain .jsonl.")] = False,
+) -> None:
+    """Write simulated shop traffic (events, catalog, ground truth) into OUT."""
+    from crm.simulate import SimConfig
+    from crm.simulate import simulate as run
+
+    try:
+        first = date.fromisoformat(start)
+    except ValueError:
+        raise typer.BadParameter(f"--start {start!r} is not a YYYY-MM-DD date") from None
+    cfg = SimConfig(
+        users=users, days=days, seed=seed, start=first, products=products, gzip=not no_gzip
+    )
+    with _progress() as bar:
+        task = bar.add_task("simulating days", total=days)
+        summary = run(cfg, out_dir, progress=lambda d: bar.update(task, completed=d + 1))
+    out.print(
+        f"wrote {summary.events:,} events ({summary.duplicates:,} retried duplicates, "
+        f"{summary.late:,} late) in {summary.files} daily files, {summary.orders:,} orders, "
+        f"{summary.users:,} people -> {out_dir}"
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")],
+    source: Annotated[str, typer.Option(help="Recorded in the load audit.")] = "cli",
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Load event files (JSON Lines, optionally gzip) into raw.events."""
+    from crm.ingest.files import expand
+    from crm.ingest.load import ingest_paths
+
+    files = expand(paths)
+    with _progress() as bar:
+        task = bar.add_task("ingesting files", total=len(files))
+        results = ingest_paths(files, source=source, on_file=lambda _: bar.advance(task))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {k: str(v) if isinstance(v, Path) else v for k, v in vars(r).items()}
+                    for r in results
+                ]
+            )
+        )
+    else:
+        table = Table("file", "status", "lines", "loaded", "duplicates", "rejected", "seconds")
+        for r in results:
+            status = f"skipped (load {r.skipped_as})" if r.skipped else r.status
+            table.add_row(
+                str(r.path), status, f"{r.lines:,}", f"{r.loaded:,}", f"{r.duplicates:,}",
+                f"{r.rejected:,}", f"{r.seconds:.2f}",
+            )  # fmt: skip
+        out.print(table)
+        for r in results:
+            if r.message:
+                console.print(f"[yellow]{r.path}: {r.message}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (idempotent)."""
+    from crm import db
+
+    applied = db.upgrade()
+    out.print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema up to date")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL in use (starting the embedded server when needed)."""
+    from crm import db
+
+    out.print(db.database_url(), soft_wrap=True)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server."""
+    from crm import db
+
+    out.print("stopped" if db.stop_embedded() else "embedded server was not running")
+
+
+@contract_app.command("schema")
+def contract_schema() -> None:
+    """Print the JSON Schema of one event line."""
+    from crm.contract import json_schema
+
+    out.print_json(json.dumps(json_schema()))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except CrmError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Database access: the connection URL (given or embedded), connections, and migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg
+
+from crm.errors import DatabaseError
+from crm.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Arbitrary constant: serialises concurrent `crm db upgrade` runs.
+MIGRATION_LOCK = 724_310_001
+
+
+def _import_pgserver():  # type: ignore[no-untyped-def]
+    """Import pgserver (heavy, only when the embedded server is used) without its noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+        import pgserver
+    return pgserver
+
+
+def embedded_url(settings: Settings) -> str:
+    """Start (or reuse) the embedded PostgreSQL in CRM_HOME/pgdata and return its URL.
+
+    The server keeps running after this process exits, like a local development server;
+    ``crm db stop`` stops it.
+    """
+    pgserver = _import_pgserver()
+
+    pgdata = Path(settings.home) / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    name = settings.embedded_database
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
+    return str(server.get_uri(name))
+
+
+def stop_embedded(settings: Settings | None = None) -> bool:
+    """Stop the embedded server if it runs; return whether it did."""
+    settings = settings or get_settings()
+    pgdata = Path(settings.home) / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = _import_pgserver().get_server(pgdata, cleanup_mode="stop")
+    server.cleanup()
+    return True
+
+
+_url_cache: dict[str, str] = {}
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """CRM_DATABASE_URL when set, else the embedded server's URL."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    key = str(settings.home)
+    if key not in _url_cache:
+        _url_cache[key] = embedded_url(settings)
+    return _url_cache[key]
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """The URL split into the parts dbt profiles and Airflow connections want."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    sslmode: str | None
+
+
+def conn_info(url: str) -> ConnInfo:
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    host = query.get("host", [parsed.hostname or "localhost"])[0]
+    return ConnInfo(
+        host=host,
+        port=int(query.get("port", [parsed.port or 5432])[0]),
+        user=unquote(parsed.username or "postgres"),
+        password=unquote(parsed.password or ""),
+        dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
+        sslmode=query.get("sslmode", [None])[0],
+    )
+
+
+def connect(url: str | None = None, **kwargs: object) -> psycopg.Connection:
+    url = url or database_url()
+    try:
+        return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL ({exc}). Check CRM_DATABASE_URL, or unset it to use "
+            "the embedded server."
+        ) from None
+
+
+@contextmanager
+def transaction(url: str | None = None) -> Iterator[psycopg.Connection]:
+    with connect(url) as conn, conn.transaction():
+        yield conn
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("crm.migrations").iterdir():
+        m = MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def upgrade(url: str | None = None) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; return their names.
+
+    Idempotent and safe to run concurrently (an advisory lock serialises runners). A migration
+    whose file changed after it was applied is an error: write a new migration instead.
+    """
+    applied_now: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute("create schema if not exists crm")
+            conn.execute(
+                """
+                create table if not exists crm.schema_migrations (
+                    version    integer primary key,
+                    name       text not null,
+                    checksum   text not null,
+                    applied_at timestamptz not null default now()
+                )
+                """
+            )
+            done = {
+                v: (n, c)
+                for v, n, c in conn.execute(
+                    "select version, name, checksum from crm.schema_migrations"
+                )
+            }
+            for mig in migrations():
+                if mig.version in done:
+                    if done[mig.version][1] != mig.checksum:
+                        raise DatabaseError(
+                            f"migration {mig.name} changed after it was applied; "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)  # type: ignore[arg-type]
+                    conn.execute(
+                        "insert into crm.schema_migrations (version, name, checksum) "
+                        "values (%s, %s, %s)",
+                        (mig.version, mig.name, mig.checksum),
+                    )
+                applied_now.append(mig.name)
+                log.info("applied migration %s", mig.name)
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_now
+
+
+def require_migrated(conn: psycopg.Connection) -> None:
+    """Raise a DatabaseError that says what to run when migrations are pending."""
+    latest = max(m.version for m in migrations())
+    current = None
+    if conn.execute("select to_regclass('crm.schema_migrations')").fetchone() != (None,):
+        row = conn.execute("select max(version) from crm.schema_migrations").fetchone()
+        current = row[0] if row else None
+    if current is None or current < latest:
+        raise DatabaseError(
+            f"database schema is at version {current}, code needs {latest}: run `crm db upgrade`"
+        )

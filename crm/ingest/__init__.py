@@ -1,0 +1,1 @@
+"""Ingestion: event files (JSON Lines, optionally gzip) into ``raw.events``."""

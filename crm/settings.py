@@ -1,0 +1,90 @@
+"""Settings: every knob comes from the environment (prefix ``CRM_``), validated at start.
+
+This module is the one place settings are documented; ``crm settings`` prints the effective
+values and ``docs/settings.md`` is generated from the field descriptions below.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crm.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """shop-crm settings, read from ``CRM_*`` environment variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL URL, e.g. postgresql://crm:secret@db:5432/shop_crm?sslmode=require. "
+            "Unset: an embedded PostgreSQL 16 (pgserver) is started in CRM_HOME/pgdata."
+        ),
+    )
+    home: Path = Field(
+        default=PROJECT_ROOT / ".crm",
+        description="Working folder for embedded services, Airflow home and caches (git-ignored).",
+    )
+    embedded_database: str = Field(
+        default="shop_crm", description="Database name created inside the embedded PostgreSQL."
+    )
+    landing_dir: Path = Field(
+        default=PROJECT_ROOT / ".crm" / "landing",
+        description=(
+            "Landing folder the ingest DAG reads: files for day D live in "
+            "<landing_dir>/events/dt=D/*.jsonl[.gz]."
+        ),
+    )
+    ingest_max_line_bytes: int = Field(
+        default=1_048_576, gt=0, description="Longer lines are quarantined, not parsed."
+    )
+    ingest_max_depth: int = Field(
+        default=32, gt=1, description="JSON nesting deeper than this is quarantined."
+    )
+    ingest_max_future_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description="Events stamped later than load time plus this are quarantined.",
+    )
+    ingest_min_timestamp: str = Field(
+        default="2000-01-01T00:00:00Z", description="Events stamped before this are quarantined."
+    )
+    ingest_batch_lines: int = Field(
+        default=200_000, gt=0, description="Lines per COPY batch inside one file's transaction."
+    )
+    ingest_start_date: str = Field(
+        default="2026-01-01",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="First data interval of the ingest_events DAG (catch-up starts here).",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user:pw@host/db)")
+        return v
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read and validate settings once; raise SettingsError naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CRM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
