@@ -93,7 +93,7 @@ class Context(BaseModel):
     os: dict[str, Any] | None = None
     app: dict[str, Any] | None = None
     ip: str | None = None
-    userAgent: str | None = None  # noqa: N815 - Segment's spelling
+    userAgent: str | None = None
 
 
 class OrderProduct(BaseModel):

@@ -60,7 +60,15 @@ class Settings(BaseSettings):
         default="2000-01-01T00:00:00Z", description="Events stamped before this are quarantined."
     )
     ingest_batch_lines: int = Field(
-        default=200_000, gt=0, description="Lines per COPY batch inside one file's transaction."
+        default=50_000, gt=0, description="Lines per COPY batch inside one file's transaction."
+    )
+    ingest_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Parser processes for large files (0 = parse in the loading process). Default: one "
+            "per core but one, which is left to PostgreSQL; at most 4."
+        ),
     )
     ingest_start_date: str = Field(
         default="2026-01-01",

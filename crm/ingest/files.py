@@ -31,25 +31,69 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, line without its end-of-line) for every line, blank ones included.
+def _raw_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """Decompressed bytes as they come. Everything decodable before damage is yielded."""
+    with path.open("rb") as f:
+        if not is_gzip(path):
+            while chunk := f.read(size):
+                yield chunk
+            return
+        d = zlib.decompressobj(wbits=47)  # gzip header, any window size
+        while comp := f.read(size):
+            while comp:
+                try:
+                    out = d.decompress(comp)
+                except zlib.error as exc:
+                    raise DamagedFile(f"corrupt gzip data ({exc})") from None
+                if out:
+                    yield out
+                comp = d.unused_data if d.eof else b""
+                if comp:  # a second gzip member follows (concatenated files)
+                    d = zlib.decompressobj(wbits=47)
+        if not d.eof:
+            if tail := d.flush():
+                yield tail
+            raise DamagedFile("gzip stream ends before its end marker (truncated file)")
 
-    A UTF-8 byte-order mark at the start of the file is dropped. A truncated or corrupt gzip
-    stream raises DamagedFile after the last complete line.
+
+def iter_blocks(path: Path, size: int = 1 << 21) -> Iterator[bytes]:
+    """The file (decompressed) in blocks of whole lines, without the final end-of-line.
+
+    Line n of the file is line n of the concatenated blocks; a block holds at least one line,
+    however long. A UTF-8 byte-order mark at the start is dropped. A truncated or corrupt gzip
+    stream raises DamagedFile after yielding every complete line before the damage.
     """
-    opener = gzip.open if is_gzip(path) else open
-    number = 0
+    carry = b""
+    first = True
+    lines_done = 0
     try:
-        with opener(path, "rb") as f:  # type: ignore[operator]
-            for number, line in enumerate(f, start=1):  # noqa: B007
-                if number == 1 and line.startswith(BOM):
-                    line = line[len(BOM) :]
-                yield number, line.rstrip(b"\r\n")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        for chunk in _raw_chunks(path, size):
+            if first:
+                chunk = chunk.removeprefix(BOM)
+                first = False
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            block, carry = data[:cut], data[cut + 1 :]
+            lines_done += block.count(b"\n") + 1
+            yield block
+    except DamagedFile as exc:
         raise DamagedFile(
-            f"gzip stream damaged after line {number} ({exc}); the lines before it were "
-            "processed, the rest of the file is missing: re-send the complete file"
+            f"{exc} after line {lines_done}: the lines before it were processed, the rest "
+            "of the file is missing; re-send the complete file"
         ) from None
+    if carry:
+        yield carry
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its end-of-line) for every line, blank ones included."""
+    number = 0
+    for block in iter_blocks(path):
+        for number, line in enumerate(block.split(b"\n"), start=number + 1):  # noqa: B020
+            yield number, line.rstrip(b"\r")
 
 
 def expand(paths: list[Path]) -> list[Path]:

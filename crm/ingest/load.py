@@ -9,17 +9,22 @@ file whose checksum has already been loaded is skipped, so re-running is a no-op
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import psycopg
 
 from crm import db
-from crm.ingest.files import DamagedFile, checksum, expand, iter_lines
+from crm.ingest.files import DamagedFile, checksum, expand, iter_blocks
 from crm.ingest.validate import Limits, Rejected, Row, parse_line
 from crm.settings import Settings, get_settings
 
@@ -27,10 +32,12 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = (
     "message_id, type, event, user_id, anonymous_id, previous_id, event_at, event_date, "
-    "sent_at, properties, traits, context, load_id, line_number"
+    "sent_at, payload, load_id, line_number"
 )
 MAX_TEXT_PREVIEW = 1_000_000
 COPY_CHUNK = 1 << 20
+BLOCK_BYTES = 2 << 20  # whole lines per unit of work sent to a parser process
+POOL_MIN_BYTES = 8 << 20  # smaller files are parsed in-process: a pool would cost more
 
 
 @dataclass
@@ -52,20 +59,14 @@ class FileResult:
         return self.skipped_as is not None
 
 
-@dataclass
-class _Batch:
+@dataclass(slots=True)
+class Parsed:
+    """One chunk of lines after validation: COPY-ready rows and quarantined lines."""
+
     ids: list[str] = field(default_factory=list)
-    days: list[date] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
+    days: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
     rejects: list[tuple[int, str, bytes]] = field(default_factory=list)
-
-    @property
-    def dates(self) -> set[date]:
-        return set(self.days)
-
-    def ids_lines(self) -> Iterable[str]:
-        for m, d in zip(self.ids, self.days, strict=True):
-            yield f"{_text(m)}\t{d.isoformat()}\n"
 
 
 def limits_from(settings: Settings, now: datetime | None = None) -> Limits:
@@ -89,12 +90,8 @@ def _opt(v: str | None) -> str:
     return "\\N" if v is None else _text(v)
 
 
-def _json(v: object) -> str:
-    # orjson escapes control characters, so only the backslash needs COPY escaping.
-    return orjson.dumps(v).decode().replace("\\", "\\\\")
-
-
-def copy_line(row: Row, load_id: int, line_no: int) -> str:
+def copy_line(row: Row, raw: bytes, load_id: int, line_no: int) -> str:
+    """The row in COPY text format; the payload is the original line, not a re-encoding."""
     return "\t".join(
         (
             _text(row.message_id),
@@ -104,15 +101,41 @@ def copy_line(row: Row, load_id: int, line_no: int) -> str:
             _opt(row.anonymous_id),
             _opt(row.previous_id),
             row.event_at.isoformat(),
-            row.event_date.isoformat(),
+            row.event_at.date().isoformat(),
             "\\N" if row.sent_at is None else row.sent_at.isoformat(),
-            _json(row.properties),
-            _json(row.traits),
-            _json(row.context),
+            _text(raw.decode()),
             str(load_id),
             str(line_no),
         )
     ) + "\n"
+
+
+def split_block(block: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each non-blank line of a block of whole lines."""
+    for offset, raw in enumerate(block.split(b"\n")):
+        raw = raw.rstrip(b"\r")
+        if raw.strip():
+            yield first_line + offset, raw
+
+
+def parse_block(
+    block: bytes, first_line: int, limits: Limits, load_id: int, fast: bool = True
+) -> Parsed:
+    """Validate a block of whole lines; pure, so it can run in a worker process."""
+    out = Parsed()
+    for line_no, raw in split_block(block, first_line):
+        try:
+            row = parse_line(raw, limits, fast=fast)
+            line = copy_line(row, raw, load_id, line_no)
+        except Rejected as exc:
+            out.rejects.append((line_no, exc.reason, raw))
+        except (OverflowError, ValueError) as exc:
+            out.rejects.append((line_no, f"cannot store value: {exc}", raw))
+        else:
+            out.ids.append(row.message_id)
+            out.days.append(row.event_at.date().isoformat())
+            out.rows.append(line)
+    return out
 
 
 def _line_text(raw: bytes) -> str:
@@ -133,90 +156,173 @@ def _write_chunked(copy: psycopg.Copy, lines: Iterable[str]) -> None:
         copy.write("".join(buf))
 
 
-def _flush(
-    conn: psycopg.Connection, batch: _Batch, res: FileResult, path: Path, load_id: int
-) -> None:
-    if batch.ids:
-        conn.execute("select raw.ensure_event_partitions(%s::date[])", (sorted(batch.dates),))
+class _Writer:
+    """Writes batches of one file's rows inside the file's transaction."""
+
+    def __init__(self, conn: psycopg.Connection, path: Path, digest: str, load_id: int) -> None:
+        self.conn, self.path, self.digest, self.load_id = conn, path, digest, load_id
+        self.batch = Parsed()
+        self.loaded = self.duplicates = self.rejected = 0
+
+    def add(self, ids: list[str], days: list[str], rows: list[str]) -> None:
+        self.batch.ids.extend(ids)
+        self.batch.days.extend(days)
+        self.batch.rows.extend(rows)
+
+    def reject(self, rejects: list[tuple[int, str, bytes]]) -> None:
+        self.batch.rejects.extend(rejects)
+
+    def size(self) -> int:
+        return len(self.batch.ids) + len(self.batch.rejects)
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, Parsed()
+        if batch.ids:
+            new = self._claim_ids(batch)
+            keep = (r for m, r in zip(batch.ids, batch.rows, strict=True) if m in new)
+            with self.conn.cursor() as cur, cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp:
+                _write_chunked(cp, keep)
+            self.loaded += len(new)
+            self.duplicates += len(batch.ids) - len(new)
+        if batch.rejects:
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    """
+                    insert into raw.rejected_events
+                        (load_id, file_path, checksum, line_number, reason, line_text, line_bytes)
+                    values (%s, %s, %s, %s, %s, %s, %s)
+                    on conflict (checksum, line_number) do nothing
+                    """,
+                    [
+                        (self.load_id, str(self.path), self.digest, n, why, _line_text(raw), raw)
+                        for n, why, raw in batch.rejects
+                    ],
+                )
+            self.rejected += len(batch.rejects)
+
+    def _claim_ids(self, batch: Parsed) -> set[str]:
+        """Insert the batch's messageIds into raw.message_ids; return those that were new.
+
+        The ids go to a temporary table first, which finds the few already known with one
+        join; the rest are COPYed straight into raw.message_ids. If a concurrent load claimed
+        one in between, that COPY fails on the unique key and the batch is claimed again with
+        INSERT .. ON CONFLICT DO NOTHING, which waits for the other load's outcome.
+        """
+        conn = self.conn
+        conn.execute("select raw.ensure_event_partitions(%s::date[])", (sorted(set(batch.days)),))
         with conn.cursor() as cur:
+            cur.execute(
+                "create temp table if not exists _ids (message_id text, event_date date)"
+                " on commit drop"
+            )
+            cur.execute("truncate pg_temp._ids")
             with cur.copy("copy pg_temp._ids (message_id, event_date) from stdin") as cp:
-                _write_chunked(cp, batch.ids_lines())
+                _write_chunked(
+                    cp, (f"{_text(m)}\t{d}\n" for m, d in zip(batch.ids, batch.days, strict=True))
+                )
+            cur.execute(
+                "select message_id from pg_temp._ids join raw.message_ids using (message_id)"
+            )
+            known = {r[0] for r in cur.fetchall()}
+            new = [(m, d) for m, d in zip(batch.ids, batch.days, strict=True) if m not in known]
+            tail = f"\t{self.load_id}\n"
+            try:
+                with conn.transaction(), cur.copy(
+                    "copy raw.message_ids (message_id, event_date, load_id) from stdin"
+                ) as cp:
+                    _write_chunked(cp, (f"{_text(m)}\t{d}{tail}" for m, d in new))
+                return {m for m, _ in new}
+            except psycopg.errors.UniqueViolation:
+                log.info("a concurrent load claimed some messageIds; claiming with ON CONFLICT")
             cur.execute(
                 "insert into raw.message_ids (message_id, event_date, load_id)"
                 " select message_id, event_date, %s from pg_temp._ids"
                 " on conflict (message_id) do nothing returning message_id",
-                (load_id,),
+                (self.load_id,),
             )
-            new = {r[0] for r in cur.fetchall()}
-            cur.execute("truncate pg_temp._ids")
-            with cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp:
-                _write_chunked(
-                    cp, (ln for m, ln in zip(batch.ids, batch.lines, strict=True) if m in new)
-                )
-        res.loaded += len(new)
-        res.duplicates += len(batch.ids) - len(new)
-    if batch.rejects:
-        with conn.cursor() as cur:
-            cur.executemany(
-                """
-                insert into raw.rejected_events
-                    (load_id, file_path, checksum, line_number, reason, line_text, line_bytes)
-                values (%s, %s, %s, %s, %s, %s, %s)
-                on conflict (checksum, line_number) do nothing
-                """,
-                [
-                    (load_id, str(path), res.checksum, n, reason, _line_text(raw), raw)
-                    for n, reason, raw in batch.rejects
-                ],
-            )
-        res.rejected += len(batch.rejects)
+            return {r[0] for r in cur.fetchall()}
+
+
+def _blocks(path: Path, size: int, status: dict[str, str]) -> Iterator[tuple[bytes, int]]:
+    """(block of whole lines, number of its first line); a damaged gzip ends the stream."""
+    number = 1
+    try:
+        for block in iter_blocks(path, size):
+            yield block, number
+            number += block.count(b"\n") + 1
+    except DamagedFile as exc:
+        status["partial"] = str(exc)
 
 
 def _load_lines(
-    conn: psycopg.Connection,
+    writer: _Writer,
     path: Path,
     res: FileResult,
-    load_id: int,
     limits: Limits,
     batch_lines: int,
     fast: bool,
+    pool: Executor | None,
     on_lines: Callable[[int], None] | None,
 ) -> None:
+    """Validate chunks (in worker processes when a pool is given) and write them in order.
+
+    Validation is Python and COPY is PostgreSQL: with a pool, workers parse the next chunks
+    while this process waits for the database, so both cores are busy. At most a few chunks
+    are in flight, so memory stays bounded whatever the file size.
+    """
     seen: set[str] = set()
-    batch = _Batch()
-    pending = 0
-    try:
-        for line_no, raw in iter_lines(path):
-            if not raw.strip():
-                continue
-            res.lines += 1
-            try:
-                row = parse_line(raw, limits, fast=fast)
-                line = copy_line(row, load_id, line_no)
-            except Rejected as exc:
-                batch.rejects.append((line_no, exc.reason, raw))
-            except (orjson.JSONEncodeError, OverflowError, ValueError) as exc:
-                batch.rejects.append((line_no, f"cannot store value: {exc}", raw))
+    status: dict[str, str] = {}
+    blocks = _blocks(path, BLOCK_BYTES, status)
+    if pool is None:
+        parsed: Iterator[Parsed] = (
+            parse_block(b, n, limits, writer.load_id, fast) for b, n in blocks
+        )
+    else:
+        # Parse a whole batch ahead, so workers stay busy while this process flushes.
+        lookahead = max(1, batch_lines * 700 // BLOCK_BYTES)
+        parsed = _ordered(pool, blocks, limits, writer.load_id, fast, lookahead)
+    for part in parsed:
+        res.lines += len(part.ids) + len(part.rejects)
+        ids, days, rows = [], [], []
+        for m, d, r in zip(part.ids, part.days, part.rows, strict=True):
+            if m in seen:
+                res.duplicates += 1
             else:
-                if row.message_id in seen:
-                    res.duplicates += 1
-                else:
-                    seen.add(row.message_id)
-                    batch.ids.append(row.message_id)
-                    batch.days.append(row.event_date)
-                    batch.lines.append(line)
-            pending += 1
-            if pending >= batch_lines:
-                _flush(conn, batch, res, path, load_id)
-                if on_lines:
-                    on_lines(pending)
-                batch, pending = _Batch(), 0
-    except DamagedFile as exc:
-        res.status = "partial"
-        res.message = str(exc)
-    _flush(conn, batch, res, path, load_id)
-    if on_lines:
-        on_lines(pending)
+                seen.add(m)
+                ids.append(m)
+                days.append(d)
+                rows.append(r)
+        writer.add(ids, days, rows)
+        writer.reject(part.rejects)
+        if writer.size() >= batch_lines:
+            writer.flush()
+        if on_lines:
+            on_lines(len(part.ids) + len(part.rejects))
+    writer.flush()
+    res.loaded = writer.loaded
+    res.duplicates += writer.duplicates
+    res.rejected = writer.rejected
+    if "partial" in status:
+        res.status, res.message = "partial", status["partial"]
+
+
+def _ordered(
+    pool: Executor,
+    blocks: Iterator[tuple[bytes, int]],
+    limits: Limits,
+    load_id: int,
+    fast: bool,
+    lookahead: int,
+) -> Iterator[Parsed]:
+    """Results in input order, with up to ``lookahead`` + workers chunks parsed ahead."""
+    in_flight: deque[Future[Parsed]] = deque()
+    depth = max(2, getattr(pool, "_max_workers", 2) + 1) + lookahead
+    for block, first_line in blocks:
+        in_flight.append(pool.submit(parse_block, block, first_line, limits, load_id, fast))
+        if len(in_flight) >= depth:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def ingest_file(
@@ -226,8 +332,10 @@ def ingest_file(
     settings: Settings,
     source: str = "cli",
     fast: bool = True,
+    pool: Executor | None = None,
     on_lines: Callable[[int], None] | None = None,
 ) -> FileResult:
+    """Load one file in one transaction (see the module docstring for the guarantees)."""
     started = time.perf_counter()
     res = FileResult(path=path, checksum=checksum(path))
     limits = limits_from(settings)
@@ -250,12 +358,9 @@ def ingest_file(
                 (str(path), path.name, res.checksum, path.stat().st_size, source),
             ).fetchone()[0]  # type: ignore[index]
             res.load_id = load_id
-            conn.execute(
-                "create temp table if not exists _ids (message_id text primary key,"
-                " event_date date) on commit delete rows"
-            )
+            writer = _Writer(conn, path, res.checksum, load_id)
             _load_lines(
-                conn, path, res, load_id, limits, settings.ingest_batch_lines, fast, on_lines
+                writer, path, res, limits, settings.ingest_batch_lines, fast, pool, on_lines
             )
             if res.status == "running":
                 res.status = "loaded"
@@ -318,12 +423,29 @@ def ingest_paths(
     """Ingest files (directories are searched for *.jsonl[.gz]) one transaction each."""
     settings = settings or get_settings()
     url = url or db.database_url(settings)
+    files = expand(paths)
+    workers = settings.ingest_workers
+    if workers is None:
+        workers = min(max((os.cpu_count() or 1) - 1, 1), 4)
+    big = any(f.stat().st_size >= POOL_MIN_BYTES for f in files)
     results = []
-    for path in expand(paths):
-        res = ingest_file(
-            path, url=url, settings=settings, source=source, fast=fast, on_lines=on_lines
-        )
-        results.append(res)
-        if on_file:
-            on_file(res)
+    with ExitStack() as stack:
+        pool = None
+        if workers > 0 and big:
+            # forkserver: workers start from a clean process, not from one holding connections.
+            ctx = multiprocessing.get_context("forkserver")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
+        for path in files:
+            res = ingest_file(
+                path,
+                url=url,
+                settings=settings,
+                source=source,
+                fast=fast,
+                pool=pool if path.stat().st_size >= POOL_MIN_BYTES else None,
+                on_lines=on_lines,
+            )
+            results.append(res)
+            if on_file:
+                on_file(res)
     return results

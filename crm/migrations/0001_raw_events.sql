@@ -25,10 +25,11 @@ create table if not exists raw.load_audit (
 create index if not exists load_audit_checksum_idx on raw.load_audit (checksum, status);
 
 -- Every messageId ever accepted, whatever its date: the global dedup key.
+-- (load_id is not a foreign key: a per-row FK check would cost more than the COPY itself.)
 create table if not exists raw.message_ids (
     message_id text   primary key,
     event_date date   not null,
-    load_id    bigint not null references raw.load_audit (load_id)
+    load_id    bigint not null
 );
 
 create table if not exists raw.events (
@@ -42,19 +43,18 @@ create table if not exists raw.events (
     event_at     timestamptz not null,     -- the call's timestamp, normalised to UTC
     event_date   date        not null,     -- (event_at at time zone 'UTC')::date
     sent_at      timestamptz,
-    properties   jsonb       not null default '{}',
-    traits       jsonb       not null default '{}',
-    context      jsonb       not null default '{}',
+    payload      jsonb       not null,     -- the call exactly as received (properties, traits,
+                                           -- context and any other field are read from here)
     load_id      bigint      not null,
     line_number  integer     not null,
     loaded_at    timestamptz not null default now(),
-    primary key (message_id, event_date),
     check (user_id is not null or anonymous_id is not null)
 ) partition by range (event_date);
-
-create index if not exists events_user_idx on raw.events (user_id, event_at);
-create index if not exists events_anon_idx on raw.events (anonymous_id, event_at);
-create index if not exists events_load_idx on raw.events (load_id);
+-- No b-tree indexes here: uniqueness lives in raw.message_ids, readers (dbt) scan by
+-- partition, and every index would be paid for on each COPY. BRIN indexes cost almost nothing
+-- and let incremental models and audits find recent loads.
+create index if not exists events_load_brin on raw.events using brin (load_id);
+create index if not exists events_loaded_at_brin on raw.events using brin (loaded_at);
 
 create table if not exists raw.rejected_events (
     rejected_id  bigint generated always as identity primary key,
@@ -68,6 +68,16 @@ create table if not exists raw.rejected_events (
     rejected_at  timestamptz not null default now(),
     unique (checksum, line_number)
 );
+
+-- The Segment fields as columns, for people exploring raw data by hand.
+create or replace view raw.event_calls as
+select
+    message_id, type, event, user_id, anonymous_id, previous_id, event_at, event_date, sent_at,
+    coalesce(payload -> 'properties', '{}') as properties,
+    coalesce(payload -> 'traits', '{}')     as traits,
+    coalesce(payload -> 'context', '{}')    as context,
+    load_id, line_number, loaded_at
+from raw.events;
 
 -- Creates the daily partition for each date given; safe to call concurrently.
 create or replace function raw.ensure_event_partitions(days date[])
