@@ -31,8 +31,7 @@ def fresh_db(admin_url: str, name: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
         conn.execute(f'create database "{name}"')
-    info = db.conn_info(admin_url)
-    return admin_url.replace(f"/{info.dbname}", f"/{name}", 1)
+    return db.with_database(admin_url, name)
 
 
 def dataset(work: Path, events: int) -> Path:

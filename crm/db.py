@@ -103,6 +103,12 @@ def conn_info(url: str) -> ConnInfo:
     )
 
 
+def with_database(url: str, name: str) -> str:
+    """The same server and credentials, another database."""
+    parsed = urlparse(url)
+    return parsed._replace(path=f"/{name}").geturl()
+
+
 def connect(url: str | None = None, **kwargs: object) -> psycopg.Connection:
     url = url or database_url()
     try:

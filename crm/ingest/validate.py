@@ -138,7 +138,8 @@ def _fast(obj: dict[str, Any]) -> Row | None:
     uid = obj.get("userId")
     aid = obj.get("anonymousId")
     if (
-        typ not in _FAST_TYPES
+        type(typ) is not str
+        or typ not in _FAST_TYPES
         or type(ts) is not str
         or type(mid) is not str
         or not 0 < len(mid) <= 256
@@ -178,7 +179,7 @@ def _fast(obj: dict[str, Any]) -> Row | None:
             return None
         dtype, did, token = device.get("type"), device.get("id"), device.get("token")
         if (
-            (dtype is not None and dtype not in _DEVICE_TYPES)
+            (dtype is not None and (type(dtype) is not str or dtype not in _DEVICE_TYPES))
             or (did is not None and type(did) is not str)
             or (token is not None and type(token) is not str)
         ):

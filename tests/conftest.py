@@ -1,0 +1,102 @@
+"""Fixtures: a real PostgreSQL (CRM_TEST_DATABASE_URL / CRM_DATABASE_URL, else the embedded
+one), a fresh migrated database per test, small simulated shops, and an Airflow home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from crm import db
+from crm.settings import PROJECT_ROOT, Settings, get_settings
+from crm.simulate import SimConfig, simulate
+
+TEMPLATE = "crm_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """A URL on the server tests may create databases on."""
+    url = os.environ.get("CRM_TEST_DATABASE_URL") or os.environ.get("CRM_DATABASE_URL")
+    if url:
+        return url
+    return db.embedded_url(Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server_url: str) -> str:
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
+    url = db.with_database(pg_server_url, TEMPLATE)
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"crm_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+    yield db.with_database(pg_server_url, name)
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=db_url, home=tmp_path / "home", landing_dir=tmp_path / "landing"
+    )
+
+
+@pytest.fixture
+def crm_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[Settings]:
+    """Point the process-wide settings (what the DAGs and CLI read) at this test's database."""
+    monkeypatch.setenv("CRM_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("CRM_LANDING_DIR", str(settings.landing_dir))
+    monkeypatch.setenv("CRM_HOME", str(settings.home))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def small_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated shop, 300 people over 21 days (about 15k events)."""
+    out = tmp_path_factory.mktemp("shop")
+    simulate(SimConfig(users=300, days=21, seed=11), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home with a migrated SQLite metadata database, set for this process."""
+    home = PROJECT_ROOT / ".crm" / "test-airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+    os.environ.update(env)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        env={**os.environ, **env},
+        capture_output=True,
+    )
+    return home
