@@ -53,7 +53,11 @@ def bench_copy(url: str, path: Path) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("create table raw_lines (doc jsonb)")
         t = time.perf_counter()
-        with conn.cursor() as cur, cur.copy("copy raw_lines (doc) from stdin") as cp, path.open("rb") as f:
+        with (
+            conn.cursor() as cur,
+            cur.copy("copy raw_lines (doc) from stdin") as cp,
+            path.open("rb") as f,
+        ):
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 cp.write(chunk.replace(b"\\", b"\\\\"))
         conn.commit()
@@ -83,8 +87,12 @@ def bench_pandas(url: str, path: Path, limit: int) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--pandas-sample", type=int, default=200_000,
-                    help="lines pandas loads (its rate is measured on a prefix to save time)")
+    ap.add_argument(
+        "--pandas-sample",
+        type=int,
+        default=200_000,
+        help="lines pandas loads (its rate is measured on a prefix to save time)",
+    )
     args = ap.parse_args()
     settings = get_settings()
     work = Path(settings.home) / "bench"
@@ -107,11 +115,14 @@ def main() -> None:
     rate_copy, rate_ours, rate_pd = lines / t_copy, lines / t_ours, n_pd / t_pd
     print(f"\n{'method':<34}{'events/s':>12}{'vs COPY':>10}")
     print(f"{'PostgreSQL COPY -> jsonb (ceiling)':<34}{rate_copy:>12,.0f}{1.0:>10.2f}")
-    print(f"{'crm ingest (validate+dedup+audit)':<34}{rate_ours:>12,.0f}{rate_ours / rate_copy:>10.2f}")
+    ours = "crm ingest (validate+dedup+audit)"
+    print(f"{ours:<34}{rate_ours:>12,.0f}{rate_ours / rate_copy:>10.2f}")
     print(f"{'pandas to_sql':<34}{rate_pd:>12,.0f}{rate_pd / rate_copy:>10.2f}")
-    print(f"\ncrm ingest: loaded {res.loaded:,}, duplicates {res.duplicates:,}, "
-          f"rejected {res.rejected:,}; target >= 0.60 of COPY: "
-          f"{'MET' if rate_ours / rate_copy >= 0.6 else 'MISSED'}")
+    print(
+        f"\ncrm ingest: loaded {res.loaded:,}, duplicates {res.duplicates:,}, "
+        f"rejected {res.rejected:,}; target >= 0.60 of COPY: "
+        f"{'MET' if rate_ours / rate_copy >= 0.6 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

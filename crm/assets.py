@@ -30,4 +30,5 @@ def table_uri(schema: str, table: str) -> str:
 def table_asset(schema: str, table: str) -> Asset:
     from airflow.sdk import Asset
 
-    return Asset(name=f"{schema}.{table}", uri=table_uri(schema, table))
+    # The name defaults to the URI: another database is another asset, never a conflicting one.
+    return Asset(uri=table_uri(schema, table))

@@ -16,12 +16,15 @@ from rich.table import Table
 
 from crm.errors import CrmError
 
-app = typer.Typer(help="shop-crm: customer engagement on your own PostgreSQL.", no_args_is_help=True)
+app = typer.Typer(
+    help="shop-crm: customer engagement on your own PostgreSQL.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database: migrations and the embedded server.", no_args_is_help=True)
 contract_app = typer.Typer(help="The event contract.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(contract_app, name="contract")
 console = Console(stderr=True)
+COUNTS = ("lines", "loaded", "duplicates", "rejected")
 out = Console()
 
 
@@ -96,9 +99,16 @@ def ingest(
         table = Table("file", "status", "lines", "loaded", "duplicates", "rejected", "seconds")
         for r in results:
             status = f"skipped (load {r.skipped_as})" if r.skipped else r.status
+            counts = (f"{getattr(r, k):,}" for k in COUNTS)
             table.add_row(
-                str(r.path), status, f"{r.lines:,}", f"{r.loaded:,}", f"{r.duplicates:,}",
-                f"{r.rejected:,}", f"{r.seconds:.2f}",
+                f"{r.path.parent.name}/{r.path.name}", status, *counts, f"{r.seconds:.2f}"
+            )
+        if len(results) > 1:
+            table.add_section()
+            table.add_row(
+                f"{len(results)} files", f"{sum(r.skipped for r in results)} skipped",
+                *(f"{sum(getattr(r, k) for r in results):,}" for k in COUNTS),
+                f"{sum(r.seconds for r in results):.1f}",
             )  # fmt: skip
         out.print(table)
         for r in results:
@@ -108,13 +118,42 @@ def ingest(
         raise typer.Exit(1)
 
 
+@app.command()
+def status() -> None:
+    """What has landed in raw.events, file by file status, and why lines were rejected."""
+    from crm.report import status as read_status
+
+    s = read_status()
+    files = Table("file status", "files", "lines", "loaded", "duplicates", "rejected")
+    for st, n, lines, loaded, dups, rejected in s.files:
+        files.add_row(st, f"{n:,}", f"{lines:,}", f"{loaded:,}", f"{dups:,}", f"{rejected:,}")
+    out.print(files)
+    out.print(
+        f"raw.events: {s.events:,} events from {s.first_day} to {s.last_day}; "
+        f"{s.users:,} known users, {s.identities:,} distinct user or anonymous ids"
+    )
+    kinds = Table("event", "count", title="most frequent events")
+    for kind, n in s.kinds:
+        kinds.add_row(kind, f"{n:,}")
+    out.print(kinds)
+    if s.reasons:
+        reasons = Table("reason", "lines", title="rejected lines (raw.rejected_events)")
+        for reason, n in s.reasons:
+            reasons.add_row(reason, f"{n:,}")
+        out.print(reasons)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (idempotent)."""
     from crm import db
 
     applied = db.upgrade()
-    out.print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema up to date")
+    out.print(
+        f"applied {len(applied)} migration(s): {', '.join(applied)}"
+        if applied
+        else "schema up to date"
+    )
 
 
 @db_app.command("url")

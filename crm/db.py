@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
@@ -25,11 +26,13 @@ MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 724_310_001
 
 
-def _import_pgserver():  # type: ignore[no-untyped-def]
+def _import_pgserver() -> ModuleType:
     """Import pgserver (heavy, only when the embedded server is used) without its noise."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
         import pgserver
+    # Its INFO lines (and one at interpreter exit, after streams close) are noise for users.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     return pgserver
 
 
@@ -182,7 +185,7 @@ def upgrade(url: str | None = None) -> list[str]:
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(mig.sql)  # type: ignore[arg-type]
+                    conn.execute(mig.sql.encode())
                     conn.execute(
                         "insert into crm.schema_migrations (version, name, checksum) "
                         "values (%s, %s, %s)",

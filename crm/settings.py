@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     def _postgres_only(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        if not v.startswith(("postgresql://", "postgres://")):
+        if not str(v).startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (e.g. postgresql://user:pw@host/db)")
         return v
 

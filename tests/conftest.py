@@ -33,7 +33,9 @@ def pg_server_url() -> str:
 @pytest.fixture(scope="session")
 def template_url(pg_server_url: str) -> str:
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEMPLATE)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEMPLATE))
+        )
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
     url = db.with_database(pg_server_url, TEMPLATE)
     db.upgrade(url)
@@ -52,13 +54,18 @@ def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
         )
     yield db.with_database(pg_server_url, name)
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
     return Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=db_url, home=tmp_path / "home", landing_dir=tmp_path / "landing"
+        _env_file=None,
+        database_url=db_url,
+        home=tmp_path / "home",
+        landing_dir=tmp_path / "landing",
     )
 
 

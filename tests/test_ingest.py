@@ -95,7 +95,9 @@ def test_hostile_file_loads_the_good_lines_and_quarantines_the_rest(
         ).fetchone()
     assert evil == ("x'); drop table raw.events; --", "' or 1=1")
     first_hostile_line = 50 + 1 + 2 + 1 + 1  # good lines, sql line, two blanks, the repeat
-    assert [r[0] for r in rows] == list(range(first_hostile_line, first_hostile_line + len(HOSTILE)))
+    assert [r[0] for r in rows] == list(
+        range(first_hostile_line, first_hostile_line + len(HOSTILE))
+    )
     for (raw, expected), (_, why, text, original) in zip(HOSTILE, rows, strict=True):
         assert expected in why, (expected, why)
         assert bytes(original) == raw  # nothing is lost: the exact bytes are kept
@@ -157,7 +159,11 @@ def test_truncated_gzip_loads_readable_lines_and_is_marked_partial(
     # the complete file later: only the missing lines load
     path.write_bytes(full)
     [fixed] = ingest_paths([path], settings=settings)
-    assert (fixed.status, fixed.loaded, fixed.duplicates) == ("loaded", 2000 - res.loaded, res.loaded)
+    assert (fixed.status, fixed.loaded, fixed.duplicates) == (
+        "loaded",
+        2000 - res.loaded,
+        res.loaded,
+    )
 
 
 def test_audit_invariant_holds_for_every_file(
@@ -171,7 +177,7 @@ def test_audit_invariant_holds_for_every_file(
     # every simulated event lands once; the simulator's retries are the duplicates
     assert count(db_url, "select count(*) from raw.events") == manifest["events"]
     assert sum(r.duplicates for r in results) == manifest["duplicates"]
-    assert sum(r.rejected for r in results) == 0
+    assert sum(r.rejected for r in results) == manifest["broken"] > 0
     assert count(db_url, "select count(*) from raw.events e join raw.message_ids m"
                          " using (message_id)") == manifest["events"]  # fmt: skip
 
@@ -195,11 +201,11 @@ def test_parallel_parsing_gives_the_same_result_as_in_process(
         load.POOL_MIN_BYTES = old
     manifest = orjson.loads((small_shop / "manifest.json").read_bytes())
     assert (res.loaded, res.duplicates, res.rejected) == (
-        manifest["events"], manifest["duplicates"], 1,
+        manifest["events"], manifest["duplicates"], manifest["broken"] + 1,
     )  # fmt: skip
     with psycopg.connect(db_url) as conn:
-        line_of_bad = conn.execute("select line_number from raw.rejected_events").fetchone()[0]  # type: ignore[index]
-    assert line_of_bad == res.lines  # line numbers survive the split into blocks
+        last_bad = conn.execute("select max(line_number) from raw.rejected_events").fetchone()
+    assert last_bad == (res.lines,)  # line numbers survive the split into blocks
 
 
 def test_concurrent_loads_of_overlapping_files_never_double_load(
@@ -208,8 +214,11 @@ def test_concurrent_loads_of_overlapping_files_never_double_load(
     files = [write(tmp_path / f"f{k}.jsonl", [ev(i) for i in range(k * 500, k * 500 + 1500)])
              for k in range(4)]  # fmt: skip
     results: list = []
-    threads = [threading.Thread(target=lambda f=f: results.extend(ingest_paths([f], settings=settings)))
-               for f in files]  # fmt: skip
+
+    def load(f: Path) -> None:
+        results.extend(ingest_paths([f], settings=settings))
+
+    threads = [threading.Thread(target=load, args=(f,)) for f in files]
     for t in threads:
         t.start()
     for t in threads:

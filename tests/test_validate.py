@@ -28,7 +28,10 @@ def good(**over: object) -> dict[str, object]:
         "anonymousId": "a-1",
         "timestamp": "2026-02-01T10:00:00.123+02:00",
         "properties": {"product_id": "p1", "price": 9.5},
-        "context": {"device": {"id": "d1", "type": "ios", "token": "tok"}, "timezone": "Europe/Berlin"},
+        "context": {
+            "device": {"id": "d1", "type": "ios", "token": "tok"},
+            "timezone": "Europe/Berlin",
+        },
     }
     ev.update(over)
     return {k: v for k, v in ev.items() if v is not None}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import zlib
 from collections.abc import Iterator
@@ -101,7 +100,9 @@ def expand(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)))
+            found.extend(
+                sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
+            )
         elif p.is_file():
             found.append(p)
         else:

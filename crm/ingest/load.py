@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import psycopg
 
 from crm import db
@@ -82,7 +81,9 @@ def limits_from(settings: Settings, now: datetime | None = None) -> Limits:
 def _text(v: str) -> str:
     """A value in COPY's text format."""
     if "\\" in v or "\t" in v or "\n" in v or "\r" in v:
-        return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        return (
+            v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        )
     return v
 
 
@@ -92,22 +93,25 @@ def _opt(v: str | None) -> str:
 
 def copy_line(row: Row, raw: bytes, load_id: int, line_no: int) -> str:
     """The row in COPY text format; the payload is the original line, not a re-encoding."""
-    return "\t".join(
-        (
-            _text(row.message_id),
-            row.type,
-            _opt(row.event),
-            _opt(row.user_id),
-            _opt(row.anonymous_id),
-            _opt(row.previous_id),
-            row.event_at.isoformat(),
-            row.event_at.date().isoformat(),
-            "\\N" if row.sent_at is None else row.sent_at.isoformat(),
-            _text(raw.decode()),
-            str(load_id),
-            str(line_no),
+    return (
+        "\t".join(
+            (
+                _text(row.message_id),
+                row.type,
+                _opt(row.event),
+                _opt(row.user_id),
+                _opt(row.anonymous_id),
+                _opt(row.previous_id),
+                row.event_at.isoformat(),
+                row.event_at.date().isoformat(),
+                "\\N" if row.sent_at is None else row.sent_at.isoformat(),
+                _text(raw.decode()),
+                str(load_id),
+                str(line_no),
+            )
         )
-    ) + "\n"
+        + "\n"
+    )
 
 
 def split_block(block: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
@@ -180,7 +184,10 @@ class _Writer:
         if batch.ids:
             new = self._claim_ids(batch)
             keep = (r for m, r in zip(batch.ids, batch.rows, strict=True) if m in new)
-            with self.conn.cursor() as cur, cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp:
+            with (
+                self.conn.cursor() as cur,
+                cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp,
+            ):
                 _write_chunked(cp, keep)
             self.loaded += len(new)
             self.duplicates += len(batch.ids) - len(new)
@@ -227,9 +234,12 @@ class _Writer:
             new = [(m, d) for m, d in zip(batch.ids, batch.days, strict=True) if m not in known]
             tail = f"\t{self.load_id}\n"
             try:
-                with conn.transaction(), cur.copy(
-                    "copy raw.message_ids (message_id, event_date, load_id) from stdin"
-                ) as cp:
+                with (
+                    conn.transaction(),
+                    cur.copy(
+                        "copy raw.message_ids (message_id, event_date, load_id) from stdin"
+                    ) as cp,
+                ):
                     _write_chunked(cp, (f"{_text(m)}\t{d}{tail}" for m, d in new))
                 return {m for m, _ in new}
             except psycopg.errors.UniqueViolation:

@@ -118,9 +118,7 @@ def decode_json(raw: bytes, limits: Limits) -> dict[str, Any]:
     if (raw.count(b"{") + raw.count(b"[")) > limits.max_depth and _depth_exceeds(
         obj, limits.max_depth
     ):
-        raise Rejected(
-            f"JSON nested deeper than {limits.max_depth} levels (CRM_INGEST_MAX_DEPTH)"
-        )
+        raise Rejected(f"JSON nested deeper than {limits.max_depth} levels (CRM_INGEST_MAX_DEPTH)")
     if _NUL_ESCAPE in raw and _has_nul(obj):
         raise Rejected("contains a NUL character (\\u0000), which PostgreSQL cannot store")
     return obj

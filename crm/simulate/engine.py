@@ -91,6 +91,7 @@ class SimConfig:
     products: int | None = None  # default: users / 4, within [120, 5000]
     gzip: bool = True
     duplicate_rate: float = 0.002
+    broken_rate: float = 0.0005  # extra garbage lines from buggy clients (must be rejected)
     late_rate: float = 0.01
     never_register_share: float = 0.25
     push_sends_per_week: float = 2.0
@@ -107,6 +108,7 @@ class SimSummary:
     events: int = 0
     duplicates: int = 0
     late: int = 0
+    broken: int = 0
     files: int = 0
     users: int = 0
     orders: int = 0
@@ -241,7 +243,7 @@ class Simulator:
         tastes = [r / sum(raw) for r in raw]
         zone, locale, _ = ZONES[_pick(rng, self._zone_cum)]
         peak = HOUR_PEAKS[rng.randrange(len(HOUR_PEAKS))]
-        preferred_hour = int(round(peak + rng.gauss(0, 1.0))) % 24
+        preferred_hour = round(peak + rng.gauss(0, 1.0)) % 24
         existing = rng.random() < 0.4
         first_day = 0 if existing else rng.randrange(cfg.days)
         lifetime = rng.expovariate(1.0 / arch.lifetime_days)
@@ -336,8 +338,10 @@ class Simulator:
             ts = ts.replace("+00:00", "Z")
         else:  # mobile SDKs stamp local time with its offset
             _, tz = self.clock.offset(p.zone, day)
-            ts = (self.epoch0 + timedelta(seconds=t)).astimezone(tz).isoformat(
-                timespec="milliseconds"
+            ts = (
+                (self.epoch0 + timedelta(seconds=t))
+                .astimezone(tz)
+                .isoformat(timespec="milliseconds")
             )
         ev["timestamp"] = ts
         if properties is not None:
@@ -357,10 +361,33 @@ class Simulator:
         self.summary.events += 1
         key = event or typ
         self.summary.by_type[key] = self.summary.by_type.get(key, 0) + 1
+        if rng.random() < self.cfg.broken_rate:
+            self.buffers[received].append((t, self._broken(ev)))
+            self.summary.broken += 1
         if rng.random() < self.cfg.duplicate_rate:  # a client retry: same messageId again
             again = received + (1 if rng.random() < 0.3 else 0)
             self.buffers.setdefault(again, []).append((t + rng.uniform(0, 5), line))
             self.summary.duplicates += 1
+
+    def _broken(self, ev: dict[str, Any]) -> bytes:
+        """A garbage line of the kinds real collectors receive; never a valid event."""
+        rng = self.rng
+        bad = {**ev, "messageId": _uuid(rng)}
+        kind = rng.randrange(6)
+        if kind == 0:  # cut off mid-line
+            line = orjson.dumps(bad)
+            return line[: rng.randrange(1, len(line) - 1)]
+        if kind == 1:
+            del bad["messageId"]
+        elif kind == 2:
+            bad["timestamp"] = bad["timestamp"][:19]  # offset lost
+        elif kind == 3:
+            bad["type"] = "purchase"
+        elif kind == 4:  # NaN from a JavaScript client
+            return orjson.dumps(bad)[:-1] + b', "score": NaN}'
+        else:  # Latin-1 bytes in a UTF-8 stream
+            return orjson.dumps(bad)[:-1] + b', "city": "M\xfcnchen"}'
+        return orjson.dumps(bad)
 
     # ---------- behaviour
     def _product_props(self, prod: Product) -> dict[str, Any]:
@@ -403,7 +430,8 @@ class Simulator:
             "type": "alias",
             "userId": p.user_id,
             "previousId": extra["previousId"],
-            "timestamp": (self.epoch0 + timedelta(seconds=t)).isoformat(timespec="milliseconds")
+            "timestamp": (self.epoch0 + timedelta(seconds=t))
+            .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "context": dev.context,
         }
@@ -415,11 +443,17 @@ class Simulator:
         if p.consent_sent:
             return
         p.consent_sent = True
-        self.emit(p, dev, t, "track", "Consent Updated",
-                  {"channel": "email", "granted": p.email_consent, "source": "signup_form"})
+        self.emit(
+            p,
+            dev,
+            t,
+            "track",
+            "Consent Updated",
+            {"channel": "email", "granted": p.email_consent, "source": "signup_form"},
+        )
         if dev.type != "web" or dev.token:
-            self.emit(p, dev, t + 1, "track", "Consent Updated",
-                      {"channel": "push", "granted": p.push_consent, "source": "os_prompt"})  # fmt: skip
+            consent = {"channel": "push", "granted": p.push_consent, "source": "os_prompt"}
+            self.emit(p, dev, t + 1, "track", "Consent Updated", consent)
 
     def _session(self, p: Person, dev: Device, t: float, day: int, source: str | None) -> None:
         rng, arch = self.rng, p.arch
@@ -449,7 +483,9 @@ class Simulator:
             props = self._product_props(prod)
             if source:
                 props["source"] = source
-            page = {"path": f"/p/{prod.product_id}", "title": prod.name} if dev.type == "web" else None
+            page = (
+                {"path": f"/p/{prod.product_id}", "title": prod.name} if dev.type == "web" else None
+            )
             self.emit(p, dev, t, "track", "Product Viewed", props, page=page)
             if rng.random() < arch.add_to_cart:
                 t += rng.expovariate(1 / 30)
@@ -501,7 +537,9 @@ class Simulator:
                   {"order_id": order_id, "value": revenue, "currency": "USD"})  # fmt: skip
         if rng.random() > 0.88:
             return  # abandoned checkout
-        discount = round(revenue * 0.1, 2) if p.arch.price_exponent < 0 and rng.random() < 0.5 else 0.0
+        discount = (
+            round(revenue * 0.1, 2) if p.arch.price_exponent < 0 and rng.random() < 0.5 else 0.0
+        )
         shipping = 0.0 if revenue > 50 else 4.99
         tax = round((revenue - discount) * 0.08, 2)
         props: dict[str, Any] = {
@@ -641,13 +679,15 @@ class Simulator:
                 f.write(orjson.dumps(prod.as_record()) + b"\n")
         truth = self.out / "ground_truth"
         truth.mkdir(exist_ok=True)
+        names = [c.name for c in CATEGORIES]
         with (truth / "users.jsonl").open("wb") as f:
             for p in self.people:
+                registered = -1 if p.registered_day is None else p.registered_day
                 rec = {
                     "person": p.index + 1,
                     "user_id": p.user_id if p.registered_day is not None else None,
                     "archetype": p.arch.name,
-                    "tastes": {c.name: round(w, 4) for c, w in zip(CATEGORIES, p.tastes, strict=True)},
+                    "tastes": dict(zip(names, (round(w, 4) for w in p.tastes), strict=True)),
                     "time_zone": p.zone,
                     "locale": p.locale,
                     "preferred_hour": p.preferred_hour,
@@ -656,7 +696,7 @@ class Simulator:
                     "push_consent": p.push_consent,
                     "email_consent": p.email_consent,
                     "first_seen_date": self._date(p.first_day),
-                    "registered_date": self._date(p.registered_day) if p.registered_day is not None and p.registered_day >= 0 else None,
+                    "registered_date": self._date(registered) if registered >= 0 else None,
                     "registered_before_start": p.registered_day == -1,
                     "churn_date": self._date(p.churn_day),
                     "devices": [{"device_id": d.device_id, "anonymous_id": d.anonymous_id,
@@ -669,12 +709,20 @@ class Simulator:
             w.writerow(["anonymous_id", "person", "user_id"])
             for p in self.people:
                 for d in p.devices:
-                    w.writerow([d.anonymous_id, p.index + 1, p.user_id if p.registered_day is not None else ""])
+                    w.writerow(
+                        [
+                            d.anonymous_id,
+                            p.index + 1,
+                            p.user_id if p.registered_day is not None else "",
+                        ]
+                    )
+        config = asdict(self.cfg)
         manifest = {
-            "config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(self.cfg).items()},
+            "config": {k: str(v) if isinstance(v, date) else v for k, v in config.items()},
             "events": self.summary.events,
             "duplicates": self.summary.duplicates,
             "late": self.summary.late,
+            "broken": self.summary.broken,
             "orders": self.summary.orders,
             "files": self.summary.files,
             "by_type": dict(sorted(self.summary.by_type.items())),

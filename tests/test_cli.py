@@ -1,0 +1,72 @@
+"""The crm command line, as a person runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from typer.testing import CliRunner
+
+from crm.cli import app
+from crm.settings import Settings
+
+runner = CliRunner()
+
+
+def test_simulate_then_ingest_then_ingest_again(
+    tmp_path: Path, crm_env: Settings, db_url: str
+) -> None:
+    out = tmp_path / "shop"
+    r = runner.invoke(
+        app, ["simulate", "--users", "80", "--days", "3", "--seed", "9", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "events" in r.output and (out / "manifest.json").exists()
+
+    r = runner.invoke(app, ["ingest", str(out / "events"), "--json"])
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.output)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(x["loaded"] for x in results) == manifest["events"]
+
+    r = runner.invoke(app, ["ingest", str(out / "events"), "--json"])
+    assert r.exit_code == 0
+    assert all(x["status"] == "skipped" for x in json.loads(r.output))
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("select count(*) from raw.events").fetchone() == (manifest["events"],)
+
+
+def test_db_upgrade_reports_up_to_date(crm_env: Settings) -> None:
+    r = runner.invoke(app, ["db", "upgrade"])
+    assert r.exit_code == 0 and "up to date" in r.output
+
+
+def test_bad_setting_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "CRM_DATABASE_URL": "mysql://nope", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "crm.cli", "ingest", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "CRM_DATABASE_URL" in proc.stderr and "postgresql://" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_path_is_a_clear_error(crm_env: Settings, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "crm.cli", "ingest", str(tmp_path / "nope.jsonl")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_contract_schema_is_the_documented_one() -> None:
+    r = runner.invoke(app, ["contract", "schema"])
+    assert r.exit_code == 0
+    documented = json.loads(
+        (Path(__file__).parent.parent / "docs" / "event.schema.json").read_text()
+    )
+    assert json.loads(r.output) == documented, "run `make docs` to refresh docs/event.schema.json"

@@ -1,0 +1,51 @@
+"""Migrations: idempotent, ordered, and protective of applied history."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from crm import db
+from crm.errors import DatabaseError
+
+
+def test_upgrade_is_idempotent(db_url: str) -> None:
+    assert db.upgrade(db_url) == []  # the template already applied everything
+    with psycopg.connect(db_url) as conn:
+        versions = [
+            r[0] for r in conn.execute("select version from crm.schema_migrations order by 1")
+        ]
+    assert versions == [m.version for m in db.migrations()]
+
+
+def test_edited_migration_is_refused(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("update crm.schema_migrations set checksum = 'tampered' where version = 1")
+        conn.commit()
+    with pytest.raises(DatabaseError, match="add a new migration"):
+        db.upgrade(db_url)
+
+
+def test_partitions_are_created_once_and_concurrently_safe(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        for _ in range(2):
+            conn.execute(
+                "select raw.ensure_event_partitions(array['2026-03-01'::date, '2026-03-02'])"
+            )
+        parts = conn.execute(
+            "select count(*) from pg_inherits where inhparent = 'raw.events'::regclass"
+        ).fetchone()
+    assert parts == (2,)
+
+
+def test_audit_refuses_counts_that_do_not_add_up(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "insert into raw.load_audit (file_path, file_name, checksum, size_bytes, status,"
+            " lines, loaded, duplicates, rejected) values ('x', 'x', 'c', 1, 'loaded', 5, 1, 1, 1)"
+        )
+
+
+def test_connection_error_says_what_to_do() -> None:
+    with pytest.raises(DatabaseError, match="CRM_DATABASE_URL"):
+        db.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
