@@ -12,6 +12,8 @@ export UV_PROJECT_ENVIRONMENT ?= $(CURDIR)/.venv
 export AIRFLOW_HOME ?= $(CRM_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY ?= False
+export DO_NOT_TRACK ?= 1
 
 DEMO_USERS ?= 2000
 DEMO_DAYS ?= 30
@@ -53,12 +55,17 @@ demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflo
 	    || (tail -n 40 $(CRM_HOME)/demo-airflow.log; exit 1)
 	@echo "== what landed (crm status)"
 	$(RUN) crm status
+	@echo "== dbt: customer tables (crm transform)"
+	$(RUN) crm transform > $(CRM_HOME)/demo-dbt.log 2>&1 && grep -E "Done\\. PASS" $(CRM_HOME)/demo-dbt.log \
+	  || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1)
+	$(RUN) crm segments
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
 
-lint: env  ## ruff (lint + format check) and mypy
+lint: env  ## ruff (lint + format check), mypy, sqlfluff (dbt templater) on dbt_project/
 	$(RUN) ruff check crm dags tests bench
 	$(RUN) ruff format --check crm dags tests bench
 	$(RUN) mypy crm
+	$(RUN) python -m crm.transform sqlfluff
 
 format: env  ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix crm dags tests bench

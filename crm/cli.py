@@ -119,6 +119,19 @@ def ingest(
 
 
 @app.command()
+def transform(
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")
+    ] = False,
+    select: Annotated[str | None, typer.Option(help="dbt selector, e.g. +dim_customers.")] = None,
+) -> None:
+    """Build and test the dbt project (the same build the Airflow DAG runs)."""
+    from crm.transform import build
+
+    build(full_refresh=full_refresh, select=select)
+
+
+@app.command()
 def status() -> None:
     """What has landed in raw.events, file by file status, and why lines were rejected."""
     from crm.report import status as read_status
@@ -141,6 +154,25 @@ def status() -> None:
         for reason, n in s.reasons:
             reasons.add_row(reason, f"{n:,}")
         out.print(reasons)
+
+
+@app.command()
+def segments(
+    days: Annotated[int, typer.Option(min=1, help="Show moves over this many days.")] = 7,
+) -> None:
+    """Lifecycle segment sizes (marts.dim_customers) and how customers moved between them."""
+    from crm.report import segments as read_segments
+
+    sizes, moves = read_segments(days=days)
+    table = Table("segment", "customers", "known", "push consent", "revenue", title="lifecycle")
+    for seg, n, known, push, revenue in sizes:
+        table.add_row(seg, f"{n:,}", f"{known:,}", f"{push:,}", f"{revenue:,.2f}")
+    out.print(table)
+    if moves:
+        moved = Table("from", "to", "customers", title=f"moves over the last {days} days")
+        for before, after, n in moves:
+            moved.add_row(before, after, f"{n:,}")
+        out.print(moved)
 
 
 @db_app.command("upgrade")

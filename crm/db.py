@@ -55,6 +55,19 @@ def embedded_url(settings: Settings) -> str:
     return str(server.get_uri(name))
 
 
+def embedded_url_offline(settings: Settings) -> str:
+    """The embedded server's URL without starting it: its socket directory is in
+    postmaster.pid when it runs, else CRM_HOME/pgdata (where pgserver puts it)."""
+    pgdata = Path(settings.home) / "pgdata"
+    socket_dir = str(pgdata)
+    pid_file = pgdata / "postmaster.pid"
+    if pid_file.exists():
+        lines = pid_file.read_text().splitlines()
+        if len(lines) > 4 and lines[4].strip():
+            socket_dir = lines[4].strip()
+    return f"postgresql://postgres:@/{settings.embedded_database}?host={socket_dir}"
+
+
 def stop_embedded(settings: Settings | None = None) -> bool:
     """Stop the embedded server if it runs; return whether it did."""
     settings = settings or get_settings()

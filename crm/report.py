@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crm import db
+from crm.errors import DatabaseError
 
 FILES_SQL = """
 select status, count(*), coalesce(sum(lines), 0), coalesce(sum(loaded), 0),
@@ -55,3 +56,35 @@ def status(url: str | None = None, top: int = 8) -> Status:
         s.kinds = [tuple(r) for r in conn.execute(TYPES_SQL, (top,))]
         s.reasons = [tuple(r) for r in conn.execute(REASONS_SQL, (top,))]
     return s
+
+
+SEGMENTS_SQL = """
+select lifecycle_segment, count(*) as customers,
+       count(*) filter (where is_known) as known,
+       count(*) filter (where push_consent) as push_consent,
+       coalesce(sum(revenue), 0) as revenue
+from marts.dim_customers
+group by lifecycle_segment
+order by array_position(array['new', 'active', 'buyer', 'repeat_buyer', 'inactive', 'lost'],
+                        lifecycle_segment::text)
+"""
+MOVES_SQL = """
+with bounds as (select max(day) as last from marts.customer_segments_daily)
+select before.lifecycle_segment, after.lifecycle_segment, count(*)
+from marts.customer_segments_daily before
+join marts.customer_segments_daily after using (customer_id)
+cross join bounds
+where before.day = bounds.last - %s and after.day = bounds.last
+  and before.lifecycle_segment <> after.lifecycle_segment
+group by 1, 2 order by 3 desc limit 8
+"""
+
+
+def segments(url: str | None = None, days: int = 7) -> tuple[list[tuple], list[tuple]]:
+    """Lifecycle segment sizes today, and the biggest moves over the last ``days`` days."""
+    with db.connect(url) as conn:
+        if conn.execute("select to_regclass('marts.dim_customers')").fetchone() == (None,):
+            raise DatabaseError("no customer tables yet: run `crm transform` first")
+        sizes = conn.execute(SEGMENTS_SQL).fetchall()
+        moves = conn.execute(MOVES_SQL, (days,)).fetchall()
+    return sizes, moves

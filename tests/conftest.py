@@ -97,6 +97,8 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "DO_NOT_TRACK": "1",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     }
     os.environ.update(env)

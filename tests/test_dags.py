@@ -43,6 +43,20 @@ def test_ingest_dag_produces_the_raw_events_asset(dagbag) -> None:  # type: igno
     assert outlets[0].uri.startswith("postgres://") and outlets[0].uri.endswith("/raw/events")
 
 
+def test_build_dag_runs_each_model_after_the_ingest_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["build_customer_models"]
+    ingest = dagbag.dags["ingest_events"]
+    [produced] = [o for t in ingest.tasks for o in t.outlets]
+    assert produced.uri in str(dag.timetable.asset_condition)  # scheduled on what ingest makes
+    ids = {t.task_id for t in dag.tasks}
+    for model in ("int_identities_stitched", "int_events_sessionized", "dim_customers",
+                  "customer_features", "fct_orders", "push_devices"):  # fmt: skip
+        assert f"dbt.{model}.run" in ids and f"dbt.{model}.test" in ids
+    publish = dag.get_task("publish_marts")
+    assert publish.outlets and publish.outlets[0].uri.endswith("/marts/dim_customers")
+    assert len(publish.upstream_task_ids) > 5  # waits for every model's tests
+
+
 def _land(small_shop: Path, landing: Path, day: str) -> None:
     src = small_shop / "events" / f"dt={day}"
     dst = landing / "events" / f"dt={day}"

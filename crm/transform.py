@@ -1,0 +1,121 @@
+"""Running the dbt project (``crm transform`` and the build_customer_models DAG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from crm import db
+from crm.errors import CrmError
+from crm.settings import PROJECT_ROOT, Settings, get_settings
+
+DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+
+
+class TransformError(CrmError):
+    """dbt failed; the message names the failing models and tests."""
+
+
+def dbt_env(
+    settings: Settings | None = None, url: str | None = None, *, start: bool = True
+) -> dict[str, str]:
+    """The CRM_DBT_* variables profiles.yml reads, from the database URL in use.
+
+    With ``start=False`` nothing is started or contacted (for DAG parsing): the embedded
+    server's address is derived from settings (it listens on a socket in CRM_HOME/pgdata).
+    """
+    settings = settings or get_settings()
+    if url is None and not start and not settings.database_url:
+        url = db.embedded_url_offline(settings)
+    info = db.conn_info(url or db.database_url(settings))
+    env = {
+        "CRM_DBT_HOST": info.host,
+        "CRM_DBT_PORT": str(info.port),
+        "CRM_DBT_USER": info.user,
+        "CRM_DBT_PASSWORD": info.password,
+        "CRM_DBT_DBNAME": info.dbname,
+    }
+    if info.sslmode:
+        env["CRM_DBT_SSLMODE"] = info.sslmode
+    return env
+
+
+def dbt_executable() -> str:
+    return str(Path(sys.executable).with_name("dbt"))
+
+
+def run_dbt(
+    args: list[str],
+    *,
+    settings: Settings | None = None,
+    url: str | None = None,
+    capture: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run one dbt command against the project; raise TransformError when it fails."""
+    env = {
+        **os.environ,
+        **dbt_env(settings, url),
+        "DBT_PROFILES_DIR": str(DBT_PROJECT),
+        "DBT_PROJECT_DIR": str(DBT_PROJECT),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    proc = subprocess.run(
+        [dbt_executable(), *args],
+        cwd=DBT_PROJECT,
+        env=env,
+        text=True,
+        capture_output=capture,
+    )
+    if proc.returncode != 0:
+        detail = _failures(proc.stdout if capture else "")
+        raise TransformError(f"dbt {' '.join(args)} failed{': ' + detail if detail else ''}")
+    return proc
+
+
+def _failures(output: str) -> str:
+    lines = [
+        line.strip()
+        for line in output.splitlines()
+        if ("FAIL" in line or "ERROR" in line) and " of " in line
+    ]
+    return "; ".join(lines[:10])
+
+
+def build(
+    *,
+    full_refresh: bool = False,
+    select: str | None = None,
+    dbt_vars: dict[str, object] | None = None,
+    settings: Settings | None = None,
+    url: str | None = None,
+    capture: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """`dbt build`: every model, then its tests, in dependency order."""
+    args = ["build"]
+    if full_refresh:
+        args.append("--full-refresh")
+    if select:
+        args += ["--select", select]
+    if dbt_vars:
+        args += ["--vars", json.dumps(dbt_vars)]
+    return run_dbt(args, settings=settings, url=url, capture=capture)
+
+
+def sqlfluff_lint() -> int:
+    """sqlfluff with the dbt templater over the project (``make lint``)."""
+    env = {**os.environ, **dbt_env()}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("sqlfluff")), "lint", "models", "tests"],
+        cwd=DBT_PROJECT,
+        env=env,
+    )
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["sqlfluff"]:
+        sys.exit(sqlfluff_lint())
+    sys.exit("usage: python -m crm.transform sqlfluff")

@@ -1,0 +1,151 @@
+{{
+  config(
+    materialized='incremental',
+    unique_key='message_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='fail',
+    indexes=[
+      {'columns': ['device_key', 'event_at']},
+      {'columns': ['message_id'], 'unique': True},
+      {'columns': ['session_id']},
+    ],
+  )
+}}
+-- Activity events (a person doing something on a device) with their session: a new session
+-- starts after var('session_gap_minutes') of inactivity on the device.
+--
+-- Incremental runs take the events loaded since the last run (minus var('lookback_hours') for
+-- late loads). For each device they touch, sessions are recomputed from the start of the
+-- device's last session before its earliest new event: every earlier session is closed (it
+-- ends more than the gap before that start, and no new event falls before it), so the result
+-- equals a full refresh over the same data.
+with
+
+calls as (
+
+    select
+        message_id,
+        coalesce(anonymous_id, 'user:' || user_id) as device_key,
+        anonymous_id,
+        user_id,
+        call_type,
+        coalesce(event_name, call_type) as event_name,
+        platform,
+        page_path,
+        traffic_source,
+        event_at,
+        event_date,
+        loaded_at
+    from {{ ref('stg_events__calls') }}
+    where anonymous_id is not null
+      -- deliveries and receipts happen to a person; they are not something they did
+      and coalesce(event_name, '') not in (
+          'Push Notification Received', 'Push Notification Bounced', 'Email Delivered')
+
+),
+
+{% if is_incremental() %}
+
+new_events as (
+
+    select * from calls
+    where loaded_at > (select max(loaded_at) from {{ this }})
+                      - interval '{{ var("lookback_hours") }} hours'
+
+),
+
+first_new as (
+
+    select
+        device_key,
+        min(event_at) as first_new_at
+    from new_events
+    group by device_key
+
+),
+
+resume_points as (
+
+    -- the start of each touched device's last session before its first new event
+    select
+        first_new.device_key,
+        coalesce(max(earlier.session_start), min(first_new.first_new_at)) as resume_from
+    from first_new
+    left join {{ this }} as earlier
+        on
+            earlier.device_key = first_new.device_key
+            and earlier.event_at < first_new.first_new_at
+    group by first_new.device_key
+
+),
+
+scope as (
+
+    select calls.*
+    from calls
+    inner join resume_points using (device_key)
+    where calls.event_at >= resume_points.resume_from
+
+),
+
+{% else %}
+
+scope as (
+
+    select * from calls
+
+),
+
+{% endif %}
+
+gaps as (
+
+    select
+        *,
+        case
+            when lag(event_at) over by_device is null then 1
+            when event_at - lag(event_at) over by_device
+                 > interval '{{ var("session_gap_minutes") }} minutes' then 1
+            else 0
+        end as starts_session
+    from scope
+    window by_device as (partition by device_key order by event_at, message_id)
+
+),
+
+numbered as (
+
+    select
+        *,
+        sum(starts_session) over (
+            partition by device_key order by event_at, message_id
+            rows between unbounded preceding and current row
+        ) as session_seq
+    from gaps
+
+),
+
+final as (
+
+    select
+        message_id,
+        device_key,
+        anonymous_id,
+        user_id,
+        call_type,
+        event_name,
+        platform,
+        page_path,
+        traffic_source,
+        event_at,
+        event_date,
+        loaded_at,
+        min(event_at) over (partition by device_key, session_seq) as session_start
+    from numbered
+
+)
+
+select
+    *,
+    {{ surrogate_key(['device_key', 'session_start']) }} as session_id
+from final

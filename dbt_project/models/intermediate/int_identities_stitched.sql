@@ -1,0 +1,123 @@
+-- Every user_id and anonymous_id resolved to one customer.
+--
+-- Rule (first touch): an anonymous id belongs to the first user it was seen with, on any call
+-- carrying both ids (identify, or any event after login) or as the previousId of an alias
+-- call. A later login of another user on the same device does not move the device's earlier
+-- history. A user_id resolves to itself; an anonymous id never linked to a user is a customer
+-- of its own ('anon:' || anonymous_id), so every identifier resolves.
+with
+
+calls as (
+
+    select * from {{ ref('stg_events__calls') }}
+
+),
+
+aliases as (
+
+    select * from {{ ref('stg_events__aliases') }}
+
+),
+
+links as (
+
+    select
+        anonymous_id as identifier,
+        user_id,
+        event_at,
+        message_id
+    from calls
+    where anonymous_id is not null and user_id is not null
+
+    union all
+
+    select
+        previous_id as identifier,
+        user_id,
+        event_at,
+        message_id
+    from aliases
+    where previous_id is not null and previous_id <> user_id
+
+),
+
+first_links as (
+
+    select distinct on (identifier)
+        identifier,
+        user_id as customer_id,
+        event_at as linked_at
+    from links
+    order by identifier, event_at, message_id
+
+),
+
+users as (
+
+    select
+        user_id as identifier,
+        'user_id' as identifier_type,
+        user_id as customer_id,
+        min(event_at) as linked_at
+    from (
+        select
+            user_id,
+            event_at
+        from calls where user_id is not null
+        union all
+        select
+            user_id,
+            event_at
+        from aliases where user_id is not null
+    ) as user_calls
+    group by user_id
+
+),
+
+anonymous_ids as (
+
+    select
+        calls.anonymous_id as identifier,
+        'anonymous_id' as identifier_type,
+        coalesce(first_links.customer_id, 'anon:' || calls.anonymous_id) as customer_id,
+        min(first_links.linked_at) as linked_at
+    from calls
+    left join first_links on first_links.identifier = calls.anonymous_id
+    where calls.anonymous_id is not null
+    group by calls.anonymous_id, first_links.customer_id
+
+),
+
+alias_only as (
+
+    -- previousIds seen only in alias calls
+    select
+        first_links.identifier,
+        'anonymous_id' as identifier_type,
+        first_links.customer_id,
+        first_links.linked_at
+    from first_links
+    where
+        not exists (select 1 from anonymous_ids where anonymous_ids.identifier = first_links.identifier)
+        and not exists (select 1 from users where users.identifier = first_links.identifier)
+
+),
+
+final as (
+
+    select * from users
+    union all
+    select * from anonymous_ids
+    where not exists (select 1 from users where users.identifier = anonymous_ids.identifier)
+    union all
+    select * from alias_only
+
+)
+
+select
+    identifier,
+    identifier_type,
+    customer_id,
+    customer_id not like 'anon:%' as is_known,
+    linked_at
+from final

@@ -1,0 +1,231 @@
+-- One row per customer: what ML jobs and audiences filter on. Everything is as of the as-of
+-- date (the last day with events unless var('as_of_date') is set).
+with
+
+customers as (
+
+    select * from {{ ref('dim_customers') }}
+
+),
+
+events as (
+
+    select * from {{ ref('int_events_sessionized') }}
+
+),
+
+identities as (
+
+    select * from {{ ref('int_identities_stitched') }}
+
+),
+
+orders as (
+
+    select * from {{ ref('fct_orders') }}
+
+),
+
+product_events as (
+
+    select * from {{ ref('stg_events__product_events') }}
+
+),
+
+push as (
+
+    select * from {{ ref('stg_events__push') }}
+
+),
+
+as_of as (
+
+    select {{ as_of_date() }} as as_of_date
+
+),
+
+resolved as (
+
+    select
+        coalesce(events.user_id, identities.customer_id) as customer_id,
+        events.event_at,
+        events.event_date,
+        events.session_id
+    from events
+    left join identities on identities.identifier = events.anonymous_id
+
+),
+
+activity as (
+
+    select
+        customer_id,
+        count(distinct session_id) filter (where event_date > as_of_date - 7) as sessions_7d,
+        count(distinct session_id) filter (where event_date > as_of_date - 30) as sessions_30d,
+        count(distinct session_id) filter (where event_date > as_of_date - 90) as sessions_90d,
+        count(*) filter (where event_date > as_of_date - 30) as events_30d
+    from resolved
+    cross join as_of
+    group by customer_id
+
+),
+
+order_stats as (
+
+    select
+        customer_id,
+        count(*) filter (where order_date > as_of_date - 7) as orders_7d,
+        count(*) filter (where order_date > as_of_date - 30) as orders_30d,
+        count(*) filter (where order_date > as_of_date - 90) as orders_90d,
+        coalesce(sum(revenue) filter (where order_date > as_of_date - 90), 0) as revenue_90d,
+        avg(revenue) as average_order_value
+    from orders
+    cross join as_of
+    group by customer_id
+
+),
+
+category_views as (
+
+    select
+        coalesce(product_events.user_id, identities.customer_id) as customer_id,
+        product_events.category,
+        count(*) as n
+    from product_events
+    left join identities on identities.identifier = product_events.anonymous_id
+    where product_events.category is not null
+    group by 1, 2
+
+),
+
+affinities as (
+
+    select
+        customer_id,
+        jsonb_object_agg(category, round(n::numeric / total, 4) order by category) as category_affinity,
+        (array_agg(category order by n desc, category asc))[1] as top_category
+    from (
+        select
+            *,
+            sum(n) over (partition by customer_id) as total
+        from category_views
+    ) as shares
+    group by customer_id
+
+),
+
+local_activity as (
+
+    -- hour of week in the customer's own time zone: 0 = Monday 00:00 local
+    select
+        resolved.customer_id,
+        (extract(isodow from resolved.local_at)::int - 1) * 24
+        + extract(hour from resolved.local_at)::int as slot
+    from (
+        select
+            resolved.customer_id,
+            resolved.event_at at time zone coalesce(customers.time_zone, 'UTC') as local_at
+        from resolved
+        inner join customers on resolved.customer_id = customers.customer_id
+    ) as resolved
+
+),
+
+slot_counts as (
+
+    select
+        customer_id,
+        slot,
+        count(*) as n
+    from local_activity
+    group by customer_id, slot
+
+),
+
+all_slots as (
+
+    select
+        customers.customer_id,
+        slots.slot,
+        coalesce(slot_counts.n, 0) as n
+    from customers
+    cross join generate_series(0, 167) as slots (slot)
+    left join slot_counts
+        on customers.customer_id = slot_counts.customer_id and slots.slot = slot_counts.slot
+
+),
+
+hour_of_week as (
+
+    -- shares of activity per hour of week, summing to 1 (all zeros without activity)
+    select
+        customer_id,
+        array_agg(
+            round(coalesce(n::numeric / nullif(total, 0), 0), 4)::float8 order by slot
+        ) as activity_hour_of_week
+    from (
+        select
+            *,
+            sum(n) over (partition by customer_id) as total
+        from all_slots
+    ) as with_totals
+    group by customer_id
+
+),
+
+push_stats as (
+
+    select
+        coalesce(push.user_id, identities.customer_id) as customer_id,
+        count(*) filter (where push_event = 'received') as pushes_received,
+        count(*) filter (where push_event = 'tapped') as pushes_tapped
+    from push
+    left join identities on identities.identifier = push.anonymous_id
+    group by 1
+
+),
+
+final as (
+
+    select
+        customers.customer_id,
+        as_of.as_of_date,
+        customers.lifecycle_segment,
+        ---------- RFM
+        as_of.as_of_date - (customers.last_seen_at at time zone 'UTC')::date as recency_days,
+        as_of.as_of_date - (customers.last_order_at at time zone 'UTC')::date as days_since_last_order,
+        customers.orders_count as frequency,
+        customers.revenue as monetary,
+        coalesce(order_stats.average_order_value, 0) as average_order_value,
+        ---------- windows
+        coalesce(activity.sessions_7d, 0) as sessions_7d,
+        coalesce(activity.sessions_30d, 0) as sessions_30d,
+        coalesce(activity.sessions_90d, 0) as sessions_90d,
+        coalesce(activity.events_30d, 0) as events_30d,
+        coalesce(order_stats.orders_7d, 0) as orders_7d,
+        coalesce(order_stats.orders_30d, 0) as orders_30d,
+        coalesce(order_stats.orders_90d, 0) as orders_90d,
+        coalesce(order_stats.revenue_90d, 0) as revenue_90d,
+        ---------- tastes and habits
+        coalesce(affinities.category_affinity, '{}'::jsonb) as category_affinity,
+        affinities.top_category,
+        hour_of_week.activity_hour_of_week,
+        ---------- push engagement so far
+        coalesce(push_stats.pushes_received, 0) as pushes_received,
+        coalesce(push_stats.pushes_tapped, 0) as pushes_tapped,
+        case
+        when coalesce(push_stats.pushes_received, 0) > 0
+            then round(push_stats.pushes_tapped::numeric / push_stats.pushes_received, 4)
+        end
+        as push_tap_rate
+    from customers
+    cross join as_of
+    left join activity using (customer_id)
+    left join order_stats using (customer_id)
+    left join affinities using (customer_id)
+    left join hour_of_week using (customer_id)
+    left join push_stats using (customer_id)
+
+)
+
+select * from final

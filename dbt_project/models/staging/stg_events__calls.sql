@@ -1,0 +1,46 @@
+-- Every call with the common fields typed and the device context flattened.
+with
+
+source as (
+
+    select * from {{ source('raw', 'events') }}
+
+),
+
+renamed as (
+
+    select
+        ---------- ids
+        message_id,
+        user_id,
+        anonymous_id,
+        coalesce(payload #>> '{context,device,id}', anonymous_id) as device_id,
+
+        ---------- call
+        type as call_type,
+        event as event_name,
+        coalesce(
+            payload #>> '{context,device,type}',
+            case when payload #>> '{context,library,name}' = 'analytics.js' then 'web' end,
+            case when anonymous_id is null then 'server' end,
+            'unknown'
+        ) as platform,
+        payload #>> '{context,device,token}' as push_token,
+        payload #>> '{context,timezone}' as time_zone,
+        payload #>> '{context,locale}' as locale,
+        coalesce(
+            payload #>> '{context,page,path}',
+            case when type in ('page', 'screen') then event end
+        ) as page_path,
+        payload #>> '{properties,source}' as traffic_source,
+
+        ---------- timestamps
+        event_at,
+        event_date,
+        loaded_at
+
+    from source
+
+)
+
+select * from renamed

@@ -1,0 +1,28 @@
+-- E-mail deliveries, opens, clicks and unsubscribes (usually sent by the e-mail provider).
+with
+
+source as (
+
+    select * from {{ source('raw', 'events') }}
+    where
+        type = 'track'
+        and event in ('Email Delivered', 'Email Opened', 'Email Link Clicked', 'Email Unsubscribed')
+
+),
+
+renamed as (
+
+    select
+        message_id,
+        user_id,
+        anonymous_id,
+        lower(replace(replace(event, 'Email ', ''), ' ', '_')) as email_event,
+        payload #>> '{properties,campaign_id}' as campaign_id,
+        payload #>> '{properties,email_id}' as email_id,
+        event_at
+
+    from source
+
+)
+
+select * from renamed

@@ -1,0 +1,32 @@
+-- Push notification receipts, taps and bounces reported by the apps.
+with
+
+source as (
+
+    select * from {{ source('raw', 'events') }}
+    where
+        type = 'track'
+        and event in (
+            'Push Notification Received', 'Push Notification Tapped',
+            'Push Notification Bounced'
+        )
+
+),
+
+renamed as (
+
+    select
+        message_id,
+        user_id,
+        anonymous_id,
+        payload #>> '{context,device,id}' as device_id,
+        payload #>> '{context,device,token}' as push_token,
+        lower(replace(event, 'Push Notification ', '')) as push_event,
+        payload #>> '{properties,campaign_id}' as campaign_id,
+        event_at
+
+    from source
+
+)
+
+select * from renamed
