@@ -80,8 +80,11 @@ test: lint  ## lint, then the whole test suite against real PostgreSQL
 test-fast: env  ## tests without lint
 	$(RUN) pytest -q -x --timeout=900
 
-bench: env  ## ingest throughput vs PostgreSQL COPY and pandas to_sql (about 5 minutes)
+BENCH_DBT_EVENTS ?= 1000000 10000000
+
+bench: env  ## ingest vs COPY and pandas; dbt full and incremental build times (30+ minutes)
 	$(RUN) python bench/ingest_bench.py
+	$(RUN) python bench/dbt_bench.py --events $(BENCH_DBT_EVENTS)
 
 clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)
 	-$(RUN) crm db stop

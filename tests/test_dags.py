@@ -114,3 +114,35 @@ def test_partial_file_keeps_failing_until_replaced(
     f.write_bytes(full)
     summary = ingest_day(date(2026, 1, 2), settings=crm_env)
     assert summary.loaded > 0 and summary.duplicates > 0
+
+
+@pytest.mark.slow
+def test_build_dag_builds_the_marts_and_stops_at_a_failing_test(
+    airflow_home: Path, crm_env: Settings, small_shop: Path, db_url: str
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from crm.ingest.load import ingest_paths
+
+    ingest_paths([small_shop / "events"], settings=crm_env)
+    dag = DagBag(dag_folder=str(DAGS / "build_customer_models.py")).dags["build_customer_models"]
+    for task in dag.tasks:  # a retry waits minutes in dag.test(); the verdict is the same
+        task.retries = 0
+    run = dag.test()
+    assert run.state == "success"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("select count(*) from marts.dim_customers").fetchone()[0] > 100  # type: ignore[index]
+        # data from outside the contract, written by hand: breaks a staging test
+        conn.execute("""
+            insert into raw.events (message_id, type, event, anonymous_id, event_at, event_date,
+                                    payload, load_id, line_number)
+            select 'odd-1', 'track', 'Product Viewed', 'a-odd', event_at, event_date,
+                   jsonb_set(payload, '{context,device,type}', '"fridge"'), load_id, 0
+            from raw.events limit 1
+        """)  # fmt: skip
+    failed = dag.test()
+    assert failed.state == "failed"
+    states = {ti.task_id: ti.state for ti in failed.get_task_instances()}
+    assert states["dbt.stg_events__calls.test"] == "failed"
+    assert states["publish_marts"] == "upstream_failed"
+    assert states["dbt.dim_customers.run"] == "upstream_failed"

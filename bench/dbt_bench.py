@@ -1,0 +1,84 @@
+"""dbt build times: a full build at N simulated events, and one day's incremental run as a
+fraction of the full refresh (target < 0.2). Each size runs in its own fresh database.
+
+    python bench/dbt_bench.py [--events 1000000 10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import psycopg
+
+from crm import db
+from crm.ingest.load import ingest_paths
+from crm.settings import get_settings
+from crm.simulate import SimConfig, simulate
+from crm.transform import build
+
+DAYS = 60
+EVENTS_PER_USER_DAY = 2.1
+
+
+def fresh_db(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    return db.with_database(admin_url, name)
+
+
+def timed(label: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    seconds = time.perf_counter() - t
+    print(f"  {label}: {seconds:.1f}s", flush=True)
+    return out, seconds
+
+
+def one_size(events: int, work: Path, admin: str) -> dict[str, float]:
+    users = max(100, int(events / (DAYS * EVENTS_PER_USER_DAY)))
+    sim = work / f"sim-{users}u-{DAYS + 1}d"
+    if not (sim / "manifest.json").exists():
+        timed("simulate", simulate, SimConfig(users=users, days=DAYS + 1, seed=7), sim)
+    folders = sorted((sim / "events").iterdir())
+    last_day = f"dt={SimConfig().start.fromordinal(SimConfig().start.toordinal() + DAYS)}"
+    history = [f for f in folders if f.name < last_day]
+    new_day = [f for f in folders if f.name >= last_day]
+    url = fresh_db(admin, f"bench_dbt_{events}")
+    db.upgrade(url)
+    settings = get_settings().model_copy(update={"database_url": url})
+    print(f"{events:,} events target, {users:,} people:", flush=True)
+    res, t_ingest = timed("ingest history", ingest_paths, history, settings=settings)
+    loaded = sum(r.loaded for r in res)
+    _, t_full = timed("dbt build --full-refresh", build, full_refresh=True, url=url, capture=True)
+    timed("ingest one more day", ingest_paths, new_day, settings=settings)
+    _, t_inc = timed("dbt build (incremental)", build, url=url, capture=True)
+    print(
+        f"  -> {loaded:,} events; full build {t_full:.1f}s; one day incremental {t_inc:.1f}s "
+        f"= {t_inc / t_full:.2f} of full (target < 0.2)",
+        flush=True,
+    )
+    return {"events": loaded, "full": t_full, "incremental": t_inc, "ingest": t_ingest}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, nargs="+", default=[1_000_000])
+    args = ap.parse_args()
+    settings = get_settings()
+    work = Path(settings.home) / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    admin = db.database_url(settings)
+    rows = [one_size(n, work, admin) for n in args.events]
+    print(f"\n{'events':>12}{'full build s':>14}{'incremental s':>15}{'ratio':>8}")
+    for r in rows:
+        print(
+            f"{r['events']:>12,}{r['full']:>14.1f}{r['incremental']:>15.1f}"
+            f"{r['incremental'] / r['full']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
