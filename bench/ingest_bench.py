@@ -36,10 +36,11 @@ def fresh_db(admin_url: str, name: str) -> str:
 
 def dataset(work: Path, events: int) -> Path:
     users = max(100, int(events / (60 * EVENTS_PER_USER_DAY)))
-    sim = work / f"sim-{users}u-60d"
+    sim = work / f"sim-{users}u-60d-clean"
     if not (sim / "manifest.json").exists():
         t = time.perf_counter()
-        s = simulate(SimConfig(users=users, days=60, seed=7), sim)
+        # No garbage lines here: PostgreSQL's COPY, the baseline, aborts a whole file on one.
+        s = simulate(SimConfig(users=users, days=60, seed=7, broken_rate=0.0), sim)
         print(f"simulated {s.events:,} events in {time.perf_counter() - t:.1f}s")
     plain = work / f"{sim.name}.jsonl"
     if not plain.exists():

@@ -109,3 +109,18 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return home
+
+
+def insert_out_of_contract_event(url: str) -> None:
+    """Write, by hand, a raw event the contract would have refused (a 'fridge' device): what
+    a dbt test must catch when data reaches raw.events some other way."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            """
+            insert into raw.events (message_id, type, event, anonymous_id, event_at, event_date,
+                                    payload, load_id, line_number)
+            select 'odd-1', 'track', 'Product Viewed', 'a-odd', event_at, event_date,
+                   jsonb_set(payload, '{context,device,type}', '"fridge"'), load_id, 0
+            from raw.events limit 1
+            """
+        )

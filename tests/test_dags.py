@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from crm.settings import PROJECT_ROOT, Settings
+from tests.conftest import insert_out_of_contract_event
 
 DAGS = PROJECT_ROOT / "dags"
 
@@ -132,14 +133,7 @@ def test_build_dag_builds_the_marts_and_stops_at_a_failing_test(
     assert run.state == "success"
     with psycopg.connect(db_url) as conn:
         assert conn.execute("select count(*) from marts.dim_customers").fetchone()[0] > 100  # type: ignore[index]
-        # data from outside the contract, written by hand: breaks a staging test
-        conn.execute("""
-            insert into raw.events (message_id, type, event, anonymous_id, event_at, event_date,
-                                    payload, load_id, line_number)
-            select 'odd-1', 'track', 'Product Viewed', 'a-odd', event_at, event_date,
-                   jsonb_set(payload, '{context,device,type}', '"fridge"'), load_id, 0
-            from raw.events limit 1
-        """)  # fmt: skip
+    insert_out_of_contract_event(db_url)
     failed = dag.test()
     assert failed.state == "failed"
     states = {ti.task_id: ti.state for ti in failed.get_task_instances()}

@@ -15,6 +15,7 @@ from crm import db
 from crm.ingest.load import ingest_paths
 from crm.settings import Settings
 from crm.transform import DBT_PROJECT, TransformError, build, run_dbt
+from tests.conftest import insert_out_of_contract_event
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +133,8 @@ def test_incremental_run_equals_full_refresh(
     days = sorted((small_shop / "events").iterdir())
     first, rest = days[: len(days) // 2], days[len(days) // 2 :]
     ingest_paths(first, settings=settings)
-    no_lookback = {"lookback_hours": 0}
-    build(url=db_url, capture=True, dbt_vars=no_lookback)
+    defaults = None  # the project's own settings: loads already processed are skipped
+    build(url=db_url, capture=True, dbt_vars=defaults)
     # a late event that joins two sessions of one device into one, loaded after the first run
     [(device, ts)] = rows(db_url, """
         select device_key, s1.ended_at + (s2.started_at - s1.ended_at) / 2
@@ -150,12 +151,12 @@ def test_incremental_run_equals_full_refresh(
         "timestamp": ts.isoformat(), "properties": {"product_id": "p00001"},
     }) + b"\n")  # fmt: skip
     ingest_paths([*rest, late], settings=settings)
-    build(url=db_url, capture=True, dbt_vars=no_lookback)
+    build(url=db_url, capture=True, dbt_vars=defaults)
     incremental = _table(
         db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized"
     )
     marts_inc = _table(db_url, "select * from marts.fct_sessions")
-    build(url=db_url, capture=True, full_refresh=True, dbt_vars=no_lookback)
+    build(url=db_url, capture=True, full_refresh=True, dbt_vars=defaults)
     full = _table(db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized")
     assert len(incremental) == len(full) > 1000
     assert incremental == full
@@ -175,14 +176,7 @@ def test_a_failing_test_stops_downstream_and_names_itself(
 ) -> None:
     day = sorted((small_shop / "events").iterdir())[3]
     ingest_paths([day], settings=settings)
-    with psycopg.connect(db_url) as conn:  # data from outside the contract, written by hand
-        conn.execute("""
-            insert into raw.events (message_id, type, event, anonymous_id, event_at, event_date,
-                                    payload, load_id, line_number)
-            select 'odd-1', 'track', 'Product Viewed', 'a-odd', event_at, event_date,
-                   jsonb_set(payload, '{context,device,type}', '"fridge"'), load_id, 0
-            from raw.events limit 1
-        """)  # fmt: skip
+    insert_out_of_contract_event(db_url)
     with pytest.raises(TransformError, match="accepted_values_stg_events__calls_platform"):
         build(url=db_url, capture=True)
     [(exists,)] = rows(db_url, "select to_regclass('marts.dim_customers') is not null")

@@ -8,14 +8,16 @@
       {'columns': ['device_key', 'event_at']},
       {'columns': ['message_id'], 'unique': True},
       {'columns': ['session_id']},
+      {'columns': ['load_id']},
     ],
   )
 }}
 -- Activity events (a person doing something on a device) with their session: a new session
 -- starts after var('session_gap_minutes') of inactivity on the device.
 --
--- Incremental runs take the events loaded since the last run (minus var('lookback_hours') for
--- late loads). For each device they touch, sessions are recomputed from the start of the
+-- Incremental runs take the events of every load not processed yet (looking back
+-- var('lookback_hours') from the latest processed load, so a long load that committed after the
+-- last run is still found; events arriving late are simply in a later load). For each device they touch, sessions are recomputed from the start of the
 -- device's last session before its earliest new event: every earlier session is closed (it
 -- ends more than the gap before that start, and no new event falls before it), so the result
 -- equals a full refresh over the same data.
@@ -35,7 +37,8 @@ calls as (
         traffic_source,
         event_at,
         event_date,
-        loaded_at
+        loaded_at,
+        load_id
     from {{ ref('stg_events__calls') }}
     where anonymous_id is not null
       -- deliveries and receipts happen to a person; they are not something they did
@@ -46,11 +49,21 @@ calls as (
 
 {% if is_incremental() %}
 
+processed_loads as (
+
+    select distinct load_id from {{ this }}
+
+),
+
 new_events as (
 
-    select * from calls
-    where loaded_at > (select max(loaded_at) from {{ this }})
-                      - interval '{{ var("lookback_hours") }} hours'
+    -- every load not yet processed; the lookback only bounds where to look for them
+    select calls.*
+    from calls
+    where
+        calls.loaded_at > (select max(earlier.loaded_at) from {{ this }} as earlier)
+        - interval '{{ var("lookback_hours") }} hours'
+        and calls.load_id not in (select processed_loads.load_id from processed_loads)
 
 ),
 
@@ -140,6 +153,7 @@ final as (
         event_at,
         event_date,
         loaded_at,
+        load_id,
         min(event_at) over (partition by device_key, session_seq) as session_start
     from numbered
 

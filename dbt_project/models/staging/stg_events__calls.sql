@@ -37,7 +37,8 @@ renamed as (
         ---------- timestamps
         event_at,
         event_date,
-        loaded_at
+        loaded_at,
+        load_id
 
     from source
 
