@@ -44,6 +44,7 @@ HOSTILE: list[tuple[bytes, str]] = [
     (ev(906).replace(b"1.5", b"NaN"), "invalid JSON"),
     (ev(907).replace(b"1.5", b"Infinity"), "invalid JSON"),
     (b'{"messageId": "t8\xc3\x28", "type": "track"}', "invalid UTF-8"),
+    (ev(909)[:-1] + b', "city": "M\xfcnchen"}', "invalid UTF-8 at byte"),  # in an unknown field
     (ev(908, properties={"blob": "x" * 3_000_000}), "over the limit"),  # multi-megabyte
     (b'{"messageId": "t9", "type": "track", "event": "x", "userId": "u", '
      b'"timestamp": "2026-02-01T00:00:00Z", "properties": ' + b'{"a":' * 100 + b"1" + b"}" * 100

@@ -131,6 +131,8 @@ def parse_block(
                 line = copy_line(row, raw, day, load_id, line_no)
             except Rejected as exc:
                 out.rejects.append((line_no, exc.reason, raw))
+            except UnicodeDecodeError as exc:  # in a field the fast path skips undecoded
+                out.rejects.append((line_no, f"invalid UTF-8 at byte {exc.start}", raw))
             except (OverflowError, ValueError) as exc:
                 out.rejects.append((line_no, f"cannot store value: {exc}", raw))
             else:
