@@ -1,9 +1,20 @@
--- Every call with the common fields typed and the device context flattened.
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']},
+             {'columns': ['anonymous_id']}, {'columns': ['user_id']}],
+  )
+}}
+-- Every call with the common fields typed and the device context flattened. Event-sized, so
+-- a table filled incrementally, load by load: JSON is parsed once per event, not per build.
 with
 
 source as (
 
-    select * from {{ source('raw', 'events') }}
+    select * from {{ source('raw', 'events') }} as source
+    where true {{ new_loads_only() }}
 
 ),
 

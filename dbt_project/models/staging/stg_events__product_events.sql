@@ -1,11 +1,22 @@
--- Product interactions from the E-commerce v2 spec, one row per call.
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']},
+             {'columns': ['product_id']}],
+  )
+}}
+-- Product interactions from the E-commerce v2 spec, one row per call. Event-sized, so a
+-- table filled incrementally, load by load.
 with
 
 source as (
 
-    select * from {{ source('raw', 'events') }}
+    select * from {{ source('raw', 'events') }} as source
     where
         type = 'track'
+        {{ new_loads_only() }}
         and event in (
             'Product Viewed', 'Product Clicked', 'Product Added', 'Product Removed',
             'Product Added to Wishlist'
@@ -34,7 +45,9 @@ renamed as (
         coalesce({{ to_numeric("payload #>> '{properties,quantity}'") }}, 1)::integer as quantity,
 
         ---------- timestamps
-        event_at
+        event_at,
+        loaded_at,
+        load_id
 
     from source
 
