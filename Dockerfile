@@ -8,6 +8,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY crm ./crm
 COPY dags ./dags
+COPY dbt_project ./dbt_project
 RUN uv sync --frozen --no-dev && chown -R airflow /opt/shop-crm
 USER airflow
 ENV AIRFLOW_HOME=/opt/airflow AIRFLOW__CORE__DAGS_FOLDER=/opt/shop-crm/dags \

@@ -51,3 +51,12 @@ def test_compose_settings_match_the_code() -> None:
     x_env = compose()["x-airflow"]["environment"]
     assert {k for k in x_env if k.startswith("CRM_")} <= known
     assert all(v == "" or "change-me" in v or k.endswith("_URL") for k, v in env_example.items())
+
+
+def test_image_carries_what_the_dags_need() -> None:
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    assert {"crm", "dags", "dbt_project"} <= copied

@@ -13,7 +13,7 @@ with
 
 source as (
 
-    select * from {{ source('raw', 'events') }} as source
+    select * from {{ source('raw', 'events') }}
     where
         type = 'track'
         {{ new_loads_only() }}
