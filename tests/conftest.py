@@ -112,15 +112,21 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def insert_out_of_contract_event(url: str) -> None:
-    """Write, by hand, a raw event the contract would have refused (a 'fridge' device): what
-    a dbt test must catch when data reaches raw.events some other way."""
+    """Write, by hand and as a load of its own, a raw event the contract would have refused
+    (a 'fridge' device): what a dbt test must catch when data reaches raw.events another way."""
     with psycopg.connect(url) as conn:
         conn.execute(
             """
+            with load as (
+                insert into raw.load_audit (file_path, file_name, checksum, size_bytes, status,
+                                            lines, loaded, source, finished_at)
+                values ('by-hand', 'by-hand', 'by-hand', 0, 'loaded', 1, 1, 'test', now())
+                returning load_id
+            )
             insert into raw.events (message_id, type, event, anonymous_id, event_at, event_date,
                                     payload, load_id, line_number)
-            select 'odd-1', 'track', 'Product Viewed', 'a-odd', event_at, event_date,
-                   jsonb_set(payload, '{context,device,type}', '"fridge"'), load_id, 0
-            from raw.events limit 1
+            select 'odd-1', 'track', 'Product Viewed', 'a-odd', e.event_at, e.event_date,
+                   jsonb_set(e.payload, '{context,device,type}', '"fridge"'), load.load_id, 1
+            from (select * from raw.events limit 1) as e cross join load
             """
         )
