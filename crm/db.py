@@ -6,8 +6,6 @@ import hashlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -134,12 +132,6 @@ def connect(url: str | None = None, **kwargs: object) -> psycopg.Connection:
             f"cannot connect to PostgreSQL ({exc}). Check CRM_DATABASE_URL, or unset it to use "
             "the embedded server."
         ) from None
-
-
-@contextmanager
-def transaction(url: str | None = None) -> Iterator[psycopg.Connection]:
-    with connect(url) as conn, conn.transaction():
-        yield conn
 
 
 @dataclass(frozen=True)

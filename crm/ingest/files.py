@@ -55,8 +55,9 @@ def _raw_chunks(path: Path, size: int) -> Iterator[bytes]:
             raise DamagedFile("gzip stream ends before its end marker (truncated file)")
 
 
-def iter_blocks(path: Path, size: int = 1 << 21) -> Iterator[bytes]:
-    """The file (decompressed) in blocks of whole lines, without the final end-of-line.
+def iter_blocks(path: Path, size: int = 1 << 21) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, block): the file (decompressed) in blocks of whole lines,
+    without the final end-of-line.
 
     Line n of the file is line n of the concatenated blocks; a block holds at least one line,
     however long. A UTF-8 byte-order mark at the start is dropped. A truncated or corrupt gzip
@@ -76,22 +77,21 @@ def iter_blocks(path: Path, size: int = 1 << 21) -> Iterator[bytes]:
                 carry = data
                 continue
             block, carry = data[:cut], data[cut + 1 :]
+            yield lines_done + 1, block
             lines_done += block.count(b"\n") + 1
-            yield block
     except DamagedFile as exc:
         raise DamagedFile(
             f"{exc} after line {lines_done}: the lines before it were processed, the rest "
             "of the file is missing; re-send the complete file"
         ) from None
     if carry:
-        yield carry
+        yield lines_done + 1, carry
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line without its end-of-line) for every line, blank ones included."""
-    number = 0
-    for block in iter_blocks(path):
-        for number, line in enumerate(block.split(b"\n"), start=number + 1):  # noqa: B020
+    for first, block in iter_blocks(path):
+        for number, line in enumerate(block.split(b"\n"), start=first):
             yield number, line.rstrip(b"\r")
 
 

@@ -243,11 +243,9 @@ class _Writer:
 
 def _blocks(path: Path, size: int, status: dict[str, str]) -> Iterator[tuple[bytes, int]]:
     """(block of whole lines, number of its first line); a damaged gzip ends the stream."""
-    number = 1
     try:
-        for block in iter_blocks(path, size):
-            yield block, number
-            number += block.count(b"\n") + 1
+        for first, block in iter_blocks(path, size):
+            yield block, first
     except DamagedFile as exc:
         status["partial"] = str(exc)
 
