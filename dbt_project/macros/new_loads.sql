@@ -1,11 +1,33 @@
-{#- For incremental event models, in the WHERE clause over raw.events: keeps only rows of
-    loads the model has not processed yet. Loads are looked for within var('lookback_hours')
-    of the latest processed one (a load's rows carry its start time, so a long load may commit
-    after a later one). -#}
-{% macro new_loads_only() -%}
+{#- Incremental event models: which loads has this model not processed yet?
+
+    The answer comes from raw.load_audit (one row per file, small), not from scanning events:
+    every committed load ('loaded' or 'partial') whose id is not in {{ this }}. Loads started
+    more than var('lookback_hours') before the latest processed one are not looked at again
+    (a load that contributed no rows to this model would otherwise be re-listed forever); the
+    window lets a long load that committed after a later one still be found. -#}
+{% macro new_load_ids() -%}
+    {%- if not execute -%}{{ return('null') }}{%- endif -%}
+    {%- set query -%}
+        select coalesce(string_agg(audit.load_id::text, ', ' order by audit.load_id), 'null')
+        from {{ source('raw', 'load_audit') }} as audit
+        where
+            audit.status in ('loaded', 'partial')
+            and audit.started_at > coalesce(
+                (
+                    select latest.started_at
+                    from {{ source('raw', 'load_audit') }} as latest
+                    where latest.load_id = (select max(done.load_id) from {{ this }} as done)
+                ),
+                '-infinity'
+            ) - interval '{{ var("lookback_hours") }} hours'
+            and not exists (select from {{ this }} as done where done.load_id = audit.load_id)
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{%- endmacro %}
+
+{#- In the WHERE clause of an incremental model: keep only rows of loads not processed yet. -#}
+{% macro new_loads_only(column='load_id') -%}
     {% if is_incremental() -%}
-        and loaded_at > (select max(done.loaded_at) from {{ this }} as done)
-        - interval '{{ var("lookback_hours") }} hours'
-        and load_id not in (select distinct done.load_id from {{ this }} as done)
+        and {{ column }} in ({{ new_load_ids() }})
     {%- endif %}
 {%- endmacro %}

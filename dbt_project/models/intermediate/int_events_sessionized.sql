@@ -15,12 +15,11 @@
 -- Activity events (a person doing something on a device) with their session: a new session
 -- starts after var('session_gap_minutes') of inactivity on the device.
 --
--- Incremental runs take the events of every load not processed yet (looking back
--- var('lookback_hours') from the latest processed load, so a long load that committed after the
--- last run is still found; events arriving late are simply in a later load). For each device they touch, sessions are recomputed from the start of the
--- device's last session before its earliest new event: every earlier session is closed (it
--- ends more than the gap before that start, and no new event falls before it), so the result
--- equals a full refresh over the same data.
+-- Incremental runs take the events of every load not processed yet (new_loads_only: events
+-- arriving late are simply in a later load). For each device they touch, sessions are
+-- recomputed from the start of the device's last session before its earliest new event:
+-- every earlier session is closed (it ends more than the gap before that start, and no new
+-- event falls before it), so the result equals a full refresh over the same data.
 with
 
 calls as (
@@ -49,21 +48,12 @@ calls as (
 
 {% if is_incremental() %}
 
-processed_loads as (
-
-    select distinct load_id from {{ this }}
-
-),
-
 new_events as (
 
-    -- every load not yet processed; the lookback only bounds where to look for them
+    -- every load not yet processed (see the new_loads_only macro)
     select calls.*
     from calls
-    where
-        calls.loaded_at > (select max(earlier.loaded_at) from {{ this }} as earlier)
-        - interval '{{ var("lookback_hours") }} hours'
-        and calls.load_id not in (select processed_loads.load_id from processed_loads)
+    where true {{ new_loads_only('calls.load_id') }}
 
 ),
 
