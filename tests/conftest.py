@@ -130,3 +130,30 @@ def insert_out_of_contract_event(url: str) -> None:
             from (select * from raw.events limit 1) as e cross join load
             """
         )
+
+
+ML_DB = "crm_test_ml"
+
+
+def build_ml_shop(server_url: str, out: Path, users: int = 1500, days: int = 56) -> str:
+    """A simulated shop loaded and transformed into its own database (what the ML tests use)."""
+    from crm.ingest.load import ingest_paths
+    from crm.transform import build
+
+    simulate(SimConfig(users=users, days=days, seed=5), out)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(ML_DB)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(ML_DB)))
+    url = db.with_database(server_url, ML_DB)
+    db.upgrade(url)
+    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    ingest_paths(sorted((out / "events").iterdir()), settings=settings)
+    build(url=url, capture=True)
+    return url
+
+
+@pytest.fixture(scope="session")
+def ml_shop(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(database URL, simulator output) of a 1,500-person, 8-week shop, built once."""
+    out = tmp_path_factory.mktemp("ml_shop")
+    return build_ml_shop(pg_server_url, out), out

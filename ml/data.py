@@ -1,0 +1,111 @@
+"""What the models see: the marts, as DataFrames, cut at a point in time.
+
+Every time split goes through :meth:`Snapshot.before`, which keeps only what happened strictly
+before the cut-off, so nothing from the future leaks into features (tests check it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from crm import db
+
+QUERIES: dict[str, str] = {
+    "customers": """
+        select customer_id, is_known, time_zone, locale, push_consent, email_consent,
+               lifecycle_segment, first_seen_at
+        from marts.dim_customers""",
+    "products": """
+        select product_id, category, price from marts.dim_products""",
+    "sessions": """
+        select customer_id, session_id, started_at, events, product_views, converted, platform
+        from marts.fct_sessions where customer_id is not null""",
+    "orders": """
+        select customer_id, order_id, ordered_at, revenue from marts.fct_orders
+        where customer_id is not null""",
+    "items": """
+        select customer_id, order_id, product_id, category, price, quantity, ordered_at
+        from marts.fct_order_items where customer_id is not null and product_id is not null""",
+    "product_events": """
+        select customer_id, product_id, event_name, category, price, event_at
+        from marts.fct_product_events""",
+    "messages": """
+        select customer_id, channel, engagement, engaged, event_at
+        from marts.fct_message_engagement""",
+}
+
+# the time column of each event-like table (customers and products are dimensions)
+TIME_COLUMNS = {
+    "sessions": "started_at",
+    "orders": "ordered_at",
+    "items": "ordered_at",
+    "product_events": "event_at",
+    "messages": "event_at",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    customers: pd.DataFrame
+    products: pd.DataFrame
+    sessions: pd.DataFrame
+    orders: pd.DataFrame
+    items: pd.DataFrame
+    product_events: pd.DataFrame
+    messages: pd.DataFrame
+
+    @property
+    def end(self) -> pd.Timestamp:
+        """Just after the latest event: the natural 'now' of this data."""
+        latest = max(
+            (getattr(self, t)[c].max() for t, c in TIME_COLUMNS.items() if len(getattr(self, t))),
+            default=pd.Timestamp("1970-01-01", tz="UTC"),
+        )
+        return pd.Timestamp(latest).ceil("D")
+
+    def before(self, cutoff: datetime | pd.Timestamp) -> Snapshot:
+        """Only what happened strictly before ``cutoff``."""
+        cut = pd.Timestamp(cutoff)
+        parts = {
+            t: getattr(self, t)[getattr(self, t)[c] < cut].reset_index(drop=True)
+            for t, c in TIME_COLUMNS.items()
+        }
+        return dataclasses.replace(self, **parts)
+
+    def between(self, start: datetime | pd.Timestamp, end: datetime | pd.Timestamp) -> Snapshot:
+        """Only what happened in [start, end): the label window of a time split."""
+        lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+        parts = {
+            t: getattr(self, t)[(getattr(self, t)[c] >= lo) & (getattr(self, t)[c] < hi)]
+            .reset_index(drop=True)
+            for t, c in TIME_COLUMNS.items()
+        }
+        return dataclasses.replace(self, **parts)
+
+    def fingerprint(self) -> str:
+        """A short id of the data (sizes and time range), logged with every MLflow run."""
+        text = "|".join(f"{t}:{len(getattr(self, t))}" for t in QUERIES) + f"|end:{self.end}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load_snapshot(url: str | None = None) -> Snapshot:
+    """Read the marts into memory (the ML jobs' only input)."""
+    frames: dict[str, pd.DataFrame] = {}
+    with db.connect(url) as conn:
+        for name, sql in QUERIES.items():
+            cur = conn.execute(sql)
+            cols = [c.name for c in cur.description or []]
+            frame = pd.DataFrame(cur.fetchall(), columns=cols)
+            for col in ("price", "revenue"):
+                if col in frame:
+                    frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+            for col in frame.columns:
+                if col.endswith("_at"):
+                    frame[col] = pd.to_datetime(frame[col], utc=True)
+            frames[name] = frame
+    return Snapshot(**frames)

