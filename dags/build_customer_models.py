@@ -9,8 +9,8 @@ every model is a task group (`run`, `test`) in the graph.
 * A failing dbt test fails its task (the log names the test and the failing rows' query) and
   stops everything downstream of it, so `publish_marts` does not run and the DAGs scheduled on
   the marts asset (scoring, campaigns) are not triggered with bad data.
-* Incremental models (`int_events_sessionized`) only process what was loaded since the last
-  run, with a lookback (`lookback_hours` in `dbt_project.yml`). Trigger with
+* Incremental models (staging calls and product events, `int_events_sessionized`) only
+  process the loads they have not seen yet (listed from `raw.load_audit`). Trigger with
   **full_refresh** to rebuild them from scratch.
 * Thresholds analysts tune (session gap, lifecycle days) are dbt vars in `dbt_project.yml`.
 

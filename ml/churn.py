@@ -38,7 +38,9 @@ FEATURES = [
 BANDS = [(0.0, "low"), (0.3, "medium"), (0.6, "high")]
 
 
-def features_asof(snap: Snapshot, cutoff: pd.Timestamp, active_within_days: int = 90) -> pd.DataFrame:
+def features_asof(
+    snap: Snapshot, cutoff: pd.Timestamp, active_within_days: int = 90
+) -> pd.DataFrame:
     """One row per customer active in the ``active_within_days`` before ``cutoff``; only
     events before the cut-off are used."""
     past = snap.before(cutoff)
@@ -56,8 +58,10 @@ def features_asof(snap: Snapshot, cutoff: pd.Timestamp, active_within_days: int 
     for w in (7, 30, 90):
         out[f"sessions_{w}d"] = s[s.days_ago <= w].groupby("customer_id").size()
     out["active_days_30d"] = (
-        s[s.days_ago <= 30].assign(d=lambda x: x.started_at.dt.floor("D"))
-        .groupby("customer_id").d.nunique()
+        s[s.days_ago <= 30]
+        .assign(d=lambda x: x.started_at.dt.floor("D"))
+        .groupby("customer_id")
+        .d.nunique()
     )
     o = past.orders
     out["orders_30d"] = o[(cutoff - o.ordered_at) / DAY <= 30].groupby("customer_id").size()
@@ -80,7 +84,9 @@ def features_asof(snap: Snapshot, cutoff: pd.Timestamp, active_within_days: int 
     return out[FEATURES].astype("float64")
 
 
-def labels(snap: Snapshot, customers: pd.Index, cutoff: pd.Timestamp, window_days: int) -> pd.Series:
+def labels(
+    snap: Snapshot, customers: pd.Index, cutoff: pd.Timestamp, window_days: int
+) -> pd.Series:
     """1 = churned: no session and no order in [cutoff, cutoff + window)."""
     later = snap.between(cutoff, cutoff + window_days * DAY)
     active = set(later.sessions.customer_id) | set(later.orders.customer_id)
@@ -88,7 +94,11 @@ def labels(snap: Snapshot, customers: pd.Index, cutoff: pd.Timestamp, window_day
 
 
 def training_frame(
-    snap: Snapshot, last_cutoff: pd.Timestamp, window_days: int, n_cutoffs: int = 4, step_days: int = 7
+    snap: Snapshot,
+    last_cutoff: pd.Timestamp,
+    window_days: int,
+    n_cutoffs: int = 4,
+    step_days: int = 7,
 ) -> pd.DataFrame:
     """Features and labels stacked over ``n_cutoffs`` cut-offs ending at ``last_cutoff``."""
     frames = []
@@ -111,9 +121,15 @@ class ChurnModel:
     window_days: int = 14
     seed: int = 0
     params: dict[str, object] = field(
-        default_factory=lambda: {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15,
-                                 "min_child_samples": 20, "subsample": 0.8, "subsample_freq": 1,
-                                 "colsample_bytree": 0.8}  # fmt: skip
+        default_factory=lambda: {
+            "n_estimators": 200,
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_child_samples": 20,
+            "subsample": 0.8,
+            "subsample_freq": 1,
+            "colsample_bytree": 0.8,
+        }
     )
     model: CalibratedClassifierCV | None = None
 
@@ -140,11 +156,16 @@ class ChurnModel:
         x = features_asof(snap, cut)
         p = self.predict(x) if len(x) else np.array([])
         return pd.DataFrame(
-            {"customer_id": x.index, "churn_probability": p.round(4),
-             "risk_band": [band(v) for v in p]}  # fmt: skip
+            {
+                "customer_id": x.index,
+                "churn_probability": p.round(4),
+                "risk_band": [band(v) for v in p],
+            }
         )
 
-    def evaluate(self, snap: Snapshot, cutoff: pd.Timestamp) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    def evaluate(
+        self, snap: Snapshot, cutoff: pd.Timestamp
+    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
         """Held-out metrics at ``cutoff`` (features before it, labels in the window after it),
         with the recency baseline (score = days since last session) on the same customers."""
         x = features_asof(snap, cutoff)

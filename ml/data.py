@@ -81,8 +81,9 @@ class Snapshot:
         """Only what happened in [start, end): the label window of a time split."""
         lo, hi = pd.Timestamp(start), pd.Timestamp(end)
         parts = {
-            t: getattr(self, t)[(getattr(self, t)[c] >= lo) & (getattr(self, t)[c] < hi)]
-            .reset_index(drop=True)
+            t: getattr(self, t)[
+                (getattr(self, t)[c] >= lo) & (getattr(self, t)[c] < hi)
+            ].reset_index(drop=True)
             for t, c in TIME_COLUMNS.items()
         }
         return dataclasses.replace(self, **parts)

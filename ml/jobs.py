@@ -85,7 +85,9 @@ def _plot(task: str, tables: dict[str, pd.DataFrame]) -> Any:
     return fig
 
 
-def _challenger(task: str, snap: Snapshot, p: TrainParams, champion: Any) -> tuple[Any, pd.Timestamp | None]:
+def _challenger(
+    task: str, snap: Snapshot, p: TrainParams, champion: Any
+) -> tuple[Any, pd.Timestamp | None]:
     end = snap.end
     if task == "segments":
         return SegmentModel(seed=p.seed).fit(snap, previous=champion), None
@@ -96,12 +98,16 @@ def _challenger(task: str, snap: Snapshot, p: TrainParams, champion: Any) -> tup
         cut = end - p.send_time_holdout_days * DAY
         return SendTimeModel().fit(snap.before(cut)), cut
     cut = end - p.recommendation_horizon_days * DAY
-    model = Recommender(horizon_days=p.recommendation_horizon_days, n=p.recommendations, seed=p.seed)
+    model = Recommender(
+        horizon_days=p.recommendation_horizon_days, n=p.recommendations, seed=p.seed
+    )
     return model.fit(snap.before(cut)), cut
 
 
-def _evaluate(task: str, model: Any, snap: Snapshot, cut: pd.Timestamp | None) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-    return model.evaluate(snap) if cut is None else model.evaluate(snap, cut)  # type: ignore[no-any-return]
+def _evaluate(
+    task: str, model: Any, snap: Snapshot, cut: pd.Timestamp | None
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    return model.evaluate(snap) if cut is None else model.evaluate(snap, cut)
 
 
 def train(
@@ -125,8 +131,15 @@ def train(
         current = tracking.load_champion(task)
         champion = current[0] if current else None
         with mlflow.start_run(run_name=f"{task} {snap.end:%Y-%m-%d}"):
-            mlflow.log_params({**asdict(p), "task": task, "data_fingerprint": snap.fingerprint(),
-                               "data_end": str(snap.end), "code_version": code_version()})  # fmt: skip
+            mlflow.log_params(
+                {
+                    **asdict(p),
+                    "task": task,
+                    "data_fingerprint": snap.fingerprint(),
+                    "data_end": str(snap.end),
+                    "code_version": code_version(),
+                }
+            )
             mlflow.set_tag("task", task)
             model, cut = _challenger(task, snap, p, champion)
             if cut is not None:
@@ -140,7 +153,9 @@ def train(
             if champion is not None:
                 try:
                     champion_value = _evaluate(task, champion, snap, cut)[0][model.key_metric]
-                    mlflow.log_metric("champion_" + model.key_metric.replace("@", "_at_"), champion_value)
+                    mlflow.log_metric(
+                        "champion_" + model.key_metric.replace("@", "_at_"), champion_value
+                    )
                 except Exception as exc:  # an old champion that cannot score today's data loses
                     log.warning("champion of %s could not be evaluated: %s", task, exc)
                     champion_value = float("-inf")
@@ -166,10 +181,12 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
                 "train_models DAG) first"
             )
         champions[task] = found
-    segments_model, seg_v = champions["segments"]
+    segments_model, _seg_v = champions["segments"]
     segs = segments_model.assign(snap)
     catalog = segments_model.catalog()
-    catalog["customers"] = catalog.segment_id.map(segs.segment_id.value_counts()).fillna(0).astype(int)
+    catalog["customers"] = (
+        catalog.segment_id.map(segs.segment_id.value_counts()).fillna(0).astype(int)
+    )
     frames = {
         "customer_segments": segs,
         "segment_catalog": catalog,
@@ -184,8 +201,10 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
         t: (task_of[t], tracking.model_name(task_of[t]), champions[task_of[t]][1]) for t in frames
     }
     scored_at = datetime.now(UTC)
-    counts = publish.replace_tables(frames, versions, scored_at, settings.database_url and str(settings.database_url))
-    meta = {"scored_at": scored_at.isoformat(),
-            "models": {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}}  # fmt: skip
+    counts = publish.replace_tables(
+        frames, versions, scored_at, settings.database_url and str(settings.database_url)
+    )
+    models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
+    meta = {"scored_at": scored_at.isoformat(), "models": models}
     keys = publish.publish_redis(frames, meta, settings)
     return {"rows": counts, "redis_keys": keys, **meta}

@@ -29,8 +29,15 @@ TABLES = {
     "segment_catalog": ["segment_id", "segment_name", "description", "customers"],
     "churn_scores": ["customer_id", "churn_probability", "risk_band"],
     "recommendations": ["customer_id", "rank", "product_id", "score"],
-    "send_times": ["customer_id", "best_hour", "confidence", "events", "basis", "best_channel",
-                   "channel_engagement_rate"],  # fmt: skip
+    "send_times": [
+        "customer_id",
+        "best_hour",
+        "confidence",
+        "events",
+        "basis",
+        "best_channel",
+        "channel_engagement_rate",
+    ],
 }
 _embedded: dict[str, Any] = {}
 
@@ -59,7 +66,8 @@ def replace_tables(
             ident = sql.Identifier("ml", table)
             conn.execute(sql.SQL("truncate {}").format(ident))
             copy = sql.SQL("copy {} ({}) from stdin (format csv, null '\\N')").format(
-                ident, sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at"]))
+                ident,
+                sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at"])),
             )
             with conn.cursor().copy(copy) as cp:
                 cp.write(_csv(data))
@@ -84,10 +92,12 @@ def redis_client(settings: Settings | None = None) -> redis.Redis:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         _embedded[key] = LiteRedis(str(path))
-    return _embedded[key]  # type: ignore[no-any-return]
+    return _embedded[key]
 
 
-def customer_documents(frames: dict[str, pd.DataFrame], top_n: int = 10) -> Iterator[tuple[str, dict[str, Any]]]:
+def customer_documents(
+    frames: dict[str, pd.DataFrame], top_n: int = 10
+) -> Iterator[tuple[str, dict[str, Any]]]:
     segs = frames["customer_segments"].set_index("customer_id")
     churn = frames["churn_scores"].set_index("customer_id")
     send = frames["send_times"].set_index("customer_id")
@@ -98,7 +108,10 @@ def customer_documents(frames: dict[str, pd.DataFrame], top_n: int = 10) -> Iter
     for cid in ids:
         doc: dict[str, Any] = {}
         if cid in segs.index:
-            doc["segment"] = {"id": int(segs.at[cid, "segment_id"]), "name": segs.at[cid, "segment_name"]}
+            doc["segment"] = {
+                "id": int(segs.at[cid, "segment_id"]),
+                "name": segs.at[cid, "segment_name"],
+            }
         if cid in churn.index:
             doc["churn"] = {"probability": float(churn.at[cid, "churn_probability"]),
                             "band": churn.at[cid, "risk_band"]}  # fmt: skip

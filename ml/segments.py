@@ -44,7 +44,9 @@ def customer_profile(snap: Snapshot) -> pd.DataFrame:
     pe = snap.product_events[snap.product_events.customer_id.isin(out.index)]
     views = pe[pe.event_name.isin(["Product Viewed", "Product Clicked"])]
     out["sessions_per_week"] = np.log1p(out.sessions / out.weeks)
-    out["views_per_session"] = np.log1p(views.groupby("customer_id").size() / out.sessions).fillna(0)
+    out["views_per_session"] = np.log1p(views.groupby("customer_id").size() / out.sessions).fillna(
+        0
+    )
     o = snap.orders.groupby("customer_id")
     orders = o.size().reindex(out.index).fillna(0)
     out["conversion"] = orders / out.sessions
@@ -62,7 +64,13 @@ def customer_profile(snap: Snapshot) -> pd.DataFrame:
 def describe(centroid: pd.Series, overall: pd.Series, spread: pd.Series) -> tuple[str, str]:
     """A name and a sentence for a cluster, from how its centroid differs from everyone."""
     z = (centroid - overall) / spread.replace(0, 1)
-    freq = "Frequent" if z.sessions_per_week > 0.5 else "Occasional" if z.sessions_per_week < -0.5 else ""
+    freq = (
+        "Frequent"
+        if z.sessions_per_week > 0.5
+        else "Occasional"
+        if z.sessions_per_week < -0.5
+        else ""
+    )
     price = "premium" if z.price_index > 0.5 else "bargain" if z.price_index < -0.5 else ""
     if z.conversion > 0.5 or z.orders_per_week > 0.5:
         noun = "buyers"
@@ -122,7 +130,9 @@ class SegmentModel:
     def fit(self, snap: Snapshot, previous: SegmentModel | None = None) -> SegmentModel:
         profile = customer_profile(snap)
         if len(profile) < 50:
-            raise ValueError(f"only {len(profile)} customers with {MIN_SESSIONS}+ sessions: too few to cluster")
+            raise ValueError(
+                f"only {len(profile)} customers with {MIN_SESSIONS}+ sessions: too few to cluster"
+            )
         self.columns = list(profile.columns)
         self.scaler = StandardScaler().fit(profile)
         x = self._matrix(profile)
@@ -142,7 +152,7 @@ class SegmentModel:
         self.centroids = centroids
         overall, spread = profile.mean(), profile.std()
         for sid, row in centroids.iterrows():
-            self.names[int(sid)], self.descriptions[int(sid)] = describe(row, overall, spread)  # type: ignore[call-overload]
+            self.names[int(sid)], self.descriptions[int(sid)] = describe(row, overall, spread)
         return self
 
     def _stable_ids(self, centroids: pd.DataFrame, previous: SegmentModel | None) -> list[int]:
@@ -187,8 +197,11 @@ class SegmentModel:
 
     def catalog(self) -> pd.DataFrame:
         return pd.DataFrame(
-            {"segment_id": list(self.names), "segment_name": list(self.names.values()),
-             "description": [self.descriptions[i] for i in self.names]}  # fmt: skip
+            {
+                "segment_id": list(self.names),
+                "segment_name": list(self.names.values()),
+                "description": [self.descriptions[i] for i in self.names],
+            }
         )
 
     def evaluate(self, snap: Snapshot) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:

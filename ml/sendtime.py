@@ -57,9 +57,13 @@ def engagement_events(snap: Snapshot, session_weight: float = 1.0) -> pd.DataFra
                 {"customer_id": m.customer_id, "at": m.event_at, "weight": 1.0, "engaged": True}
             ),
             pd.DataFrame(
-                {"customer_id": s.customer_id, "at": s.started_at, "weight": session_weight,
-                 "engaged": False}
-            ),  # fmt: skip
+                {
+                    "customer_id": s.customer_id,
+                    "at": s.started_at,
+                    "weight": session_weight,
+                    "engaged": False,
+                }
+            ),
         ],
         ignore_index=True,
     )
@@ -181,13 +185,25 @@ class SendTimeModel:
 
     def _best_channels(self, snap: Snapshot) -> pd.DataFrame:
         m = snap.messages
-        sent = m[m.engagement.isin(["received", "delivered"])].groupby(["customer_id", "channel"]).size()
+        sent = (
+            m[m.engagement.isin(["received", "delivered"])]
+            .groupby(["customer_id", "channel"])
+            .size()
+        )
         engaged = m[m.engaged].groupby(["customer_id", "channel"]).size()
         c = snap.customers.set_index("customer_id")
         cols = {}
         for ch in ("push", "email"):
-            n = sent.xs(ch, level="channel") if ch in sent.index.get_level_values(1) else pd.Series(dtype=float)
-            k = engaged.xs(ch, level="channel") if ch in engaged.index.get_level_values(1) else pd.Series(dtype=float)
+            n = (
+                sent.xs(ch, level="channel")
+                if ch in sent.index.get_level_values(1)
+                else pd.Series(dtype=float)
+            )
+            k = (
+                engaged.xs(ch, level="channel")
+                if ch in engaged.index.get_level_values(1)
+                else pd.Series(dtype=float)
+            )
             n, k = n.reindex(c.index).fillna(0), k.reindex(c.index).fillna(0)
             rate = self.channel_rates.get(ch, 0.1)
             post = (k + CHANNEL_PRIOR * rate) / (n + CHANNEL_PRIOR)
@@ -221,6 +237,8 @@ class SendTimeModel:
             "prior_user": self.prior_user,
             "session_weight": self.session_weight,
         }
-        metrics["lift_over_global"] = metrics["hit_rate"] / max(metrics["hit_rate_global_hour"], 1e-9)
+        metrics["lift_over_global"] = metrics["hit_rate"] / max(
+            metrics["hit_rate_global_hour"], 1e-9
+        )
         by_hour = pd.DataFrame({"hour": range(HOURS), "global_profile": self.global_profile})
         return metrics, {"global_profile": by_hour}

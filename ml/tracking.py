@@ -64,19 +64,17 @@ def setup(settings: Settings | None = None) -> str:
     return str(exp_id)
 
 
-
-
 def _pyfunc_class() -> type:
-    import mlflow.pyfunc
+    from mlflow.pyfunc import PythonModel
 
-    class _TaskModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    class _TaskModel(PythonModel):
         """A task's fitted model. ``load_champion`` returns the object inside; it scores a
         Snapshot (``.score(snapshot)``), not a feature frame."""
 
         def __init__(self, model: Any) -> None:
             self.model = model
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        def predict(self, context, model_input, params=None):
             raise TypeError(
                 "shop-crm models score whole snapshots: use ml.tracking.load_champion(task)"
                 ".score(ml.data.load_snapshot())"

@@ -142,7 +142,9 @@ def build_ml_shop(server_url: str, out: Path, users: int = 1500, days: int = 56)
 
     simulate(SimConfig(users=users, days=days, seed=5), out)
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(ML_DB)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(ML_DB))
+        )
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(ML_DB)))
     url = db.with_database(server_url, ML_DB)
     db.upgrade(url)

@@ -140,3 +140,14 @@ def test_build_dag_builds_the_marts_and_stops_at_a_failing_test(
     assert states["dbt.stg_events__calls.test"] == "failed"
     assert states["publish_marts"] == "upstream_failed"
     assert states["dbt.dim_customers.run"] == "upstream_failed"
+
+
+def test_ml_dags_chain_on_the_marts_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+    score = dagbag.dags["score_customers"]
+    assert "marts/dim_customers" in str(score.timetable.asset_condition)
+    (task,) = score.tasks
+    assert next(o.uri for o in task.outlets).endswith("/ml/churn_scores")
+    train = dagbag.dags["train_models"]
+    assert {t.task_id for t in train.tasks} == {"segments", "churn", "send_time", "recommendations"}
+    assert train.params["churn_window_days"] == 14
+    assert "send_time" in train.task_dict["segments"].downstream_task_ids

@@ -16,7 +16,9 @@ def popularity_lists(ix: Index, users: list[str], n: int) -> dict[str, list[str]
     return {u: top for u in users}
 
 
-def als_lists(ix: Index, users: list[str], n: int, seed: int = 0, factors: int = 32) -> dict[str, list[str]]:
+def als_lists(
+    ix: Index, users: list[str], n: int, seed: int = 0, factors: int = 32
+) -> dict[str, list[str]]:
     """Matrix factorisation on the decayed interaction weights (confidence = 1 + 20 w)."""
     from implicit.als import AlternatingLeastSquares
 

@@ -103,7 +103,9 @@ def build_index(snap: Snapshot) -> Index:
     last = it.groupby(["customer_id", "product_id"]).ordered_at.max().reset_index()
     last = last[last.customer_id.isin(customers)]
     lr, lc = customers.get_indexer(last.customer_id), products.get_indexer(last.product_id)
-    last_days = sp.csr_matrix((((end - last.ordered_at) / DAY).to_numpy() + 1, (lr, lc)), shape=shape)
+    last_days = sp.csr_matrix(
+        (((end - last.ordered_at) / DAY).to_numpy() + 1, (lr, lc)), shape=shape
+    )
     # repurchase: in which categories do buyers buy the same product again?
     buys["category"] = buys.product_id.map(cat_map)
     rate = buys.assign(again=buys.n >= 2).groupby("category").again.mean()
@@ -132,7 +134,7 @@ def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFram
     repurchase = bought * ix.repeat_rate[None, :]
     frames = []
     top_pop = np.argsort(-pop)[:per_source]
-    for source, scores in (("covisit", covis), ("category", catpop), ("own", own),
+    for _source, scores in (("covisit", covis), ("category", catpop), ("own", own),
                            ("repurchase", repurchase)):  # fmt: skip
         k = min(per_source, scores.shape[1])
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]

@@ -25,8 +25,10 @@ MAX_PER_CATEGORY = 4  # in the top 10
 def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
     """Per customer row: drop durables bought recently, then keep at most MAX_PER_CATEGORY
     of one category in the first 10, in score order."""
-    drop = (cand.bought_before > 0) & (cand.repeat_rate < DURABLE_REPEAT_RATE) & (
-        cand.days_since_bought <= RECENT_DURABLE_DAYS
+    drop = (
+        (cand.bought_before > 0)
+        & (cand.repeat_rate < DURABLE_REPEAT_RATE)
+        & (cand.days_since_bought <= RECENT_DURABLE_DAYS)
     )
     cand = cand[~drop].sort_values(["r", "score"], ascending=[True, False])
     out: dict[int, list[int]] = {}
@@ -43,7 +45,7 @@ def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
             picked.append(int(item))
             if len(picked) >= n:
                 break
-        out[int(r)] = (picked + held)[:n]  # type: ignore[index]
+        out[int(r)] = (picked + held)[:n]
     return out
 
 
@@ -79,7 +81,9 @@ class Recommender:
             label_gain=[0, 1, 3, 7],
         )  # fmt: skip
         self.ranker.fit(
-            cand[FEATURES], cand.label.astype(int), group=cand.groupby("r", sort=False).size().to_numpy()
+            cand[FEATURES],
+            cand.label.astype(int),
+            group=cand.groupby("r", sort=False).size().to_numpy(),
         )
         self.index = build_index(snap)  # serve from everything we know
         return self
@@ -112,7 +116,9 @@ class Recommender:
         frame["score"] = (1.0 / frame["rank"]).round(4)
         return frame
 
-    def evaluate(self, snap: Snapshot, cutoff: pd.Timestamp) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    def evaluate(
+        self, snap: Snapshot, cutoff: pd.Timestamp
+    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
         """Ours against global popularity and ALS on the same split: train history before
         ``cutoff``, relevant items = interactions in the window after it."""
         from ml.recommend.baselines import als_lists, popularity_lists
