@@ -22,11 +22,13 @@
 -- event falls before it), so the result equals a full refresh over the same data.
 with
 
-calls as (
+-- not materialized: referenced twice, and the incremental branch reads only a few devices
+-- through the (anonymous_id, event_at) index instead of materialising every call
+calls as not materialized (
 
     select
         message_id,
-        coalesce(anonymous_id, 'user:' || user_id) as device_key,
+        anonymous_id as device_key,
         anonymous_id,
         user_id,
         call_type,
@@ -69,25 +71,41 @@ first_new as (
 
 resume_points as (
 
-    -- the start of each touched device's last session before its first new event
+    -- where each touched device's sessions must be recomputed from: its first new event, or
+    -- the start of the session its previous event belongs to when that event is within the
+    -- gap (the new events may extend or merge that session)
     select
         first_new.device_key,
-        coalesce(max(earlier.session_start), min(first_new.first_new_at)) as resume_from
+        case
+            when
+                previous.event_at
+                >= first_new.first_new_at - interval '{{ var("session_gap_minutes") }} minutes'
+                then previous.session_start
+            else first_new.first_new_at
+        end as resume_from
     from first_new
-    left join {{ this }} as earlier
-        on
+    left join lateral (
+        select
+            earlier.event_at,
+            earlier.session_start
+        from {{ this }} as earlier
+        where
             earlier.device_key = first_new.device_key
             and earlier.event_at < first_new.first_new_at
-    group by first_new.device_key
+        order by earlier.event_at desc
+        limit 1
+    ) as previous on true
 
 ),
 
 scope as (
 
     select calls.*
-    from calls
-    inner join resume_points using (device_key)
-    where calls.event_at >= resume_points.resume_from
+    from resume_points
+    inner join calls
+        on
+            calls.anonymous_id = resume_points.device_key
+            and calls.event_at >= resume_points.resume_from
 
 ),
 
