@@ -20,6 +20,9 @@ from sklearn.metrics import roc_auc_score
 from ml.btyd import BGNBD
 
 WEEK = pd.Timedelta(days=7)
+# the standard split: 39 weeks of calibration from 1997-01-01, 39 weeks of holdout
+CDNOW_CALIBRATION_END = pd.Timestamp("1997-10-01")
+CDNOW_END = pd.Timestamp("1998-07-01")
 FEATURES = ["x", "t_x", "T", "recency", "mean_value", "first_value", "last_value",
             "units", "x_last_13w", "x_last_4w", "mean_gap"]  # fmt: skip
 
@@ -92,15 +95,15 @@ class RepeatModel:
 
     def predict(self, x: pd.DataFrame, horizon_weeks: float) -> tuple[np.ndarray, np.ndarray]:
         assert self.clf is not None and self.reg is not None
-        p = self.clf.predict_proba(x[FEATURES])[:, 1]
+        p = np.asarray(self.clf.predict_proba(x[FEATURES]))[:, 1]
         n = self.reg.predict(x[FEATURES]) * (horizon_weeks / self.horizon_weeks) ** self.beta
         return p, n
 
 
 def compare_on_cdnow(
     tx: pd.DataFrame,
-    cal_end: pd.Timestamp = pd.Timestamp("1997-10-01"),
-    end: pd.Timestamp = pd.Timestamp("1998-07-01"),
+    cal_end: pd.Timestamp = CDNOW_CALIBRATION_END,
+    end: pd.Timestamp = CDNOW_END,
     inner_weeks: float = 13,
 ) -> dict[str, float]:
     """AUC for 'buys again in the holdout' and error in predicted repeat transactions, ours
