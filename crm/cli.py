@@ -213,6 +213,34 @@ def score() -> None:
     out.print(f"Redis: {result['redis_keys']:,} customer keys; models {result['models']}")
 
 
+@app.command()
+def evaluate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
+        ".crm/reports/evaluation"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="Public datasets (default ~/.cache/shop-crm-data).")
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="Simulator ground truth (ground_truth/users.jsonl) for segment ARI."),
+    ] = None,
+) -> None:
+    """Offline evaluation of every model on time splits; writes a markdown report with plots."""
+    import pandas as pd
+
+    from ml.data import load_snapshot
+    from ml.evaluate import run
+
+    data = data or Path.home() / ".cache" / "shop-crm-data"
+    gt = None
+    if truth:
+        gt = pd.read_json(truth, lines=True).dropna(subset=["user_id"]).set_index("user_id")
+    with console.status("evaluating (project data, CDNOW, MovieLens)"):
+        report = run(load_snapshot(), out_dir, data, gt)
+    out.print(f"wrote {report}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (idempotent)."""

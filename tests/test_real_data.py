@@ -3,32 +3,13 @@ planted parameters; on CDNOW our repeat-purchase model is at least as good as BG
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crm.settings import PROJECT_ROOT
 from ml.btyd import BGNBD, simulate
 from ml.repeat import compare_on_cdnow, read_cdnow
-
-FETCH = PROJECT_ROOT.parent / "shared" / "data" / "fetch.sh"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("CRM_EVAL_DATA", Path.home() / ".cache" / "shop-crm-data"))
-
-
-@pytest.fixture(scope="session")
-def real_data() -> Path:
-    dest = data_dir()
-    if not (dest / "CDNOW_master.txt").exists() and FETCH.exists():
-        subprocess.run(["bash", str(FETCH), str(dest)], capture_output=True, timeout=600)
-    if not (dest / "CDNOW_master.txt").exists():
-        pytest.skip(f"CDNOW not available in {dest} (run ../shared/data/fetch.sh)")
-    return dest
 
 
 def test_bgnbd_recovers_planted_parameters() -> None:

@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ml.recommend.candidates import Index
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-
-def popularity_lists(ix: Index, users: list[str], n: int) -> dict[str, list[str]]:
-    top = [str(p) for p in ix.products[np.argsort(-ix.popularity)[:n]]]
-    return {u: top for u in users}
+def popularity_lists(
+    ix: Index, users: list[str], n: int, exclude_seen: bool = False
+) -> dict[str, list[str]]:
+    order = np.argsort(-ix.popularity)
+    if not exclude_seen:
+        top = [str(p) for p in ix.products[order[:n]]]
+        return {u: top for u in users}
+    out = {}
+    for u, row in zip(users, ix.customers.get_indexer(users), strict=True):
+        seen = set(ix.weights[row].indices)
+        out[u] = [str(ix.products[i]) for i in order if i not in seen][:n]
+    return out
 
 
 def als_lists(
-    ix: Index, users: list[str], n: int, seed: int = 0, factors: int = 32
+    ix: Index,
+    users: list[str],
+    n: int,
+    seed: int = 0,
+    factors: int = 32,
+    exclude_seen: bool = False,
 ) -> dict[str, list[str]]:
     """Matrix factorisation on the decayed interaction weights (confidence = 1 + 20 w)."""
     from implicit.als import AlternatingLeastSquares
 
     conf = ix.weights.copy().astype(np.float32)
     conf.data = 20 * conf.data
-    model = AlternatingLeastSquares(factors=factors, iterations=15, regularization=0.05,
-                                    random_state=seed)  # fmt: skip
-    model.fit(conf, show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
+        model = AlternatingLeastSquares(
+            factors=factors, iterations=15, regularization=0.05, random_state=seed
+        )
+        model.fit(conf, show_progress=False)
     rows = ix.customers.get_indexer(users)
-    ids, _ = model.recommend(rows, conf[rows], N=n, filter_already_liked_items=False)
+    ids, _ = model.recommend(rows, conf[rows], N=n, filter_already_liked_items=exclude_seen)
     return {u: [str(ix.products[i]) for i in ids[k] if i >= 0] for k, u in enumerate(users)}

@@ -54,27 +54,42 @@ class Recommender:
     horizon_days: int = 7
     n: int = 20
     seed: int = 0
+    # catalogues where nobody consumes an item twice (films, books): never re-recommend
+    exclude_seen: bool = False
+    splits: int = 2  # training horizons stacked (more groups for the ranker)
     ranker: LGBMRanker | None = None
     index: Index | None = None
 
     task = "recommendations"
     key_metric = "ndcg@10"
 
-    def fit(self, snap: Snapshot) -> Recommender:
-        inner = snap.end - self.horizon_days * DAY
+    def _training_groups(self, snap: Snapshot, inner: pd.Timestamp, offset: int) -> pd.DataFrame:
+        """Candidates from history before ``inner`` labelled by the horizon after it."""
         ix = build_index(snap.before(inner))
-        gains = heldout_gains(snap.between(inner, snap.end))
+        gains = heldout_gains(snap.between(inner, inner + self.horizon_days * DAY))
         users = [u for u in gains if u in ix.customers]
-        rows = ix.customers.get_indexer(users)
-        cand = candidates(ix, rows)
+        if not users:
+            return pd.DataFrame()
+        cand = candidates(ix, ix.customers.get_indexer(users))
+        if self.exclude_seen:
+            cand = cand[cand.own_weight == 0]
         items = ix.products.to_numpy()
         cand["label"] = [
             gains[users[r]].get(items[i], 0.0) for r, i in zip(cand.r, cand.item, strict=True)
         ]
-        with_pos = cand.groupby("r").label.transform("max") > 0
-        cand = cand[with_pos].sort_values("r")
-        if cand.empty:
+        cand = cand[cand.groupby("r").label.transform("max") > 0]
+        return cand.assign(r=cand.r + offset)
+
+    def fit(self, snap: Snapshot) -> Recommender:
+        """Stack the last ``splits`` horizons of the training data as ranking groups."""
+        frames = []
+        for k in range(1, self.splits + 1):
+            part = self._training_groups(snap, snap.end - k * self.horizon_days * DAY, k * 10**7)
+            if len(part):
+                frames.append(part)
+        if not frames:
             raise ValueError("no customer came back in the training horizon: need more history")
+        cand = pd.concat(frames, ignore_index=True).sort_values("r", kind="stable")
         self.ranker = LGBMRanker(
             objective="lambdarank", n_estimators=150, learning_rate=0.05, num_leaves=31,
             min_child_samples=20, random_state=self.seed, verbose=-1,
@@ -101,6 +116,8 @@ class Recommender:
         for start in range(0, len(known), 2000):
             chunk = known[start : start + 2000]
             cand = candidates(ix, ix.customers.get_indexer(chunk))
+            if self.exclude_seen:
+                cand = cand[cand.own_weight == 0]
             cand["score"] = self.ranker.predict(cand[FEATURES])
             for r, picked in apply_rules(cand, ix, self.n).items():
                 out[chunk[r]] = [str(items[i]) for i in picked]
@@ -131,8 +148,14 @@ class Recommender:
         size = len(ix.products)
         results = {
             "ours": evaluate_lists(self.recommend(customers=users, index=ix), truth, size),
-            "popularity": evaluate_lists(popularity_lists(ix, users, self.n), truth, size),
-            "als": evaluate_lists(als_lists(ix, users, self.n, seed=self.seed), truth, size),
+            "popularity": evaluate_lists(
+                popularity_lists(ix, users, self.n, self.exclude_seen), truth, size
+            ),
+            "als": evaluate_lists(
+                als_lists(ix, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen),
+                truth,
+                size,
+            ),
         }
         metrics = {f"{k}": v for k, v in results["ours"].items()}
         for name in ("popularity", "als"):
