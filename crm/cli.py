@@ -23,6 +23,11 @@ db_app = typer.Typer(help="Database: migrations and the embedded server.", no_ar
 contract_app = typer.Typer(help="The event contract.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(contract_app, name="contract")
+import_app = typer.Typer(
+    help="Turn public e-commerce logs into event files of the contract (then `crm ingest`).",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
 console = Console(stderr=True)
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
 out = Console()
@@ -239,6 +244,70 @@ def evaluate(
     with console.status("evaluating (project data, CDNOW, MovieLens)"):
         report = run(load_snapshot(), out_dir, data, gt)
     out.print(f"wrote {report}")
+
+
+def _imported(summary: object, out_dir: Path) -> None:
+    from crm.importers import ImportSummary
+
+    assert isinstance(summary, ImportSummary)
+    out.print(
+        f"{summary.source}: {summary.events:,} events in {summary.files:,} daily files under "
+        f"{out_dir / 'events'}"
+    )
+    for reason, n in summary.skipped.most_common():
+        out.print(f"  skipped {n:,}: {reason}")
+    out.print(f"next: crm ingest {out_dir / 'events'}/dt=*")
+
+
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Landing folder (default: CRM_LANDING_DIR).")
+]
+
+
+@import_app.command("cdnow")
+def import_cdnow(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="CDNOW_master.txt (default: ~/.cache/shop-crm-data, fetch.sh)."),
+    ] = None,
+    out_dir: OutOption = None,
+) -> None:
+    """CDNOW purchases (1997-98) -> Order Completed events. Ingesting them needs
+    CRM_INGEST_MIN_TIMESTAMP=1990-01-01T00:00:00Z."""
+    from crm.importers import import_cdnow as run
+    from crm.settings import get_settings
+
+    path = path or Path.home() / ".cache" / "shop-crm-data" / "CDNOW_master.txt"
+    if not path.exists():
+        raise CrmError(f"{path} not found: run ../shared/data/fetch.sh or pass the file")
+    target = out_dir or get_settings().landing_dir
+    _imported(run(path, target), target)
+
+
+@import_app.command("retailrocket")
+def import_retailrocket(
+    path: Annotated[Path, typer.Argument(help="RetailRocket events.csv.")],
+    out_dir: OutOption = None,
+) -> None:
+    """RetailRocket views, cart adds and transactions -> product and order events."""
+    from crm.importers import import_retailrocket as run
+    from crm.settings import get_settings
+
+    target = out_dir or get_settings().landing_dir
+    _imported(run(path, target), target)
+
+
+@import_app.command("online-retail")
+def import_online_retail(
+    path: Annotated[Path, typer.Argument(help="UCI Online Retail II (.csv or .xlsx).")],
+    out_dir: OutOption = None,
+) -> None:
+    """UCI Online Retail II invoices -> one Order Completed per invoice."""
+    from crm.importers import import_online_retail as run
+    from crm.settings import get_settings
+
+    target = out_dir or get_settings().landing_dir
+    _imported(run(path, target), target)
 
 
 @db_app.command("upgrade")
