@@ -88,11 +88,13 @@ test: lint  ## lint, then the whole test suite against real PostgreSQL
 test-fast: env  ## tests without lint
 	$(RUN) pytest -q -x --timeout=900
 
+BENCH_ML_CUSTOMERS ?= 100000 1000000
 BENCH_DBT_EVENTS ?= 1000000 10000000
 
-bench: env  ## ingest vs COPY and pandas; dbt full and incremental build times (30+ minutes)
+bench: env  ## ingest vs COPY and pandas; dbt full and incremental builds; ML train/score (1 h+)
 	$(RUN) python bench/ingest_bench.py
 	$(RUN) python bench/dbt_bench.py --events $(BENCH_DBT_EVENTS)
+	$(RUN) python bench/ml_bench.py --customers $(BENCH_ML_CUSTOMERS)
 
 clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)
 	-$(RUN) crm db stop

@@ -206,5 +206,6 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     )
     models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
     meta = {"scored_at": scored_at.isoformat(), "models": models}
-    keys = publish.publish_redis(frames, meta, settings)
+    popular = getattr(champions["recommendations"][0], "popular_items", [])  # set by score()
+    keys = publish.publish_redis(frames, meta, settings, popular=popular)
     return {"rows": counts, "redis_keys": keys, **meta}

@@ -5,6 +5,7 @@ Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
   ``<prefix>:customer:<customer_id>``  JSON: segment, churn, top recommendations, send time,
                                         scored_at; expires after CRM_REDIS_TTL_SECONDS
   ``<prefix>:segments``                 JSON: the segment catalogue (id, name, description)
+  ``<prefix>:recommendations:popular``  JSON: the cold-start list for visitors never seen
   ``<prefix>:meta:last_score``          JSON: when the last scoring run published, and models
 """
 
@@ -126,7 +127,10 @@ def customer_documents(
 
 
 def publish_redis(
-    frames: dict[str, pd.DataFrame], meta: dict[str, Any], settings: Settings | None = None
+    frames: dict[str, pd.DataFrame],
+    meta: dict[str, Any],
+    settings: Settings | None = None,
+    popular: list[str] | None = None,
 ) -> int:
     """One key per customer with a TTL (a customer no longer scored expires), in pipelines."""
     settings = settings or get_settings()
@@ -140,6 +144,8 @@ def publish_redis(
         n += 1
         if n % 5000 == 0:
             pipe.execute()
+    if popular:
+        pipe.set(f"{prefix}:recommendations:popular", json.dumps(popular), ex=ttl)
     catalog = frames["segment_catalog"].to_dict(orient="records")
     pipe.set(f"{prefix}:segments", json.dumps(catalog, default=str), ex=ttl)
     pipe.set(f"{prefix}:meta:last_score", json.dumps(meta, default=str))

@@ -46,11 +46,12 @@ def hits(pred: np.ndarray, actual: np.ndarray, tolerance: int = 1) -> np.ndarray
 
 
 def engagement_events(snap: Snapshot, session_weight: float = 1.0) -> pd.DataFrame:
-    """(customer_id, hour, weight, engaged): engagements (weight 1) and session starts
-    (``session_weight``) in local hours."""
+    """(customer_id, hour, weight, engaged): engagements (weight 1), session starts and
+    orders (``session_weight``) in local hours."""
     tz = snap.customers.set_index("customer_id").time_zone
     m = snap.messages[snap.messages.engaged]
     s = snap.sessions
+    o = snap.orders
     ev = pd.concat(
         [
             pd.DataFrame(
@@ -60,6 +61,14 @@ def engagement_events(snap: Snapshot, session_weight: float = 1.0) -> pd.DataFra
                 {
                     "customer_id": s.customer_id,
                     "at": s.started_at,
+                    "weight": session_weight,
+                    "engaged": False,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "customer_id": o.customer_id,
+                    "at": o.ordered_at,
                     "weight": session_weight,
                     "engaged": False,
                 }

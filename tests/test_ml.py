@@ -183,6 +183,9 @@ def test_train_registers_champions_and_score_publishes_them(
     assert {"send_time", "recommendations"} <= set(doc)
     assert 0 < r.ttl(key) <= ml_settings.redis_ttl_seconds
     assert result["redis_keys"] == len(snap.customers)
+    assert len(json.loads(r.get("crm:recommendations:popular"))) == 20
+    # every customer has recommendations, cold ones the popular items
+    assert n["recommendations"] == 20 * len(snap.customers)
 
 
 def test_evaluate_writes_a_reproducible_report(

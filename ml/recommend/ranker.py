@@ -6,7 +6,7 @@ inner cut-off, labels (view 1, cart 2, purchase 3) from the window after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ DAY = pd.Timedelta(days=1)
 DURABLE_REPEAT_RATE = 0.1  # categories where fewer buyers repurchase are durables
 RECENT_DURABLE_DAYS = 90
 MAX_PER_CATEGORY = 4  # in the top 10
+CHUNK = 2000  # customers whose candidates are scored at once
 
 
 def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
@@ -59,6 +60,7 @@ class Recommender:
     splits: int = 2  # training horizons stacked (more groups for the ranker)
     ranker: LGBMRanker | None = None
     index: Index | None = None
+    popular_items: list[str] = field(default_factory=list)  # the last cold-start list served
 
     task = "recommendations"
     key_metric = "ndcg@10"
@@ -70,15 +72,19 @@ class Recommender:
         users = [u for u in gains if u in ix.customers]
         if not users:
             return pd.DataFrame()
-        cand = candidates(ix, ix.customers.get_indexer(users))
-        if self.exclude_seen:
-            cand = cand[cand.own_weight == 0]
         items = ix.products.to_numpy()
-        cand["label"] = [
-            gains[users[r]].get(items[i], 0.0) for r, i in zip(cand.r, cand.item, strict=True)
-        ]
-        cand = cand[cand.groupby("r").label.transform("max") > 0]
-        return cand.assign(r=cand.r + offset)
+        parts = []
+        for start in range(0, len(users), CHUNK):  # bounded memory: dense scores per chunk
+            chunk = users[start : start + CHUNK]
+            cand = candidates(ix, ix.customers.get_indexer(chunk))
+            if self.exclude_seen:
+                cand = cand[cand.own_weight == 0]
+            cand["label"] = [
+                gains[chunk[r]].get(items[i], 0.0) for r, i in zip(cand.r, cand.item, strict=True)
+            ]
+            cand = cand[cand.groupby("r").label.transform("max") > 0]
+            parts.append(cand.assign(r=cand.r + offset + start))
+        return pd.concat(parts, ignore_index=True)
 
     def fit(self, snap: Snapshot) -> Recommender:
         """Stack the last ``splits`` horizons of the training data as ranking groups."""
@@ -113,8 +119,8 @@ class Recommender:
         known = [c for c in wanted if c in ix.customers]
         out: dict[str, list[str]] = {}
         items = ix.products.to_numpy()
-        for start in range(0, len(known), 2000):
-            chunk = known[start : start + 2000]
+        for start in range(0, len(known), CHUNK):
+            chunk = known[start : start + CHUNK]
             cand = candidates(ix, ix.customers.get_indexer(chunk))
             if self.exclude_seen:
                 cand = cand[cand.own_weight == 0]
@@ -122,12 +128,15 @@ class Recommender:
             for r, picked in apply_rules(cand, ix, self.n).items():
                 out[chunk[r]] = [str(items[i]) for i in picked]
         popular = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
+        self.popular_items = popular
         for c in wanted:
             out.setdefault(c, popular)
         return out
 
     def score(self, snap: Snapshot) -> pd.DataFrame:
-        lists = self.recommend(snap)
+        """Every customer of the snapshot; those with no product history (new, anonymous)
+        get the popular items (cold start)."""
+        lists = self.recommend(snap, customers=list(snap.customers.customer_id))
         rows = [(c, rank + 1, p) for c, items in lists.items() for rank, p in enumerate(items)]
         frame = pd.DataFrame(rows, columns=["customer_id", "rank", "product_id"])
         frame["score"] = (1.0 / frame["rank"]).round(4)

@@ -1,0 +1,125 @@
+"""ML training and scoring time and peak memory at N simulated customers.
+
+Each size: simulate, load and build the marts (not timed here), then three fresh processes:
+load the snapshot (the baseline), train every task (MLflow, registry), score every customer
+(ml.* and Redis). Times are reported as multiples of the snapshot load in the same run; peak
+memory is each process's maximum resident set.
+
+    python bench/ml_bench.py [--customers 100000 1000000] [--days 14]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from crm import db
+from crm.ingest.load import ingest_paths
+from crm.settings import get_settings
+from crm.simulate import SimConfig, simulate
+from crm.transform import build
+
+
+def fresh_db(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    return db.with_database(admin_url, name)
+
+
+def _phase(name: str, env: dict[str, str], q: Any) -> None:
+    os.environ.update(env)
+    from ml import jobs
+    from ml.data import load_snapshot
+
+    t = time.perf_counter()
+    snap = load_snapshot()
+    loaded = time.perf_counter() - t
+    t = time.perf_counter()
+    if name == "train":
+        jobs.train(snapshot=snap)
+    elif name == "score":
+        jobs.score(snapshot=snap)
+    work = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put({"load": loaded, "work": work, "rss_mb": rss_mb, "customers": len(snap.customers)})
+
+
+def run_phase(name: str, env: dict[str, str]) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_phase, args=(name, env, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out  # type: ignore[no-any-return]
+
+
+def one_size(customers: int, days: int, work: Path, admin: str) -> dict[str, float]:
+    sim = work / f"ml-sim-{customers}u-{days}d"
+    if not (sim / "manifest.json").exists():
+        simulate(SimConfig(users=customers, days=days, seed=3), sim)
+    url = fresh_db(admin, f"bench_ml_{customers}")
+    db.upgrade(url)
+    settings = get_settings().model_copy(update={"database_url": url})
+    t = time.perf_counter()
+    ingest_paths(sorted((sim / "events").iterdir()), settings=settings)
+    build(url=url, capture=True)
+    print(f"{customers:,} customers: pipeline {time.perf_counter() - t:.0f}s", flush=True)
+    tracking = fresh_db(admin, f"bench_mlflow_{customers}")
+    env = {
+        "CRM_DATABASE_URL": url,
+        "CRM_HOME": str(work / f"ml-home-{customers}"),
+        "CRM_MLFLOW_TRACKING_URI": tracking.replace("postgresql://", "postgresql+psycopg://"),
+    }
+    base = run_phase("load", env)
+    train = run_phase("train", env)
+    score = run_phase("score", env)
+    row = {
+        "customers": base["customers"],
+        "load_s": base["load"],
+        "load_mb": base["rss_mb"],
+        "train_s": train["work"],
+        "train_mb": train["rss_mb"],
+        "score_s": score["work"],
+        "score_mb": score["rss_mb"],
+    }
+    print(
+        f"  snapshot load {row['load_s']:.1f}s ({row['load_mb']:.0f} MB); train "
+        f"{row['train_s']:.1f}s = {row['train_s'] / row['load_s']:.1f}x load, peak "
+        f"{row['train_mb']:.0f} MB; score {row['score_s']:.1f}s = "
+        f"{row['score_s'] / row['load_s']:.1f}x load, peak {row['score_mb']:.0f} MB",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--days", type=int, default=14)
+    args = ap.parse_args()
+    settings = get_settings()
+    work = Path(settings.home) / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    admin = db.database_url(settings)
+    rows = [one_size(n, args.days, work, admin) for n in args.customers]
+    print(f"\n{'customers':>10}{'load s':>8}{'train s':>9}{'x load':>8}{'train MB':>10}"
+          f"{'score s':>9}{'x load':>8}{'score MB':>10}")  # fmt: skip
+    for r in rows:
+        print(
+            f"{r['customers']:>10,.0f}{r['load_s']:>8.1f}{r['train_s']:>9.1f}"
+            f"{r['train_s'] / r['load_s']:>8.1f}{r['train_mb']:>10.0f}{r['score_s']:>9.1f}"
+            f"{r['score_s'] / r['load_s']:>8.1f}{r['score_mb']:>10.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
