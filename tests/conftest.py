@@ -174,3 +174,12 @@ def real_data() -> Path:
     if not (dest / "CDNOW_master.txt").exists():
         pytest.skip(f"CDNOW not available in {dest} (run ../shared/data/fetch.sh)")
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_redis() -> Iterator[None]:
+    """Stop embedded Redis servers while pytest's log capture is still open."""
+    yield
+    from ml.publish import _stop_embedded
+
+    _stop_embedded()
