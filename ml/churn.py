@@ -15,7 +15,7 @@ from lightgbm import LGBMClassifier
 from sklearn.calibration import CalibratedClassifierCV, calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from ml.data import Snapshot
+from ml.data import NotEnoughHistory, Snapshot
 
 DAY = pd.Timedelta(days=1)
 FEATURES = [
@@ -141,7 +141,9 @@ class ChurnModel:
         last = evaluation_cutoff - self.window_days * DAY
         train = training_frame(snap.before(evaluation_cutoff), last, self.window_days)
         if train.churned.nunique() < 2:
-            raise ValueError("churn training data has a single class: need more history")
+            raise NotEnoughHistory(
+                "churn: every training customer has the same label; load more days of history"
+            )
         base = LGBMClassifier(random_state=self.seed, verbose=-1, **self.params)  # type: ignore[arg-type]
         self.model = CalibratedClassifierCV(base, method="isotonic", cv=3)
         self.model.fit(train[FEATURES], train.churned.astype(int))
@@ -170,6 +172,8 @@ class ChurnModel:
         with the recency baseline (score = days since last session) on the same customers."""
         x = features_asof(snap, cutoff)
         y = labels(snap, x.index, cutoff, self.window_days)
+        if y.nunique() < 2:
+            raise NotEnoughHistory(f"churn: one class only among customers held out at {cutoff}")
         p = self.predict(x)
         prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
         metrics = {

@@ -14,6 +14,7 @@ from datetime import datetime
 import pandas as pd
 
 from crm import db
+from crm.errors import CrmError
 
 QUERIES: dict[str, str] = {
     "customers": """
@@ -38,6 +39,11 @@ QUERIES: dict[str, str] = {
         select customer_id, channel, engagement, engaged, event_at
         from marts.fct_message_engagement""",
 }
+
+
+class NotEnoughHistory(CrmError):
+    """The data is too short or too small for a task to train and be evaluated."""
+
 
 # the time column of each event-like table (customers and products are dimensions)
 TIME_COLUMNS = {

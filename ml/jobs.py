@@ -15,7 +15,7 @@ from crm.errors import CrmError
 from crm.settings import PROJECT_ROOT, Settings, get_settings
 from ml import tracking
 from ml.churn import ChurnModel
-from ml.data import Snapshot, load_snapshot
+from ml.data import NotEnoughHistory, Snapshot, load_snapshot
 from ml.recommend.ranker import Recommender
 from ml.segments import SegmentModel
 from ml.sendtime import SendTimeModel
@@ -141,7 +141,13 @@ def train(
                 }
             )
             mlflow.set_tag("task", task)
-            model, cut = _challenger(task, snap, p, champion)
+            try:
+                model, cut = _challenger(task, snap, p, champion)
+            except NotEnoughHistory as exc:
+                log.warning("%s not trained: %s", task, exc)
+                mlflow.set_tag("skipped", str(exc))
+                results.append(TaskResult(task, "-", False, f"skipped: {exc}"))
+                continue
             if cut is not None:
                 mlflow.log_param("heldout_from", str(cut))
             metrics, tables = _evaluate(task, model, snap, cut)

@@ -17,7 +17,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from ml.data import Snapshot
+from ml.data import NotEnoughHistory, Snapshot
 
 DAY = pd.Timedelta(days=1)
 BEHAVIOUR = [
@@ -130,7 +130,7 @@ class SegmentModel:
     def fit(self, snap: Snapshot, previous: SegmentModel | None = None) -> SegmentModel:
         profile = customer_profile(snap)
         if len(profile) < 50:
-            raise ValueError(
+            raise NotEnoughHistory(
                 f"only {len(profile)} customers with {MIN_SESSIONS}+ sessions: too few to cluster"
             )
         self.columns = list(profile.columns)

@@ -207,3 +207,14 @@ def test_evaluate_writes_a_reproducible_report(
     for png in ("churn_calibration.png", "send_time_profile.png", "recommendations.png"):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"]({png})" in text
+
+
+def test_too_little_history_is_a_clear_skip_not_a_crash(snap: Snapshot) -> None:
+    from ml.data import NotEnoughHistory
+
+    first = snap.sessions.started_at.min()
+    short = snap.before(first + 10 * DAY)
+    with pytest.raises(NotEnoughHistory, match="load more days"):
+        ChurnModel(window_days=14).fit(short, short.end - 14 * DAY)
+    with pytest.raises(NotEnoughHistory, match="no customer came back"):
+        Recommender(horizon_days=30).fit(short)

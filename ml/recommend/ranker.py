@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from lightgbm import LGBMRanker
 
-from ml.data import Snapshot
+from ml.data import NotEnoughHistory, Snapshot
 from ml.recommend.candidates import FEATURES, Index, build_index, candidates, heldout_gains
 from ml.recommend.metrics import evaluate_lists
 
@@ -94,7 +94,9 @@ class Recommender:
             if len(part):
                 frames.append(part)
         if not frames:
-            raise ValueError("no customer came back in the training horizon: need more history")
+            raise NotEnoughHistory(
+                "recommendations: no customer came back within the training horizon"
+            )
         cand = pd.concat(frames, ignore_index=True).sort_values("r", kind="stable")
         self.ranker = LGBMRanker(
             objective="lambdarank", n_estimators=150, learning_rate=0.05, num_leaves=31,
