@@ -16,7 +16,8 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY ?= False
 export DO_NOT_TRACK ?= 1
 
 DEMO_USERS ?= 2000
-DEMO_DAYS ?= 30
+# six weeks: enough history for the churn model's weekly cut-offs
+DEMO_DAYS ?= 42
 DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
 LANDING := $(CRM_HOME)/landing

@@ -78,8 +78,9 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking server or store. Default: a PostgreSQL database `mlflow` on "
-        "the project's server (the embedded one when CRM_DATABASE_URL is unset).",
+        description="MLflow tracking server or store. Default: a PostgreSQL database "
+        "`<database>_mlflow` on the project's server (the embedded one when "
+        "CRM_DATABASE_URL is unset).",
     )
     mlflow_experiment: str = Field(
         default="shop-crm", description="MLflow experiment for training runs."

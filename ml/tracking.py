@@ -1,8 +1,9 @@
 """MLflow: where runs go, how models are registered, when ``champion`` moves.
 
-The tracking and registry store is PostgreSQL: a database ``mlflow`` on the project's server
-(the embedded one by default), artifacts under CRM_HOME/mlartifacts; CRM_MLFLOW_TRACKING_URI
-points elsewhere (e.g. a tracking server). One registered model per task, ``crm_<task>``.
+The tracking and registry store is PostgreSQL: a database ``<crm database>_mlflow`` on the
+project's server (the embedded one by default; ``shop_crm_mlflow`` there), artifacts under
+CRM_HOME/mlartifacts; CRM_MLFLOW_TRACKING_URI points elsewhere (e.g. a tracking server).
+One registered model per task, ``crm_<task>``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def tracking_uri(settings: Settings | None = None) -> str:
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
     url = db.database_url(settings)
+    name = f"{db.conn_info(url).dbname}_mlflow"  # one store per CRM database
     with psycopg.connect(url, autocommit=True) as conn:
-        if not conn.execute("select 1 from pg_database where datname = 'mlflow'").fetchone():
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier("mlflow")))
-    return db.with_database(url, "mlflow").replace("postgresql://", "postgresql+psycopg://", 1)
+        if not conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    return db.with_database(url, name).replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def artifact_root(settings: Settings | None = None) -> str:
