@@ -71,14 +71,14 @@ mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0
 	  --backend-store-uri "$$($(RUN) python -c 'from ml.tracking import tracking_uri; print(tracking_uri())')"
 
 lint: env  ## ruff (lint + format check), mypy, sqlfluff (dbt templater) on dbt_project/
-	$(RUN) ruff check crm ml dags tests bench
-	$(RUN) ruff format --check crm ml dags tests bench
-	$(RUN) mypy crm ml
+	$(RUN) ruff check crm ml notify dags tests bench
+	$(RUN) ruff format --check crm ml notify dags tests bench
+	$(RUN) mypy crm ml notify
 	$(RUN) python -m crm.transform sqlfluff
 
 format: env  ## apply ruff's fixes and formatting
-	$(RUN) ruff check --fix crm ml dags tests bench
-	$(RUN) ruff format crm ml dags tests bench
+	$(RUN) ruff check --fix crm ml notify dags tests bench
+	$(RUN) ruff format crm ml notify dags tests bench
 
 docs: env  ## regenerate docs/event.schema.json and docs/settings.md from the code
 	$(RUN) python -m crm.docs

@@ -28,6 +28,9 @@ import_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(import_app, name="import")
+campaigns_app = typer.Typer(help="Campaign files in campaigns/.", no_args_is_help=True)
+app.add_typer(campaigns_app, name="campaigns")
+CAMPAIGNS = Path("campaigns")
 console = Console(stderr=True)
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
 out = Console()
@@ -308,6 +311,43 @@ def import_online_retail(
 
     target = out_dir or get_settings().landing_dir
     _imported(run(path, target), target)
+
+
+@campaigns_app.command("validate")
+def campaigns_validate(
+    folder: Annotated[Path, typer.Argument(help="Folder of campaign YAML files.")] = CAMPAIGNS,
+) -> None:
+    """Check every campaign file; list each mistake with its file and field."""
+    from notify.campaigns import load_campaigns
+
+    table = Table("campaign", "audience", "channels", "schedule", "holdout", "ends")
+    for c in load_campaigns(folder):
+        who = ", ".join(c.audience.lifecycle) or "everyone"
+        sched = c.schedule.cron or c.schedule.trigger or str(c.schedule.at)
+        table.add_row(c.id, who, ", ".join(c.channels), f"{c.schedule.kind}: {sched}",
+                      f"{c.holdout_percent:g}%", str(c.end_date))  # fmt: skip
+    out.print(table)
+
+
+@campaigns_app.command("audience")
+def campaigns_audience(
+    campaign_id: Annotated[str, typer.Argument(help="The campaign's id (its file name).")],
+    folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+) -> None:
+    """Preview who a campaign would reach now (nothing is recorded)."""
+    from crm import db
+    from notify.audience import select_audience
+    from notify.campaigns import load_campaign
+
+    campaign = load_campaign(folder / f"{campaign_id}.yaml")
+    with db.connect() as conn:
+        frame = select_audience(conn, campaign)
+    table = Table("lifecycle segment", "customers", "held out", "push consent",
+                  title=f"{campaign.name}: {len(frame):,} customers")  # fmt: skip
+    for seg, part in frame.groupby("lifecycle_segment"):
+        table.add_row(str(seg), f"{len(part):,}", f"{int(part.held_out.sum()):,}",
+                      f"{int(part.push_consent.sum()):,}")  # fmt: skip
+    out.print(table)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,99 @@
+"""A campaign's audience, from the marts and the ML tables, snapshotted once with its holdout.
+
+SQL is composed from whitelisted identifiers (``FILTER_FIELDS``) with every value bound as a
+parameter: a campaign (or a trigger form) can never inject SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from notify.campaigns import FILTER_FIELDS, Campaign, Filter
+
+TABLE_ALIASES = {"customers": "c", "features": "f", "churn": "ch"}
+OPS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+BASE = """
+    select c.customer_id, c.lifecycle_segment, c.locale, c.time_zone, c.push_consent,
+           c.email_consent, s.segment_id, s.segment_name, ch.churn_probability, ch.risk_band,
+           st.best_hour, st.best_channel, f.top_category
+    from marts.dim_customers c
+    left join marts.customer_features f on f.customer_id = c.customer_id
+    left join ml.customer_segments s on s.customer_id = c.customer_id
+    left join ml.churn_scores ch on ch.customer_id = c.customer_id
+    left join ml.send_times st on st.customer_id = c.customer_id
+"""
+
+
+def in_holdout(campaign_id: str, customer_id: str, percent: float) -> bool:
+    """Deterministic: the same customer is always in (or out of) a campaign's holdout."""
+    h = hashlib.sha256(f"{campaign_id}:{customer_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % 10_000 < round(percent * 100)
+
+
+def _condition(f: Filter) -> tuple[sql.Composable, list[Any]]:
+    table, column = FILTER_FIELDS[f.field]
+    col = sql.Identifier(TABLE_ALIASES[table], column)
+    if f.op == "in":
+        return sql.SQL("{} = any(%s)").format(col), [list(f.value)]
+    if f.op == "between":
+        return sql.SQL("{} between %s and %s").format(col), list(f.value)
+    return sql.SQL("{} {} %s").format(col, sql.SQL(OPS[f.op])), [f.value]
+
+
+def audience_query(campaign: Campaign) -> tuple[sql.Composed, list[Any]]:
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    a = campaign.audience
+    if a.lifecycle:
+        conds.append(sql.SQL("c.lifecycle_segment = any(%s)"))
+        params.append(list(a.lifecycle))
+    if a.ai_segments:
+        conds.append(sql.SQL("s.segment_id = any(%s)"))
+        params.append(list(a.ai_segments))
+    if a.churn_risk:
+        conds.append(sql.SQL("ch.risk_band = any(%s)"))
+        params.append(list(a.churn_risk))
+    for f in a.filters:
+        cond, values = _condition(f)
+        conds.append(cond)
+        params += values
+    where = sql.SQL(" where ") + sql.SQL(" and ").join(conds) if conds else sql.SQL("")
+    return sql.SQL(BASE) + where + sql.SQL(" order by c.customer_id"), params
+
+
+def select_audience(conn: psycopg.Connection, campaign: Campaign) -> pd.DataFrame:
+    query, params = audience_query(campaign)
+    cur = conn.execute(query, params)
+    frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
+    frame["held_out"] = [
+        in_holdout(campaign.id, c, campaign.holdout_percent) for c in frame.customer_id
+    ]
+    return frame
+
+
+def snapshot_audience(conn: psycopg.Connection, campaign: Campaign) -> tuple[int, int]:
+    """Record the audience once: a second call keeps the first snapshot (and its holdout).
+    Returns (members, held out) as recorded. Call inside a transaction: concurrent callers
+    wait on a per-campaign lock instead of racing."""
+    conn.execute("select pg_advisory_xact_lock(hashtext('audience:' || %s))", (campaign.id,))
+    done = conn.execute(
+        "select count(*), count(*) filter (where held_out) from crm.campaign_audiences"
+        " where campaign_id = %s",
+        (campaign.id,),
+    ).fetchone()
+    if done and done[0]:
+        return int(done[0]), int(done[1])
+    frame = select_audience(conn, campaign)
+    now = datetime.now(UTC)
+    with conn.cursor().copy(
+        "copy crm.campaign_audiences (campaign_id, customer_id, held_out, snapshot_at) from stdin"
+    ) as cp:
+        for cid, held in zip(frame.customer_id, frame.held_out, strict=True):
+            cp.write_row((campaign.id, cid, bool(held), now))
+    return len(frame), int(frame.held_out.sum())

@@ -1,0 +1,227 @@
+"""Campaign files: YAML in ``campaigns/``, reviewed like code, validated with one clear error
+per mistake.
+
+A campaign names its audience with structured filters only (a whitelisted customer field, an
+operator, a value that is always a bound parameter: never SQL), its messages per segment and
+locale as Jinja templates (sandboxed; a missing field renders the template's ``default``), its
+channels in order of preference, a schedule, the send-time mode, a holdout share, a cap per
+customer and an end date.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crm.errors import CrmError
+
+LIFECYCLE = Literal["new", "active", "inactive", "lost", "buyer", "repeat_buyer"]
+CHANNELS = Literal["push", "email", "telegram", "slack", "webhook"]
+# customer fields an audience may filter on -> the table and column that hold them
+FILTER_FIELDS: dict[str, tuple[str, str]] = {
+    "recency_days": ("features", "recency_days"),
+    "days_since_last_order": ("features", "days_since_last_order"),
+    "frequency": ("features", "frequency"),
+    "monetary": ("features", "monetary"),
+    "average_order_value": ("features", "average_order_value"),
+    "sessions_7d": ("features", "sessions_7d"),
+    "sessions_30d": ("features", "sessions_30d"),
+    "orders_30d": ("features", "orders_30d"),
+    "orders_90d": ("features", "orders_90d"),
+    "revenue_90d": ("features", "revenue_90d"),
+    "top_category": ("features", "top_category"),
+    "push_tap_rate": ("features", "push_tap_rate"),
+    "churn_probability": ("churn", "churn_probability"),
+    "locale": ("customers", "locale"),
+    "time_zone": ("customers", "time_zone"),
+    "is_known": ("customers", "is_known"),
+}
+TRIGGERS = ("abandoned_cart", "became_inactive")
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")]
+_jinja = SandboxedEnvironment(autoescape=False)
+
+
+class CampaignError(CrmError):
+    """A campaign file is invalid; the message lists every mistake with where it is."""
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    field: str
+    op: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "between"]
+    value: Any
+
+    @field_validator("field")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FILTER_FIELDS:
+            raise ValueError(f"unknown field {v!r}; choose from {sorted(FILTER_FIELDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Filter:
+        if self.op == "in" and not (isinstance(self.value, list) and self.value):
+            raise ValueError("'in' needs a non-empty list")
+        if self.op == "between" and not (isinstance(self.value, list) and len(self.value) == 2):
+            raise ValueError("'between' needs [low, high]")
+        if self.op not in ("in", "between") and isinstance(self.value, (list, dict)):
+            raise ValueError(f"'{self.op}' needs a single value")
+        return self
+
+
+class Audience(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lifecycle: list[LIFECYCLE] = Field(default_factory=list)
+    ai_segments: list[int] = Field(default_factory=list, description="ml.segment_catalog ids")
+    churn_risk: list[Literal["low", "medium", "high"]] = Field(default_factory=list)
+    filters: list[Filter] = Field(default_factory=list)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    segment: str = Field("*", description="lifecycle segment, AI segment id, or * for anyone")
+    locale: str = Field("*", description="e.g. de-DE, de, or * for any")
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=2000)
+    link: str | None = None
+    default: dict[str, str] = Field(
+        default_factory=dict, description="values for fields a customer lacks"
+    )
+
+    @field_validator("title", "body", "link")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                _jinja.parse(v)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"template error line {exc.lineno}: {exc.message}") from None
+        return v
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["once", "recurring", "trigger"]
+    at: datetime | None = Field(None, description="once: when (with a time zone)")
+    cron: str | None = Field(None, description="recurring: five-field cron, UTC")
+    trigger: Literal["abandoned_cart", "became_inactive"] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Schedule:
+        need = {"once": "at", "recurring": "cron", "trigger": "trigger"}[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"a '{self.kind}' schedule needs '{need}'")
+        if self.at is not None and self.at.tzinfo is None:
+            raise ValueError("'at' needs a time zone, e.g. 2026-03-01T09:00:00+01:00")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError("'cron' needs five fields (minute hour day month weekday)")
+        return self
+
+
+class SendTime(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["fixed", "best"] = "fixed"
+    hour: int | None = Field(None, ge=0, le=23, description="fixed: local hour")
+    window: tuple[int, int] = Field((9, 21), description="best: allowed local hours [from, to)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SendTime:
+        if self.mode == "fixed" and self.hour is None:
+            raise ValueError("a 'fixed' send time needs 'hour'")
+        lo, hi = self.window
+        if not (0 <= lo < hi <= 24):
+            raise ValueError("'window' needs 0 <= from < to <= 24")
+        return self
+
+
+class Campaign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Slug
+    name: str = Field(min_length=1)
+    description: str = ""
+    audience: Audience
+    messages: list[Message] = Field(min_length=1)
+    channels: list[CHANNELS] = Field(min_length=1)
+    schedule: Schedule
+    send_time: SendTime = Field(default_factory=lambda: SendTime(hour=10, window=(9, 21)))
+    holdout_percent: float = Field(10.0, ge=0, le=50)
+    cap_per_customer: int = Field(1, ge=1, description="sends of this campaign per customer")
+    end_date: date
+
+    @model_validator(mode="after")
+    def _fallback_message(self) -> Campaign:
+        if not any(m.segment == "*" and m.locale == "*" for m in self.messages):
+            raise ValueError("messages need one fallback with segment '*' and locale '*'")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels are listed twice")
+        return self
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(file)"
+
+
+def parse_campaign(data: Any, source: str = "<campaign>") -> Campaign:
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{source}: {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise CampaignError("\n".join(problems)) from None
+
+
+def load_campaign(path: Path) -> Campaign:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CampaignError(f"{path}: not valid YAML: {exc}") from None
+    campaign = parse_campaign(data, str(path))
+    if campaign.id != path.stem:
+        raise CampaignError(f"{path}: id {campaign.id!r} must match the file name {path.stem!r}")
+    return campaign
+
+
+def load_campaigns(folder: Path) -> list[Campaign]:
+    """Every ``*.yaml`` in ``folder``; all errors of all files at once."""
+    campaigns, errors = [], []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            campaigns.append(load_campaign(path))
+        except CampaignError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise CampaignError("\n".join(errors))
+    return campaigns
+
+
+def pick_message(campaign: Campaign, segments: set[str], locale: str | None) -> Message:
+    """The most specific message: segment and locale, then segment, then locale, then any."""
+    lang = (locale or "").split("-")[0]
+
+    def score(m: Message) -> tuple[int, int]:
+        seg = 2 if m.segment in segments else (0 if m.segment == "*" else -99)
+        loc = 2 if m.locale == locale else 1 if m.locale == lang else 0 if m.locale == "*" else -99
+        return (seg, loc)
+
+    return max(campaign.messages, key=score)
+
+
+_FIELD = re.compile(r"{{\s*([a-zA-Z_][a-zA-Z0-9_.]*)")
+
+
+def render(message: Message, fields: dict[str, Any]) -> dict[str, str]:
+    """Title, body and link rendered for one customer; a field the customer lacks (None or
+    missing) takes the message's ``default`` for it, else an empty string."""
+    values = {**message.default, **{k: v for k, v in fields.items() if v is not None}}
+    out = {}
+    for part in ("title", "body", "link"):
+        text = getattr(message, part)
+        if text is not None:
+            out[part] = _jinja.from_string(text).render(**values).strip()
+    return out
