@@ -100,6 +100,19 @@ class Settings(BaseSettings):
         "expires rather than serving stale results.",
     )
 
+    fcm_project_id: str = Field(
+        default="shop-crm-demo", description="Firebase project id that push messages go to."
+    )
+    fcm_credentials_file: Path | None = Field(
+        default=None,
+        description="Service-account JSON for FCM. Unset: a static token for a local fake only.",
+    )
+    fcm_endpoint: str | None = Field(
+        default=None,
+        description="Base URL of the FCM API (unset: Google's). Tests and the demo point it at "
+        "the local fake (notify.fake_fcm).",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, v: str | None) -> str | None:

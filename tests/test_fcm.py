@@ -1,0 +1,79 @@
+"""The real firebase-admin SDK against the local fake FCM: platforms, batches of 500, and each
+error class handled as FCM documents it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from notify.fake_fcm import FakeFcm
+from notify.fcm import FcmSender, Push
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeFcm]:
+    with FakeFcm() as f:
+        yield f
+
+
+@pytest.fixture
+def sender(fake: FakeFcm) -> Iterator[FcmSender]:
+    s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{id(fake)}")
+    yield s
+    s.close()
+
+
+def push(i: int, token: str | None = None, platform: str = "android") -> Push:
+    return Push(str(i), token or f"tok-{i}", platform, "Hello", "World", "https://shop.example/p")
+
+
+def test_each_platform_gets_its_own_config(fake: FakeFcm, sender: FcmSender) -> None:
+    res = sender.send(
+        [push(1, platform="android"), push(2, platform="ios"), push(3, platform="web")]
+    )
+    assert [r.outcome for r in res] == ["sent"] * 3
+    by_key = {m["data"]["delivery_id"]: m for m in fake.sent}
+    assert by_key["1"]["android"]["priority"] == "high"
+    assert by_key["2"]["apns"]["payload"]["aps"]["alert"]["title"] == "Hello"
+    assert by_key["3"]["webpush"]["fcm_options"]["link"] == "https://shop.example/p"
+
+
+def test_more_than_500_go_in_several_calls_and_bad_tokens_do_not_fail_the_batch(
+    fake: FakeFcm, sender: FcmSender
+) -> None:
+    pushes = [push(i, "unregistered-x" if i % 100 == 0 else None) for i in range(1200)]
+    pushes.append(push(5000, "invalid-token"))
+    res = sender.send(pushes)
+    outcome = Counter(r.outcome for r in res)
+    assert outcome == {"sent": 1188, "invalid_token": 13}
+    assert len(fake.sent) == 1188
+    assert [r.key for r in res] == [p.key for p in pushes]  # results in input order
+    bad = next(r for r in res if r.key == "0")
+    assert "UnregisteredError" in (bad.reason or "")
+
+
+def test_quota_errors_are_retryable_with_retry_after() -> None:
+    with FakeFcm(quota_rate=1.0, retry_after=7) as fake:
+        s = FcmSender("test-project", endpoint=fake.endpoint, name="quota")
+        try:
+            res = s.send([push(1), push(2)])
+        finally:
+            s.close()
+    assert [r.outcome for r in res] == ["retry", "retry"]
+    assert res[0].retry_after == 7.0
+    assert "QuotaExceeded" in (res[0].reason or "")
+    assert not fake.sent
+
+
+def test_sender_from_settings_reaches_the_configured_endpoint(fake: FakeFcm) -> None:
+    from crm.settings import Settings
+
+    settings = Settings(_env_file=None, fcm_project_id="p1", fcm_endpoint=fake.endpoint)  # type: ignore[call-arg]
+    s = FcmSender.from_settings(settings)
+    try:
+        assert [r.outcome for r in s.send([push(1)])] == ["sent"]
+    finally:
+        s.close()
+    assert fake.sent[0]["token"] == "tok-1"
