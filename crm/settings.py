@@ -113,6 +113,27 @@ class Settings(BaseSettings):
         "the local fake (notify.fake_fcm).",
     )
 
+    quiet_hours: tuple[int, int] = Field(
+        default=(21, 9),
+        description="No push between these local hours [from, to) in the customer's own time "
+        "zone; a slot inside moves to the end of the quiet time.",
+    )
+    push_cap_per_day: int = Field(
+        default=2, ge=1, description="At most this many pushes per customer per local day."
+    )
+    push_cap_per_week: int = Field(
+        default=5, ge=1, description="At most this many pushes per customer per 7 days."
+    )
+    send_lease_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="A claimed delivery not finished within this time (its worker died) is "
+        "claimed again.",
+    )
+    send_max_attempts: int = Field(
+        default=5, ge=1, description="Retryable FCM errors are retried this many times."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, v: str | None) -> str | None:
