@@ -96,6 +96,7 @@ bench: env  ## ingest vs COPY and pandas; dbt full and incremental builds; ML tr
 	$(RUN) python bench/ingest_bench.py
 	$(RUN) python bench/dbt_bench.py --events $(BENCH_DBT_EVENTS)
 	$(RUN) python bench/ml_bench.py --customers $(BENCH_ML_CUSTOMERS)
+	$(RUN) python bench/deliver_bench.py
 
 clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)
 	-$(RUN) crm db stop
