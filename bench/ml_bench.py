@@ -21,20 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from dbt_bench import fresh_db  # bench/ is on the path when this runs as a script
 
 from crm import db
 from crm.ingest.load import ingest_paths
 from crm.settings import get_settings
 from crm.simulate import SimConfig, simulate
 from crm.transform import build
-
-
-def fresh_db(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    return db.with_database(admin_url, name)
+from ml.tracking import sqlalchemy_url
 
 
 def _phase(name: str, env: dict[str, str], q: Any) -> None:
@@ -86,7 +80,7 @@ def one_size(customers: int, days: int, work: Path, admin: str) -> dict[str, flo
     env = {
         "CRM_DATABASE_URL": url,
         "CRM_HOME": str(work / f"ml-home-{customers}"),
-        "CRM_MLFLOW_TRACKING_URI": tracking.replace("postgresql://", "postgresql+psycopg://"),
+        "CRM_MLFLOW_TRACKING_URI": sqlalchemy_url(tracking),
     }
     base = run_phase("load", env)
     train = run_phase("train", env)

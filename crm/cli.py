@@ -227,7 +227,8 @@ def evaluate(
         ".crm/reports/evaluation"
     ),
     data: Annotated[
-        Path | None, typer.Option(help="Public datasets (default ~/.cache/shop-crm-data).")
+        Path | None,
+        typer.Option(help="Public datasets (default CRM_EVAL_DATA or ~/.cache/shop-crm-data)."),
     ] = None,
     truth: Annotated[
         Path | None,
@@ -238,9 +239,10 @@ def evaluate(
     import pandas as pd
 
     from ml.data import load_snapshot
+    from ml.datasets import data_dir
     from ml.evaluate import run
 
-    data = data or Path.home() / ".cache" / "shop-crm-data"
+    data = data or data_dir()
     gt = None
     if truth:
         gt = pd.read_json(truth, lines=True).dropna(subset=["user_id"]).set_index("user_id")
@@ -279,8 +281,9 @@ def import_cdnow(
     CRM_INGEST_MIN_TIMESTAMP=1990-01-01T00:00:00Z."""
     from crm.importers import import_cdnow as run
     from crm.settings import get_settings
+    from ml.datasets import data_dir
 
-    path = path or Path.home() / ".cache" / "shop-crm-data" / "CDNOW_master.txt"
+    path = path or data_dir() / "CDNOW_master.txt"
     if not path.exists():
         raise CrmError(f"{path} not found: run ../shared/data/fetch.sh or pass the file")
     target = out_dir or get_settings().landing_dir

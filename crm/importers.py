@@ -37,7 +37,7 @@ from crm.errors import CrmError
 NAMESPACE = uuid.UUID("6f1c3d1e-8a3b-4a7e-9a55-3c1b2f0d9e11")
 
 
-class ImportError_(CrmError):
+class ImportFormatError(CrmError):
     """The input file is not in the expected format."""
 
 
@@ -75,7 +75,7 @@ def write_days(
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ImportError_(f"{what}: missing column(s) {missing}; found {list(frame.columns)}")
+        raise ImportFormatError(f"{what}: missing column(s) {missing}; found {list(frame.columns)}")
 
 
 def import_cdnow(path: Path, out: Path) -> ImportSummary:

@@ -7,11 +7,18 @@ genre plays the role of the product category. Not a shop: used for the recommend
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from ml.data import QUERIES, Snapshot
+
+
+def data_dir() -> Path:
+    """Where ../shared/data/fetch.sh puts the public datasets: CRM_EVAL_DATA, else its default."""
+    return Path(os.environ.get("CRM_EVAL_DATA", Path.home() / ".cache" / "shop-crm-data"))
+
 
 COLUMNS = {
     "customers": ["customer_id", "is_known", "time_zone", "locale", "push_consent",
@@ -56,7 +63,6 @@ def movielens_snapshot(folder: Path) -> Snapshot:
         "product_id": "m" + items.item.astype(str),
         "category": items.item.map(genre).fillna("unknown"), "price": 0.0,
     })  # fmt: skip
-    customers = empty("customers")
     ids = events.customer_id.unique()
     customers = pd.DataFrame({"customer_id": ids}).reindex(columns=COLUMNS["customers"])
     return Snapshot(

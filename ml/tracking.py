@@ -28,6 +28,11 @@ def model_name(task: str) -> str:
     return f"crm_{task}"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """A libpq URL as MLflow's SQLAlchemy store wants it (the psycopg 3 driver)."""
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
 def tracking_uri(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.mlflow_tracking_uri:
@@ -37,7 +42,7 @@ def tracking_uri(settings: Settings | None = None) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    return db.with_database(url, name).replace("postgresql://", "postgresql+psycopg://", 1)
+    return sqlalchemy_url(db.with_database(url, name))
 
 
 def artifact_root(settings: Settings | None = None) -> str:

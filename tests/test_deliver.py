@@ -4,14 +4,12 @@ worker that dies after claiming."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from crm import db
 from crm.settings import PROJECT_ROOT, Settings
@@ -19,6 +17,7 @@ from notify.campaigns import load_campaign
 from notify.deliver import CLAIM, plan, send_due, zone
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender
+from tests.conftest import ML_DB, temp_database
 
 NOW = datetime(2026, 2, 27, 6, 0, tzinfo=UTC)
 
@@ -26,20 +25,9 @@ NOW = datetime(2026, 2, 27, 6, 0, tzinfo=UTC)
 @pytest.fixture
 def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
     """A private copy of the ML shop database (deliveries write to it)."""
-    name = f"crm_test_deliver_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier("crm_test_ml")
-            )
-        )
-    url = db.with_database(pg_server_url, name)
-    db.upgrade(url)
-    yield url
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    with temp_database(pg_server_url, "crm_test_deliver", ML_DB) as url:
+        db.upgrade(url)
+        yield url
 
 
 @pytest.fixture
@@ -47,19 +35,6 @@ def settings(shop: str, tmp_path: Path) -> Settings:
     return Settings(  # type: ignore[call-arg]
         _env_file=None, database_url=shop, home=tmp_path / "home", push_cap_per_day=5
     )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeFcm]:
-    with FakeFcm() as f:
-        yield f
-
-
-@pytest.fixture
-def sender(fake: FakeFcm) -> Iterator[FcmSender]:
-    s = FcmSender("test", endpoint=fake.endpoint, name=f"deliver-{uuid.uuid4().hex[:6]}")
-    yield s
-    s.close()
 
 
 @pytest.fixture

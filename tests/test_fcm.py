@@ -4,25 +4,9 @@ error class handled as FCM documents it."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-
-import pytest
 
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender, Push
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeFcm]:
-    with FakeFcm() as f:
-        yield f
-
-
-@pytest.fixture
-def sender(fake: FakeFcm) -> Iterator[FcmSender]:
-    s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{id(fake)}")
-    yield s
-    s.close()
 
 
 def push(i: int, token: str | None = None, platform: str = "android") -> Push:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
-from psycopg import sql
 from sklearn.metrics import adjusted_rand_score
 
 from crm import db
@@ -23,6 +20,7 @@ from ml.recommend.metrics import average_precision_at_k, coverage, ndcg_at_k, re
 from ml.recommend.ranker import Recommender
 from ml.segments import SegmentModel
 from ml.sendtime import SendTimeModel, hits
+from tests.conftest import temp_database
 
 DAY = pd.Timedelta(days=1)
 
@@ -133,17 +131,15 @@ def test_recommender_beats_popularity_and_als(snap: Snapshot) -> None:
 # ---------- MLflow, ml.* and Redis
 @pytest.fixture
 def ml_settings(ml_shop: tuple[str, Path], pg_server_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    name = f"crm_test_mlflow_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    uri = db.with_database(pg_server_url, name).replace("postgresql://", "postgresql+psycopg://")
+    from ml.tracking import sqlalchemy_url
+
     db.upgrade(ml_shop[0])
-    yield Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=ml_shop[0], home=tmp_path / "home", mlflow_tracking_uri=uri
-    )
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    with temp_database(pg_server_url, "crm_test_mlflow") as tracking:
+        yield Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            database_url=ml_shop[0],
+            home=tmp_path / "home",
+            mlflow_tracking_uri=sqlalchemy_url(tracking),
         )
 
 

@@ -59,7 +59,6 @@ class Recommender:
     exclude_seen: bool = False
     splits: int = 2  # training horizons stacked (more groups for the ranker)
     ranker: LGBMRanker | None = None
-    index: Index | None = None
     popular_items: list[str] = field(default_factory=list)  # the last cold-start list served
 
     task = "recommendations"
@@ -108,15 +107,15 @@ class Recommender:
             cand.label.astype(int),
             group=cand.groupby("r", sort=False).size().to_numpy(),
         )
-        self.index = build_index(snap)  # serve from everything we know
         return self
 
     def recommend(self, snap: Snapshot | None = None, customers: list[str] | None = None,
                   index: Index | None = None) -> dict[str, list[str]]:  # fmt: skip
         """customer -> ranked product ids; customers without history get popular items."""
         assert self.ranker is not None, "fit first"
-        ix = index or (build_index(snap) if snap is not None else self.index)
-        assert ix is not None
+        if index is None and snap is None:
+            raise ValueError("recommend needs the data to serve from: a snapshot or an index")
+        ix = index or build_index(snap)  # type: ignore[arg-type]
         wanted = customers if customers is not None else list(ix.customers)
         known = [c for c in wanted if c in ix.customers]
         out: dict[str, list[str]] = {}
