@@ -80,6 +80,11 @@ def engagement_events(snap: Snapshot, session_weight: float = 1.0) -> pd.DataFra
     return ev
 
 
+def reweighted(ev: pd.DataFrame, session_weight: float) -> pd.DataFrame:
+    """The same events with session starts and orders counted ``session_weight``."""
+    return ev.assign(weight=np.where(ev.engaged, 1.0, session_weight))
+
+
 def hour_counts(ev: pd.DataFrame, customers: pd.Index) -> np.ndarray:
     table = ev.pivot_table(index="customer_id", columns="hour", values="weight", aggfunc="sum")
     table = table.reindex(index=customers, columns=range(HOURS)).fillna(0.0)
@@ -116,8 +121,9 @@ class SendTimeModel:
         # best predict the engagements of the last quarter of the training period from the
         # first three quarters (hit rate first, likelihood to break ties)
         scores: dict[tuple[float, float], tuple[float, float]] = {}
+        base = engagement_events(snap)  # local hours computed once, reweighted per candidate
         for w in SESSION_WEIGHTS:
-            ev = engagement_events(snap, w)
+            ev = reweighted(base, w)
             times = ev["at"]
             split = times.min() + 0.75 * (times.max() - times.min())
             early, late = ev[times < split], ev[(times >= split) & ev.engaged]
@@ -128,7 +134,7 @@ class SendTimeModel:
                 scores[(w, a)] = self._heldout_fit(early, late, segments, a)
         if scores:
             self.session_weight, self.prior_user = max(scores, key=lambda k: scores[k])
-        ev = engagement_events(snap, self.session_weight)
+        ev = reweighted(base, self.session_weight)
         engaged = ev[ev.engaged]
         self.global_best_hour = int(np.bincount(engaged.hour, minlength=HOURS).argmax())
         self._profiles(ev, segments)
