@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     send_max_attempts: int = Field(
         default=5, ge=1, description="Retryable FCM errors are retried this many times."
     )
+    apprise_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON: channel (email, telegram, slack, webhook) -> apprise URL template "
+        "with {address} where the customer's address goes, e.g. "
+        '{"email": "mailtos://user:pass@smtp.example.com?from=shop@example.com&to={address}"}. '
+        "A channel without one is not sent.",
+    )
 
     @field_validator("database_url")
     @classmethod

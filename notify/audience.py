@@ -46,9 +46,47 @@ def _condition(f: Filter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL("{} {} %s").format(col, sql.SQL(OPS[f.op])), [f.value]
 
 
-def audience_query(campaign: Campaign) -> tuple[sql.Composed, list[Any]]:
+# who a trigger fires for at time %(now)s (UTC); a campaign's own audience narrows it further
+TRIGGER_QUERIES = {
+    # a cart add in the last day, none in the last `after_hours`, and no order since
+    "abandoned_cart": """
+        select e.customer_id from marts.fct_product_events e
+        where e.event_name = 'Product Added'
+          and e.event_at > %(now)s - interval '24 hours' and e.event_at <= %(now)s
+        group by e.customer_id
+        having max(e.event_at) <= %(now)s - make_interval(hours => %(after_hours)s)
+           and not exists (select 1 from marts.fct_orders o
+                           where o.customer_id = e.customer_id
+                             and o.ordered_at >= max(e.event_at))
+    """,
+    # inactive on the latest snapshot day, something else the day before
+    "became_inactive": """
+        select t.customer_id from marts.customer_segments_daily t
+        join marts.customer_segments_daily y
+          on y.customer_id = t.customer_id and y.day = t.day - 1
+        where t.day = (select max(day) from marts.customer_segments_daily
+                       where day <= (%(now)s at time zone 'UTC')::date)
+          and t.lifecycle_segment = 'inactive' and y.lifecycle_segment <> 'inactive'
+    """,
+}
+
+
+def triggered(conn: psycopg.Connection, campaign: Campaign, now: datetime) -> list[str]:
+    """Customers the campaign's trigger fires for at ``now``."""
+    s = campaign.schedule
+    assert s.trigger is not None
+    cur = conn.execute(TRIGGER_QUERIES[s.trigger], {"now": now, "after_hours": s.after_hours})
+    return [r[0] for r in cur.fetchall()]
+
+
+def audience_query(
+    campaign: Campaign, only: list[str] | None = None
+) -> tuple[sql.Composed, list[Any]]:
     conds: list[sql.Composable] = []
     params: list[Any] = []
+    if only is not None:
+        conds.append(sql.SQL("c.customer_id = any(%s)"))
+        params.append(only)
     a = campaign.audience
     if a.lifecycle:
         conds.append(sql.SQL("c.lifecycle_segment = any(%s)"))
@@ -67,8 +105,10 @@ def audience_query(campaign: Campaign) -> tuple[sql.Composed, list[Any]]:
     return sql.SQL(BASE) + where + sql.SQL(" order by c.customer_id"), params
 
 
-def select_audience(conn: psycopg.Connection, campaign: Campaign) -> pd.DataFrame:
-    query, params = audience_query(campaign)
+def select_audience(
+    conn: psycopg.Connection, campaign: Campaign, only: list[str] | None = None
+) -> pd.DataFrame:
+    query, params = audience_query(campaign, only)
     cur = conn.execute(query, params)
     frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
     frame["held_out"] = [
@@ -77,23 +117,30 @@ def select_audience(conn: psycopg.Connection, campaign: Campaign) -> pd.DataFram
     return frame
 
 
-def snapshot_audience(conn: psycopg.Connection, campaign: Campaign) -> tuple[int, int]:
-    """Record the audience once: a second call keeps the first snapshot (and its holdout).
-    Returns (members, held out) as recorded. Call inside a transaction: concurrent callers
-    wait on a per-campaign lock instead of racing."""
+def snapshot_audience(
+    conn: psycopg.Connection,
+    campaign: Campaign,
+    occurrence: datetime,
+    only: list[str] | None = None,
+) -> tuple[int, int]:
+    """Record one occurrence's audience once: a second call keeps the first snapshot (and its
+    holdout). ``only`` narrows it to the customers a trigger fired for. Returns (members, held
+    out) as recorded. Call inside a transaction: concurrent callers wait on a per-campaign lock
+    instead of racing."""
     conn.execute("select pg_advisory_xact_lock(hashtext('audience:' || %s))", (campaign.id,))
     done = conn.execute(
         "select count(*), count(*) filter (where held_out) from crm.campaign_audiences"
-        " where campaign_id = %s",
-        (campaign.id,),
+        " where campaign_id = %s and occurrence = %s",
+        (campaign.id, occurrence),
     ).fetchone()
     if done and done[0]:
         return int(done[0]), int(done[1])
-    frame = select_audience(conn, campaign)
+    frame = select_audience(conn, campaign, only)
     now = datetime.now(UTC)
     with conn.cursor().copy(
-        "copy crm.campaign_audiences (campaign_id, customer_id, held_out, snapshot_at) from stdin"
+        "copy crm.campaign_audiences (campaign_id, occurrence, customer_id, held_out, snapshot_at)"
+        " from stdin"
     ) as cp:
         for cid, held in zip(frame.customer_id, frame.held_out, strict=True):
-            cp.write_row((campaign.id, cid, bool(held), now))
+            cp.write_row((campaign.id, occurrence, cid, bool(held), now))
     return len(frame), int(frame.held_out.sum())

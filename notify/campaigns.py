@@ -10,13 +10,13 @@ customer and an end date.
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from jinja2 import TemplateSyntaxError
+from jinja2 import Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -86,6 +86,9 @@ class Audience(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    variant: str | None = Field(
+        None, max_length=60, description="name in reports; default segment/locale"
+    )
     segment: str = Field("*", description="lifecycle segment, AI segment id, or * for anyone")
     locale: str = Field("*", description="e.g. de-DE, de, or * for any")
     title: str = Field(min_length=1, max_length=200)
@@ -105,6 +108,10 @@ class Message(BaseModel):
                 raise ValueError(f"template error line {exc.lineno}: {exc.message}") from None
         return v
 
+    @property
+    def label(self) -> str:
+        return self.variant or f"{self.segment}/{self.locale}"
+
 
 class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -112,6 +119,12 @@ class Schedule(BaseModel):
     at: datetime | None = Field(None, description="once: when (with a time zone)")
     cron: str | None = Field(None, description="recurring: five-field cron, UTC")
     trigger: Literal["abandoned_cart", "became_inactive"] | None = None
+    after_hours: int = Field(
+        1, ge=0, le=72, description="abandoned_cart: hours of silence after the last cart add"
+    )
+    cooldown_days: int = Field(
+        7, ge=0, description="trigger: a customer triggers again only after this many days"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Schedule:
@@ -212,7 +225,9 @@ def pick_message(campaign: Campaign, segments: set[str], locale: str | None) -> 
     return max(campaign.messages, key=score)
 
 
-_FIELD = re.compile(r"{{\s*([a-zA-Z_][a-zA-Z0-9_.]*)")
+@lru_cache(maxsize=512)
+def _template(text: str) -> Template:
+    return _jinja.from_string(text)
 
 
 def render(message: Message, fields: dict[str, Any]) -> dict[str, str]:
@@ -223,5 +238,5 @@ def render(message: Message, fields: dict[str, Any]) -> dict[str, str]:
     for part in ("title", "body", "link"):
         text = getattr(message, part)
         if text is not None:
-            out[part] = _jinja.from_string(text).render(**values).strip()
+            out[part] = _template(text).render(**values).strip()
     return out

@@ -24,24 +24,45 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 import redis
+from croniter import croniter
+from psycopg.types.json import Jsonb
 
 from crm.settings import Settings, get_settings
-from notify.audience import snapshot_audience
+from notify.audience import snapshot_audience, triggered
 from notify.campaigns import Campaign, pick_message, render
+from notify.channels import AppriseSender, Note
 from notify.fcm import FcmSender, Push
 
 PLAN_QUERY = """
-    select m.customer_id, m.held_out, c.time_zone, c.push_consent, c.email_consent,
-           c.lifecycle_segment, st.best_hour, st.best_channel,
+    select m.customer_id, m.held_out, c.time_zone, c.locale, c.push_consent, c.email_consent,
+           c.lifecycle_segment, s.segment_id, s.segment_name, f.top_category,
+           st.best_hour, st.best_channel,
            exists (select 1 from marts.push_devices d
                    where d.customer_id = m.customer_id and d.is_valid
-                     and d.push_token not in (select token from crm.invalid_tokens)) as has_token
+                     and d.push_token not in (select token from crm.invalid_tokens)) as has_token,
+           exists (select 1 from pii.customer_pii p
+                   where p.customer_id = m.customer_id and p.email is not null) as has_email,
+           array(select a.channel from crm.channel_addresses a
+                 where a.customer_id = m.customer_id) as registered,
+           array(select coalesce(p.product_name, r.product_id) from ml.recommendations r
+                 left join marts.dim_products p on p.product_id = r.product_id
+                 where r.customer_id = m.customer_id order by r.rank limit 3) as products
     from crm.campaign_audiences m
     join marts.dim_customers c on c.customer_id = m.customer_id
+    left join marts.customer_features f on f.customer_id = m.customer_id
+    left join ml.customer_segments s on s.customer_id = m.customer_id
     left join ml.send_times st on st.customer_id = m.customer_id
-    where m.campaign_id = %s
+    where m.campaign_id = %(campaign)s and m.occurrence = %(occurrence)s
       and not exists (select 1 from crm.deliveries d
-                      where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id)
+                      where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
+                        and d.occurrence = m.occurrence)
+      and (select count(*) from crm.deliveries d
+           where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
+             and d.state in ('planned', 'sending', 'sent', 'held_out')) < %(cap)s
+      and (%(cooldown)s::int is null or not exists (
+           select 1 from crm.deliveries d
+           where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
+             and d.planned_at > %(now)s - make_interval(days => %(cooldown)s::int)))
 """
 CLAIM = """
     with due as (
@@ -55,7 +76,20 @@ CLAIM = """
     update crm.deliveries d
     set state = 'sending', claimed_at = %(now)s, attempts = d.attempts + 1, updated_at = now()
     from due where d.delivery_id = due.delivery_id
-    returning d.delivery_id, d.campaign_id, d.customer_id, d.channel, d.attempts
+    returning d.delivery_id, d.customer_id, d.channel, d.attempts, d.title, d.body, d.link
+"""
+# what a send needs that may have changed since planning: consent, token, address, zone
+SEND_INFO = """
+    select c.customer_id, c.push_consent, c.email_consent, c.time_zone,
+           (select d.push_token || '|' || d.platform from marts.push_devices d
+            where d.customer_id = c.customer_id and d.is_valid
+              and d.push_token not in (select token from crm.invalid_tokens)
+            order by d.token_seen_at desc limit 1) as push_target,
+           (select p.email from pii.customer_pii p where p.customer_id = c.customer_id) as email,
+           coalesce((select jsonb_object_agg(a.channel, a.address) from crm.channel_addresses a
+                     where a.customer_id = c.customer_id), '{}'::jsonb) as addresses
+    from marts.dim_customers c
+    where c.customer_id = any(%s)
 """
 
 
@@ -95,51 +129,99 @@ def choose_channel(campaign: Campaign, row: dict[str, Any]) -> str | None:
     campaign's first usable channel; None when consent or an address is missing for all."""
     usable = []
     for ch in campaign.channels:
-        push_ok = ch == "push" and row["push_consent"] and row["has_token"]
-        email_ok = ch == "email" and row["email_consent"]
-        if push_ok or email_ok:
+        if ch == "push":
+            ok = row["push_consent"] and row["has_token"]
+        elif ch == "email":
+            ok = row["email_consent"] and row["has_email"]
+        else:  # registering an address for the channel is the opt-in
+            ok = ch in (row["registered"] or [])
+        if ok:
             usable.append(ch)
     if row.get("best_channel") in usable:
         return str(row["best_channel"])
     return usable[0] if usable else None
 
 
+def due_occurrence(campaign: Campaign, now: datetime) -> datetime | None:
+    """The occurrence to plan at ``now``: the 'once' time when it has come, the latest cron
+    tick, or this hour for a trigger; None before it is due or after the end date."""
+    s = campaign.schedule
+    if now.date() > campaign.end_date:
+        return None
+    if s.kind == "once":
+        assert s.at is not None
+        return s.at.astimezone(UTC) if s.at <= now else None
+    if s.kind == "recurring":
+        assert s.cron is not None
+        tick: datetime = croniter(s.cron, now.astimezone(UTC)).get_prev(datetime)
+        return tick.astimezone(UTC)
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
-         settings: Settings | None = None) -> Counter[str]:  # fmt: skip
-    """Snapshot the audience (once) and write a delivery row for each member not planned yet."""
+         settings: Settings | None = None, occurrence: datetime | None = None,
+         source: str = "file") -> Counter[str]:  # fmt: skip
+    """Plan the campaign's due occurrence (or ``occurrence``): snapshot its audience once,
+    and write one delivery row, with the message rendered, per member not planned yet.
+    Members past the campaign's cap, or (triggers) inside the cooldown, get no row."""
     settings = settings or get_settings()
     counts: Counter[str] = Counter()
+    occurrence = occurrence or due_occurrence(campaign, now)
+    if occurrence is None:
+        return counts
+    trigger = campaign.schedule.kind == "trigger"
     with conn.transaction():
-        snapshot_audience(conn, campaign)
-        cur = conn.execute(PLAN_QUERY, (campaign.id,))
+        only = triggered(conn, campaign, now) if trigger else None
+        members, held = snapshot_audience(conn, campaign, occurrence, only)
+        conn.execute(
+            "insert into crm.campaign_runs (campaign_id, occurrence, source, definition,"
+            " ends_on, members, held_out, planned_at) values (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " on conflict do nothing",
+            (campaign.id, occurrence, source, Jsonb(campaign.model_dump(mode="json")),
+             campaign.end_date, members, held, now),
+        )  # fmt: skip
+        cur = conn.execute(
+            PLAN_QUERY,
+            {"campaign": campaign.id, "occurrence": occurrence, "now": now,
+             "cap": campaign.cap_per_customer,
+             "cooldown": campaign.schedule.cooldown_days if trigger else None},
+        )  # fmt: skip
         cols = [c.name for c in cur.description or []]
-        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         values = []
-        for row in rows:
+        for row in (dict(zip(cols, r, strict=True)) for r in cur.fetchall()):
+            tz = zone(row["time_zone"])
             hour = send_hour(campaign, row["best_hour"], settings.quiet_hours)
-            slot = next_slot(now, zone(row["time_zone"]), hour)
+            slot = next_slot(max(now, occurrence), tz, hour)
             channel = choose_channel(campaign, row)
+            segments = {row["lifecycle_segment"], str(row["segment_id"])}
+            message = pick_message(campaign, segments, row["locale"])
+            products = list(row["products"] or [])
+            fields = {
+                "top_category": row["top_category"],
+                "lifecycle_segment": row["lifecycle_segment"],
+                "segment_name": row["segment_name"],
+                "locale": row["locale"],
+                **{f"product_{i + 1}": p for i, p in enumerate(products[:3])},
+            }
+            text = render(message, fields)
+            state, reason = "planned", None
             if row["held_out"]:
-                state, reason, channel = (
-                    "held_out",
-                    "holdout group",
-                    channel or campaign.channels[0],
-                )
+                state, reason = "held_out", "holdout group"
             elif channel is None:
-                state, reason, channel = (
-                    "suppressed",
-                    "no consent or address for any campaign channel",
-                    campaign.channels[0],
-                )
-            else:
-                state, reason = "planned", None
-            values.append((campaign.id, row["customer_id"], channel, slot, state, reason))
+                state, reason = "suppressed", "no consent or address for any campaign channel"
+            elif slot.astimezone(tz).date() > campaign.end_date:
+                state, reason = "suppressed", "slot after the campaign's end date"
+            values.append((campaign.id, occurrence, row["customer_id"],
+                           channel or campaign.channels[0], slot, state, reason, message.label,
+                           row["lifecycle_segment"], text["title"], text["body"],
+                           text.get("link"), now))  # fmt: skip
             counts[state] += 1
         with conn.cursor() as cur2:
             cur2.executemany(
-                "insert into crm.deliveries"
-                " (campaign_id, customer_id, channel, slot, state, reason)"
-                " values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
+                "insert into crm.deliveries (campaign_id, occurrence, customer_id, channel,"
+                " slot, state, reason, variant, segment, title, body, link, planned_at)"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " on conflict do nothing",
                 values,
             )
     return counts
@@ -185,16 +267,16 @@ class Caps:
 
 def send_due(
     url: str,
-    campaigns: dict[str, Campaign],
     sender: FcmSender,
     r: redis.Redis,
     now: datetime | None = None,
     batch: int = 500,
     settings: Settings | None = None,
-    dry_run: bool = False,
+    apprise: AppriseSender | None = None,
 ) -> Counter[str]:
-    """Claim, send and record due push deliveries until none are left; returns outcomes."""
+    """Claim, send and record due deliveries until none are left; returns outcomes."""
     settings = settings or get_settings()
+    apprise = apprise or AppriseSender.from_settings(settings)
     caps = Caps(r, settings)
     totals: Counter[str] = Counter()
     while True:
@@ -205,67 +287,59 @@ def send_due(
             ).fetchall()
             if not claimed:
                 return totals
-            outcomes = _send_claimed(conn, claimed, campaigns, sender, caps, at, settings, dry_run)
-            with conn.transaction():
-                for o in outcomes:
-                    conn.execute(
-                        "update crm.deliveries set state = %s, reason = %s,"
-                        " slot = coalesce(%s, slot),"
-                        " sent_at = case when %s = 'sent' then %s end, updated_at = now()"
-                        " where delivery_id = %s",
-                        (o.state, o.reason, o.retry_at, o.state, at, o.delivery_id),
-                    )
+            outcomes = _send_claimed(conn, claimed, sender, apprise, caps, at, settings)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "update crm.deliveries set state = %s, reason = %s,"
+                    " slot = coalesce(%s, slot),"
+                    " sent_at = case when %s = 'sent' then %s::timestamptz end,"
+                    " updated_at = now() where delivery_id = %s",
+                    [(o.state, o.reason, o.retry_at, o.state, at, o.delivery_id)
+                     for o in outcomes],
+                )  # fmt: skip
             totals.update(o.state for o in outcomes)
 
 
-def _send_claimed(conn: psycopg.Connection, claimed: list[Any], campaigns: dict[str, Campaign],
-                  sender: FcmSender, caps: Caps, at: datetime, settings: Settings,
-                  dry_run: bool) -> list[Outcome]:  # fmt: skip
-    ids = [c[2] for c in claimed]
-    info = {
-        r[0]: r[1:]
-        for r in conn.execute(
-            "select c.customer_id, c.push_consent, c.time_zone, c.locale, c.lifecycle_segment,"
-            " f.top_category, (select d.push_token || '|' || d.platform from marts.push_devices d"
-            "   where d.customer_id = c.customer_id and d.is_valid and d.push_token not in"
-            "   (select token from crm.invalid_tokens) order by d.token_seen_at desc limit 1),"
-            " (select r.product_id from ml.recommendations r"
-            "   where r.customer_id = c.customer_id order by r.rank limit 1)"
-            " from marts.dim_customers c"
-            " left join marts.customer_features f on f.customer_id = c.customer_id"
-            " where c.customer_id = any(%s)",
-            (ids,),
-        ).fetchall()
-    }
+def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSender,
+                  apprise: AppriseSender, caps: Caps, at: datetime,
+                  settings: Settings) -> list[Outcome]:  # fmt: skip
+    cur = conn.execute(SEND_INFO, ([c[1] for c in claimed],))
+    cols = [c.name for c in cur.description or []]
+    info = {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
     outcomes: list[Outcome] = []
     pushes: list[Push] = []
+    notes: list[Note] = []
     attempts: dict[str, int] = {}
-    for delivery_id, campaign_id, customer_id, channel, tries in claimed:
-        campaign = campaigns.get(campaign_id)
+    for delivery_id, customer_id, channel, tries, title, body, link in claimed:
         row = info.get(customer_id)
-        if campaign is None or row is None:
-            outcomes.append(Outcome(delivery_id, "failed", "campaign or customer no longer exists"))
+        if row is None:
+            outcomes.append(Outcome(delivery_id, "failed", "customer no longer exists"))
             continue
-        consent, tz_name, locale, segment, top_category, target, product = row
-        if channel != "push":
-            outcomes.append(Outcome(delivery_id, "failed", f"channel {channel} not available yet"))
+        if channel == "push":
+            if not row["push_consent"]:
+                outcomes.append(Outcome(delivery_id, "suppressed", "push consent withdrawn"))
+                continue
+            if row["push_target"] is None:
+                outcomes.append(Outcome(delivery_id, "suppressed", "no valid push token"))
+                continue
+            if not caps.take(customer_id, at, zone(row["time_zone"])):
+                outcomes.append(Outcome(delivery_id, "suppressed", "frequency cap"))
+                continue
+            token, platform = row["push_target"].rsplit("|", 1)
+            pushes.append(Push(str(delivery_id), token, platform, title, body, link))
+            attempts[str(delivery_id)] = tries
             continue
-        if not consent:
-            outcomes.append(Outcome(delivery_id, "suppressed", "push consent withdrawn"))
+        if channel == "email" and not row["email_consent"]:
+            outcomes.append(Outcome(delivery_id, "suppressed", "email consent withdrawn"))
             continue
-        if target is None:
-            outcomes.append(Outcome(delivery_id, "suppressed", "no valid push token"))
+        address = row["email"] if channel == "email" else row["addresses"].get(channel)
+        if not address:
+            outcomes.append(Outcome(delivery_id, "suppressed", f"no {channel} address"))
             continue
-        if not caps.take(customer_id, at, zone(tz_name)):
-            outcomes.append(Outcome(delivery_id, "suppressed", "frequency cap"))
-            continue
-        message = pick_message(campaign, {segment}, locale)
-        text = render(message, {"top_category": top_category, "product_1": product})
-        token, platform = target.rsplit("|", 1)
-        pushes.append(Push(str(delivery_id), token, platform, text["title"], text["body"],
-                           text.get("link")))  # fmt: skip
-        attempts[str(delivery_id)] = tries
-    results = sender.send(pushes, dry_run=dry_run) if pushes else []
+        notes.append(Note(str(delivery_id), channel, address, title, body, link))
+    for key, failure in apprise.send(notes).items():
+        outcomes.append(Outcome(int(key), "failed" if failure else "sent", failure))
+    results = sender.send(pushes) if pushes else []
     by_key = {p.key: p for p in pushes}
     for res in results:
         did = int(res.key)

@@ -3,6 +3,7 @@ audiences come from structured filters with bound values; holdout is determinist
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -125,12 +126,27 @@ def test_audience_snapshot_is_taken_once(ml_shop: tuple[str, Path]) -> None:
 
     db.upgrade(ml_shop[0])
     campaign = load_campaign(EXAMPLES / "welcome_new_users.yaml")
+    hour = datetime(2026, 2, 27, 6, tzinfo=UTC)
     with psycopg.connect(ml_shop[0]) as conn:
         with conn.transaction():
-            first = snapshot_audience(conn, campaign)
+            first = snapshot_audience(conn, campaign, hour)
         assert first[0] > 0 and 0 < first[1] < first[0]
         # new customers since would not join: the recorded snapshot stands
         with conn.transaction():
-            assert snapshot_audience(conn, campaign) == first
+            assert snapshot_audience(conn, campaign, hour) == first
+        # the next occurrence is its own snapshot, with the same people held out
+        with conn.transaction():
+            only = ["nobody", *conn.execute(
+                "select customer_id from crm.campaign_audiences where campaign_id = %s"
+                " order by customer_id limit 20", (campaign.id,)).fetchall()]  # fmt: skip
+            only = [o if isinstance(o, str) else o[0] for o in only]
+            nxt = snapshot_audience(conn, campaign, hour + timedelta(hours=1), only)
+            same = conn.execute(
+                "select count(*) from crm.campaign_audiences a join crm.campaign_audiences b"
+                " using (campaign_id, customer_id) where a.occurrence = %s and b.occurrence = %s"
+                " and a.held_out = b.held_out",
+                (hour, hour + timedelta(hours=1)),
+            ).fetchone()[0]
+        assert nxt[0] == 20 and same == 20
         conn.execute("delete from crm.campaign_audiences where campaign_id = %s", (campaign.id,))
         conn.commit()

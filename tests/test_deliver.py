@@ -72,9 +72,7 @@ def test_each_planned_push_is_sent_once_at_an_allowed_local_hour(
     for _, customer, _, slot, _, _ in planned:
         local = slot.astimezone(zone(zones[customer]))
         assert 9 <= local.hour < 21 and local.minute == 0 and slot >= NOW
-    totals = send_due(
-        shop, {c.id: c}, sender, redis_, now=NOW + timedelta(days=2), settings=settings
-    )
+    totals = send_due(shop, sender, redis_, now=NOW + timedelta(days=2), settings=settings)
     assert totals["sent"] == len(planned) - totals["suppressed"] - totals["failed"]
     delivered = [m["data"]["delivery_id"] for m in fake.sent]
     assert len(delivered) == len(set(delivered)) == totals["sent"]
@@ -82,9 +80,7 @@ def test_each_planned_push_is_sent_once_at_an_allowed_local_hour(
     with psycopg.connect(shop) as conn:
         assert sum(plan(conn, c, NOW + timedelta(hours=1), settings).values()) == 0
         conn.commit()
-    assert not send_due(
-        shop, {c.id: c}, sender, redis_, now=NOW + timedelta(days=3), settings=settings
-    )
+    assert not send_due(shop, sender, redis_, now=NOW + timedelta(days=3), settings=settings)
     assert len(fake.sent) == totals["sent"]
     held = rows(shop, "state = 'held_out'")
     assert held and not {str(r[0]) for r in held} & set(delivered)
@@ -101,10 +97,10 @@ def test_a_worker_that_died_after_claiming_is_taken_over_after_its_lease(
     with psycopg.connect(shop, autocommit=True) as conn:  # claims 40, then "dies"
         claimed = conn.execute(CLAIM, {"now": due, "lease": 300, "limit": 40}).fetchall()
     assert len(claimed) == 40
-    soon = send_due(shop, {c.id: c}, sender, redis_, now=due + timedelta(seconds=10),
+    soon = send_due(shop, sender, redis_, now=due + timedelta(seconds=10),
                     settings=settings)  # fmt: skip
     assert len(rows(shop, "state = 'sending'")) == 40  # still leased to the dead worker
-    later = send_due(shop, {c.id: c}, sender, redis_, now=due + timedelta(seconds=400),
+    later = send_due(shop, sender, redis_, now=due + timedelta(seconds=400),
                      settings=settings)  # fmt: skip
     assert later["sent"] + later["suppressed"] + later["failed"] == 40
     assert not rows(shop, "state in ('sending', 'planned')")
@@ -131,7 +127,7 @@ def test_fcm_errors_unregistered_tokens_and_quota_retries(
     with FakeFcm(quota_rate=1.0, retry_after=120) as storm:
         s = FcmSender("test", endpoint=storm.endpoint, name="storm")
         try:
-            first = send_due(shop, {c.id: c}, s, redis_, now=due, settings=settings)
+            first = send_due(shop, s, redis_, now=due, settings=settings)
         finally:
             s.close()
     assert first["planned"] > 0 and not storm.sent  # all back to planned, later
@@ -140,7 +136,7 @@ def test_fcm_errors_unregistered_tokens_and_quota_retries(
     with FakeFcm() as ok:
         s = FcmSender("test", endpoint=ok.endpoint, name="ok")
         try:
-            second = send_due(shop, {c.id: c}, s, redis_, now=due + timedelta(hours=1),
+            second = send_due(shop, s, redis_, now=due + timedelta(hours=1),
                               settings=settings)  # fmt: skip
             # the unregistered token failed once, is recorded, and is never used again
             failed = rows(shop, f"customer_id = '{victim}'")
@@ -173,7 +169,7 @@ def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
             (withdrawn,),
         )
         conn.commit()
-    totals = send_due(shop, {a.id: a, b.id: b}, sender, r, now=NOW + timedelta(days=2),
+    totals = send_due(shop, sender, r, now=NOW + timedelta(days=2),
                       settings=settings)  # fmt: skip
     reasons = {row[4] for row in rows(shop, f"customer_id = '{withdrawn}' and state <> 'held_out'")}
     assert reasons == {"push consent withdrawn"}
