@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -344,13 +344,70 @@ def campaigns_audience(
 
     campaign = load_campaign(folder / f"{campaign_id}.yaml")
     with db.connect() as conn:
-        frame = select_audience(conn, campaign)
+        frame = select_audience(conn, campaign, now=datetime.now(UTC))
     table = Table("lifecycle segment", "customers", "held out", "push consent",
                   title=f"{campaign.name}: {len(frame):,} customers")  # fmt: skip
     for seg, part in frame.groupby("lifecycle_segment"):
         table.add_row(str(seg), f"{len(part):,}", f"{int(part.held_out.sum()):,}",
                       f"{int(part.push_consent.sum()):,}")  # fmt: skip
     out.print(table)
+
+
+@campaigns_app.command("run")
+def campaigns_run(
+    at: Annotated[
+        datetime | None, typer.Option(help="Run as of this time (ISO, UTC if no zone).")
+    ] = None,
+    campaign: Annotated[
+        list[str] | None, typer.Option(help="Only these campaigns (repeatable).")
+    ] = None,
+    launch: Annotated[
+        list[str] | None, typer.Option(help="Launch these now, whatever their schedule.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Plan and render, show samples; record and send nothing.")
+    ] = False,
+    send: Annotated[bool, typer.Option(help="Send what is due after planning.")] = True,
+    fake_fcm: Annotated[
+        bool, typer.Option(help="Send pushes to a local fake FCM started for this run.")
+    ] = False,
+    folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+) -> None:
+    """One delivery run, as the hourly send_campaigns DAG does it: plan due campaigns, then
+    send due deliveries."""
+    from contextlib import ExitStack
+
+    from crm import db
+    from crm.settings import get_settings
+    from notify.run import run, select_campaigns
+
+    now = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at and at.tzinfo else UTC))
+    settings = get_settings()
+    url = db.database_url()
+    db.upgrade(url)
+    campaigns = select_campaigns(folder, campaign) if not launch or campaign else []
+    launched = select_campaigns(folder, launch) if launch else []
+    with ExitStack() as stack:
+        if fake_fcm:
+            from notify.fake_fcm import FakeFcm
+
+            fake = stack.enter_context(FakeFcm())
+            settings = settings.model_copy(update={"fcm_endpoint": fake.endpoint})
+        report = run(url, now, campaigns, launched, dry_run=dry_run, send=send,
+                     settings=settings)  # fmt: skip
+    table = Table("campaign", "planned", "held out", "suppressed",
+                  title=f"campaigns as of {now:%Y-%m-%d %H:%M} UTC"
+                  + (" (dry run: nothing recorded)" if dry_run else ""))  # fmt: skip
+    for cid, counts in report.planned.items():
+        table.add_row(cid, f"{counts.get('planned', 0):,}", f"{counts.get('held_out', 0):,}",
+                      f"{counts.get('suppressed', 0):,}")  # fmt: skip
+    out.print(table)
+    for cid, samples in report.samples.items():
+        for s in samples[:2]:
+            out.print(f"[bold]{cid}[/bold] {s['variant']} via {s['channel']} at "
+                      f"{s['slot']:%Y-%m-%d %H:%M} UTC: {s['title']} / {s['body']}")  # fmt: skip
+    if report.sent:
+        out.print("sent: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.sent.items())))
 
 
 @db_app.command("upgrade")

@@ -79,11 +79,27 @@ def triggered(conn: psycopg.Connection, campaign: Campaign, now: datetime) -> li
     return [r[0] for r in cur.fetchall()]
 
 
+# not capped (deliveries counted over the campaign's life) and not within the cooldown
+ELIGIBLE = """
+    (select count(*) from crm.deliveries d
+     where d.campaign_id = %s and d.customer_id = c.customer_id
+       and d.state in ('planned', 'sending', 'sent', 'held_out')) < %s
+    and not exists (select 1 from crm.deliveries d
+                    where d.campaign_id = %s and d.customer_id = c.customer_id
+                      and d.planned_at > %s - make_interval(days => %s))
+"""
+
+
 def audience_query(
-    campaign: Campaign, only: list[str] | None = None
+    campaign: Campaign, only: list[str] | None = None, now: datetime | None = None
 ) -> tuple[sql.Composed, list[Any]]:
+    """The campaign's audience; with ``now``, only the customers eligible at that time."""
     conds: list[sql.Composable] = []
     params: list[Any] = []
+    if now is not None:
+        conds.append(sql.SQL(ELIGIBLE))
+        params += [campaign.id, campaign.cap_per_customer, campaign.id, now,
+                   campaign.schedule.cooldown_days]  # fmt: skip
     if only is not None:
         conds.append(sql.SQL("c.customer_id = any(%s)"))
         params.append(only)
@@ -106,9 +122,12 @@ def audience_query(
 
 
 def select_audience(
-    conn: psycopg.Connection, campaign: Campaign, only: list[str] | None = None
+    conn: psycopg.Connection,
+    campaign: Campaign,
+    only: list[str] | None = None,
+    now: datetime | None = None,
 ) -> pd.DataFrame:
-    query, params = audience_query(campaign, only)
+    query, params = audience_query(campaign, only, now)
     cur = conn.execute(query, params)
     frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
     frame["held_out"] = [
@@ -122,9 +141,11 @@ def snapshot_audience(
     campaign: Campaign,
     occurrence: datetime,
     only: list[str] | None = None,
+    now: datetime | None = None,
 ) -> tuple[int, int]:
     """Record one occurrence's audience once: a second call keeps the first snapshot (and its
-    holdout). ``only`` narrows it to the customers a trigger fired for. Returns (members, held
+    holdout). ``only`` narrows it to the customers a trigger fired for; with ``now``, customers
+    capped or in the campaign's cooldown at that time are left out. Returns (members, held
     out) as recorded. Call inside a transaction: concurrent callers wait on a per-campaign lock
     instead of racing."""
     conn.execute("select pg_advisory_xact_lock(hashtext('audience:' || %s))", (campaign.id,))
@@ -135,12 +156,12 @@ def snapshot_audience(
     ).fetchone()
     if done and done[0]:
         return int(done[0]), int(done[1])
-    frame = select_audience(conn, campaign, only)
-    now = datetime.now(UTC)
+    frame = select_audience(conn, campaign, only, now)
+    taken = datetime.now(UTC)
     with conn.cursor().copy(
         "copy crm.campaign_audiences (campaign_id, occurrence, customer_id, held_out, snapshot_at)"
         " from stdin"
     ) as cp:
         for cid, held in zip(frame.customer_id, frame.held_out, strict=True):
-            cp.write_row((campaign.id, occurrence, cid, bool(held), now))
+            cp.write_row((campaign.id, occurrence, cid, bool(held), taken))
     return len(frame), int(frame.held_out.sum())

@@ -123,7 +123,10 @@ class Schedule(BaseModel):
         1, ge=0, le=72, description="abandoned_cart: hours of silence after the last cart add"
     )
     cooldown_days: int = Field(
-        7, ge=0, description="trigger: a customer triggers again only after this many days"
+        1,
+        ge=0,
+        description="a customer who had a delivery of this campaign (sent, held out or "
+        "suppressed) joins another occurrence only after this many days",
     )
 
     @model_validator(mode="after")

@@ -61,10 +61,19 @@ class AppriseSender:
             return note.key, f"the apprise URL for {note.channel} is not valid"
         body = f"{note.body}\n\n{note.link}" if note.link else note.body
         try:
-            ok = target.notify(title=note.title, body=body)
+            result = target.notify(title=note.title, body=body)
         except Exception as exc:  # a plugin's own error: that delivery fails, not the batch
-            return note.key, f"{type(exc).__name__}: {exc}"
-        return note.key, None if ok else f"{note.channel} service refused the message"
+            return note.key, self._masked(f"{type(exc).__name__}: {exc}", note.address)
+        if result:
+            return note.key, None
+        said = [e.message for e in result.logs() if e.level in ("WARNING", "ERROR")]
+        reason = "; ".join(said[-2:]) or f"{note.channel} service refused the message"
+        return note.key, self._masked(reason, note.address)
+
+    @staticmethod
+    def _masked(reason: str, address: str) -> str:
+        """Reasons are kept in crm.deliveries: never with the customer's address in them."""
+        return reason.replace(address, "<address>").replace(quote(address, safe=""), "<address>")
 
     def send(self, notes: list[Note]) -> dict[str, str | None]:
         """Delivery id -> None when sent, else the reason it failed."""

@@ -56,13 +56,6 @@ PLAN_QUERY = """
       and not exists (select 1 from crm.deliveries d
                       where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
                         and d.occurrence = m.occurrence)
-      and (select count(*) from crm.deliveries d
-           where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
-             and d.state in ('planned', 'sending', 'sent', 'held_out')) < %(cap)s
-      and (%(cooldown)s::int is null or not exists (
-           select 1 from crm.deliveries d
-           where d.campaign_id = m.campaign_id and d.customer_id = m.customer_id
-             and d.planned_at > %(now)s - make_interval(days => %(cooldown)s::int)))
 """
 CLAIM = """
     with due as (
@@ -124,12 +117,17 @@ def next_slot(now: datetime, tz: ZoneInfo, hour: int) -> datetime:
     return candidate.astimezone(UTC)
 
 
-def choose_channel(campaign: Campaign, row: dict[str, Any]) -> str | None:
+def choose_channel(
+    campaign: Campaign, row: dict[str, Any], available: set[str] | None = None
+) -> str | None:
     """The customer's best channel if the campaign allows it and they can get it, else the
-    campaign's first usable channel; None when consent or an address is missing for all."""
+    campaign's first usable channel; None when consent or an address is missing for all.
+    Channels outside ``available`` (no apprise URL configured) are never chosen."""
     usable = []
     for ch in campaign.channels:
-        if ch == "push":
+        if available is not None and ch not in available:
+            ok = False
+        elif ch == "push":
             ok = row["push_consent"] and row["has_token"]
         elif ch == "email":
             ok = row["email_consent"] and row["has_email"]
@@ -169,10 +167,10 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
     occurrence = occurrence or due_occurrence(campaign, now)
     if occurrence is None:
         return counts
-    trigger = campaign.schedule.kind == "trigger"
+    available = {"push", *settings.apprise_urls}
     with conn.transaction():
-        only = triggered(conn, campaign, now) if trigger else None
-        members, held = snapshot_audience(conn, campaign, occurrence, only)
+        only = triggered(conn, campaign, now) if campaign.schedule.kind == "trigger" else None
+        members, held = snapshot_audience(conn, campaign, occurrence, only, now)
         conn.execute(
             "insert into crm.campaign_runs (campaign_id, occurrence, source, definition,"
             " ends_on, members, held_out, planned_at) values (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -180,19 +178,14 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
             (campaign.id, occurrence, source, Jsonb(campaign.model_dump(mode="json")),
              campaign.end_date, members, held, now),
         )  # fmt: skip
-        cur = conn.execute(
-            PLAN_QUERY,
-            {"campaign": campaign.id, "occurrence": occurrence, "now": now,
-             "cap": campaign.cap_per_customer,
-             "cooldown": campaign.schedule.cooldown_days if trigger else None},
-        )  # fmt: skip
+        cur = conn.execute(PLAN_QUERY, {"campaign": campaign.id, "occurrence": occurrence})
         cols = [c.name for c in cur.description or []]
         values = []
         for row in (dict(zip(cols, r, strict=True)) for r in cur.fetchall()):
             tz = zone(row["time_zone"])
             hour = send_hour(campaign, row["best_hour"], settings.quiet_hours)
             slot = next_slot(max(now, occurrence), tz, hour)
-            channel = choose_channel(campaign, row)
+            channel = choose_channel(campaign, row, available)
             segments = {row["lifecycle_segment"], str(row["segment_id"])}
             message = pick_message(campaign, segments, row["locale"])
             products = list(row["products"] or [])

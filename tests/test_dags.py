@@ -192,3 +192,68 @@ def test_train_then_score_dags_publish_champion_scores(
             assert runs == (4,)
         finally:
             get_settings.cache_clear()
+
+
+def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["send_campaigns"]
+    assert "ml/churn_scores" in str(dag.timetable.asset_condition)
+    assert {"campaigns", "launch", "adhoc", "dry_run"} <= set(dag.params.keys())
+    assert dag.task_dict["send"].outlets[0].uri.endswith("/crm/deliveries")
+    assert "plan" in dag.task_dict["send"].upstream_task_ids
+
+
+def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
+    airflow_home: Path,
+    ml_shop: tuple[str, Path],
+    pg_server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fake,  # type: ignore[no-untyped-def]
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from crm import db
+    from crm.settings import get_settings
+    from tests.conftest import ML_DB, temp_database
+
+    def count(url: str, table: str) -> int:
+        with psycopg.connect(url) as conn:
+            return int(conn.execute(f"select count(*) from {table}").fetchone()[0])  # type: ignore[index]
+
+    adhoc = {
+        "id": "flash-sale",
+        "name": "Flash sale",
+        "audience": {"lifecycle": ["active"]},
+        "messages": [{"title": "Today only", "body": "20% off {{ top_category }}"}],
+        "channels": ["push"],
+        "schedule": {"kind": "once", "at": "2026-01-01T09:00:00+00:00"},
+        "end_date": "2099-12-31",
+    }
+    with temp_database(pg_server_url, "crm_test_send_dag", ML_DB) as url:
+        db.upgrade(url)
+        monkeypatch.setenv("CRM_DATABASE_URL", url)
+        monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("CRM_FCM_ENDPOINT", fake.endpoint)
+        get_settings.cache_clear()
+        try:
+            dag = DagBag(dag_folder=str(DAGS / "send_campaigns.py")).dags["send_campaigns"]
+            for task in dag.tasks:  # a retry waits minutes in dag.test(); the verdict is the same
+                task.retries = 0
+            dry = dag.test(run_conf={"adhoc": adhoc, "dry_run": True})
+            assert dry.state == "success"
+            assert count(url, "crm.deliveries") == count(url, "crm.campaign_runs") == 0
+            # dag.test() keeps the previous run's conf as the params' defaults: say each one
+            real = dag.test(
+                run_conf={"adhoc": adhoc, "launch": ["welcome_new_users"], "dry_run": False}
+            )
+            assert real.state == "success"
+            with psycopg.connect(url) as conn:
+                runs = conn.execute(
+                    "select campaign_id, source from crm.campaign_runs order by 1"
+                ).fetchall()
+            assert runs == [("flash-sale", "trigger form"), ("welcome_new_users", "trigger form")]
+            assert count(url, "crm.deliveries") > 0
+            broken = dag.test(run_conf={"adhoc": {**adhoc, "channels": ["pigeon"]}, "launch": []})
+            assert broken.state == "failed"
+        finally:
+            get_settings.cache_clear()

@@ -13,8 +13,8 @@ import pytest
 
 from crm import db
 from crm.settings import PROJECT_ROOT, Settings
-from notify.campaigns import load_campaign
-from notify.deliver import CLAIM, plan, send_due, zone
+from notify.campaigns import Schedule, SendTime, load_campaign
+from notify.deliver import CLAIM, due_occurrence, plan, send_due, zone
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender
 from tests.conftest import ML_DB, temp_database
@@ -182,3 +182,157 @@ def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
             " group by customer_id having count(*) > 1) t"
         ).fetchone()[0]
     assert twice == 0
+
+
+def test_a_recurring_campaign_plans_each_occurrence_up_to_its_cap(
+    shop: str, settings: Settings
+) -> None:
+    weekly = campaign()  # Thursdays 06:00 UTC, cap 52
+    assert due_occurrence(weekly, NOW) == datetime(2026, 2, 26, 6, tzinfo=UTC)
+    once = campaign(cap_per_customer=1)
+    with psycopg.connect(shop) as conn:
+        first = plan(conn, weekly, NOW, settings)
+        again = plan(conn, weekly, NOW + timedelta(days=2), settings)  # same occurrence
+        nxt = plan(conn, weekly, NOW + timedelta(days=7), settings)
+        capped = plan(conn, once.model_copy(update={"id": "weekly-once"}), NOW, settings)
+        capped_next = plan(
+            conn, once.model_copy(update={"id": "weekly-once"}), NOW + timedelta(days=7), settings
+        )
+        conn.commit()
+        occurrences = conn.execute(
+            "select occurrence, count(*) from crm.deliveries where campaign_id = %s"
+            " group by 1 order by 1",
+            (weekly.id,),
+        ).fetchall()
+        held = conn.execute(
+            "select count(*) from crm.deliveries a join crm.deliveries b using (campaign_id,"
+            " customer_id) where a.campaign_id = %s and a.occurrence < b.occurrence"
+            " and (a.state = 'held_out') <> (b.state = 'held_out')",
+            (weekly.id,),
+        ).fetchone()[0]
+    assert sum(first.values()) > 50 and not again and sum(nxt.values()) == sum(first.values())
+    assert [o for o, _ in occurrences] == [
+        datetime(2026, 2, 26, 6, tzinfo=UTC),
+        datetime(2026, 3, 5, 6, tzinfo=UTC),
+    ]
+    assert held == 0  # the same people are held out at every occurrence
+    # cap 1: whoever was planned or held out the first week is not planned again
+    assert sum(capped.values()) == sum(first.values())
+    assert sum(capped_next.values()) == capped["suppressed"]
+
+
+def test_the_end_date_stops_occurrences_and_slots_after_it(shop: str, settings: Settings) -> None:
+    late = campaign(
+        send_time=SendTime(mode="fixed", hour=20), end_date=NOW.date(), holdout_percent=0
+    )
+    assert due_occurrence(late, NOW + timedelta(days=1)) is None
+    with psycopg.connect(shop) as conn:
+        counts = plan(conn, late, NOW.replace(hour=22), settings)  # 20:00 UTC has passed
+        conn.commit()
+        zones = dict(conn.execute("select customer_id, time_zone from marts.dim_customers"))
+    assert counts["suppressed"] > 0
+    reachable = "state <> 'held_out' and coalesce(reason, '') not like 'no consent%'"
+    for _, customer, state, slot, reason, _ in rows(shop, reachable):
+        last_day = slot.astimezone(zone(zones[customer])).date() <= late.end_date
+        assert last_day == (state == "planned"), (state, reason)
+
+
+def test_triggers_fire_for_exactly_the_customers_their_rule_names(shop: str) -> None:
+    import pandas as pd
+
+    from notify.audience import triggered
+
+    def read_sql(query: str, conn: psycopg.Connection) -> pd.DataFrame:
+        cur = conn.execute(query)
+        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
+
+    with psycopg.connect(shop) as conn:
+        events = read_sql(
+            "select customer_id, event_at from marts.fct_product_events"
+            " where event_name = 'Product Added'",
+            conn,
+        )
+        orders = read_sql("select customer_id, ordered_at from marts.fct_orders", conn)
+        days = read_sql("select customer_id, day, lifecycle_segment from"
+                           " marts.customer_segments_daily", conn)  # fmt: skip
+        at = events.event_at.max() - timedelta(hours=5)
+        cart = campaign("winback_inactive")
+        cart = cart.model_copy(
+            update={"schedule": Schedule(kind="trigger", trigger="abandoned_cart", after_hours=2)}
+        )
+        got_cart = set(triggered(conn, cart, at))
+        got_lapse = set(triggered(conn, campaign("winback_inactive"), at))
+    recent = events[(events.event_at > at - timedelta(hours=24)) & (events.event_at <= at)]
+    last = recent.groupby("customer_id").event_at.max()
+    last = last[last <= at - timedelta(hours=2)]
+    bought = orders.merge(last.rename("cart_at").reset_index(), on="customer_id")
+    bought = set(bought[bought.ordered_at >= bought.cart_at].customer_id)
+    assert got_cart == set(last.index) - bought and got_cart
+    day = max(d for d in days.day if d <= at.date())
+    today = days[days.day == day].set_index("customer_id").lifecycle_segment
+    before = days[days.day == day - timedelta(days=1)].set_index("customer_id").lifecycle_segment
+    both = today.index.intersection(before.index)
+    expected = {c for c in both if today[c] == "inactive" and before[c] != "inactive"}
+    assert got_lapse == expected and got_lapse
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:  # type: ignore[type-arg]
+    """A local webhook receiver: (base URL, [(path, JSON body)]); paths under /down fail."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.startswith("/down"):
+                self.send_response(503)
+            else:
+                got.append((self.path, body))
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}", got
+    server.shutdown()
+
+
+def test_webhook_channel_through_apprise_and_an_unconfigured_channel_is_never_chosen(
+    shop: str, settings: Settings, sender: FcmSender, redis_, hook
+) -> None:  # type: ignore[no-untyped-def]
+    from notify.channels import AppriseSender
+
+    host, got = hook
+    with psycopg.connect(shop) as conn:
+        people = [r[0] for r in conn.execute(
+            "select customer_id from marts.dim_customers where lifecycle_segment = 'active'"
+            " order by customer_id limit 6").fetchall()]  # fmt: skip
+        conn.cursor().executemany(
+            "insert into crm.channel_addresses (customer_id, channel, address) values (%s, %s, %s)",
+            [(c, "webhook", ("down-" if i == 0 else "") + f"c{i}") for i, c in enumerate(people)],
+        )
+        conn.commit()
+    urls = {"webhook": f"json://{host}/{{address}}"}
+    configured = settings.model_copy(update={"apprise_urls": urls})
+    both = campaign(channels=["webhook", "email"], holdout_percent=0)
+    with psycopg.connect(shop) as conn:
+        plan(conn, both, NOW, configured)  # e-mail has no URL: never chosen
+        conn.commit()
+        chosen = dict(conn.execute(
+            "select channel, count(*) from crm.deliveries where state = 'planned' group by 1"
+        ).fetchall())  # fmt: skip
+    assert chosen == {"webhook": len(people)}
+    totals = send_due(shop, sender, redis_, now=NOW + timedelta(days=2), settings=configured,
+                      apprise=AppriseSender(urls))  # fmt: skip
+    assert totals == {"sent": len(people) - 1, "failed": 1}
+    assert sorted(p for p, _ in got) == [f"/c{i}" for i in range(1, len(people))]
+    assert all(b["title"].startswith("New in") for _, b in got)
+    (failed,) = rows(shop, "state = 'failed'")
+    assert "down-c0" not in failed[4] and failed[4]  # the reason, without the address

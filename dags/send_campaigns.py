@@ -1,0 +1,137 @@
+"""
+### send_campaigns: plan due campaigns, then send what is due
+
+Hourly, and again whenever `score_customers` publishes new scores. Each run:
+
+1. **plan**: for every campaign in `campaigns/` whose occurrence is due (a one-off's time, the
+   latest tick of a recurring cron, this hour for a trigger such as an abandoned cart or a lapse
+   into *inactive*), snapshot the audience once with its holdout, and plan each member's send
+   slot (fixed local hour, or their best hour from `ml.send_times` inside the campaign's
+   window, never in quiet hours) with the message rendered for them;
+2. **send**: claim every delivery whose slot has come and send it (push through FCM, e-mail /
+   Telegram / Slack / webhooks through apprise), re-checking consent and frequency caps.
+
+Re-running a run, or two runs at once, never sends twice (`crm.deliveries` has one row per
+campaign, customer, channel and slot, claimed before it is sent).
+
+**Trigger form** (all optional): `campaigns` limits the run to some campaign files;
+`launch` sends campaign files now whatever their schedule; `adhoc` is a whole campaign
+written in the form (same fields as a file, validated the same way); `dry_run` plans and
+renders, logs counts and samples, and records and sends nothing.
+
+Same by hand: `crm campaigns run [--dry-run] [--launch ID]`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from crm.assets import table_asset
+
+SCORES = table_asset("ml", "churn_scores")
+DELIVERIES = table_asset("crm", "deliveries")
+ADHOC_EXAMPLE = {
+    "id": "flash-sale",
+    "name": "Flash sale",
+    "audience": {"lifecycle": ["active", "buyer"], "churn_risk": ["medium", "high"]},
+    "messages": [{"title": "24 hours only", "body": "20% off {{ top_category }} today.",
+                  "default": {"top_category": "everything"}}],
+    "channels": ["push", "email"],
+    "schedule": {"kind": "once", "at": "2026-01-01T09:00:00+00:00"},
+    "send_time": {"mode": "best", "window": [9, 21]},
+    "holdout_percent": 10,
+    "end_date": "2026-12-31",
+}  # fmt: skip
+
+
+@dag(
+    dag_id="send_campaigns",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("5 * * * *", timezone="UTC"), assets=[SCORES]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["shop-crm", "campaigns", "push"],
+    default_args={"owner": "marketing", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "campaigns": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Only these campaign files",
+            description="Campaign ids (file names); empty = every campaign that is due.",
+        ),
+        "launch": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Launch now",
+            description="Campaign ids to send now, whatever their schedule.",
+        ),
+        "adhoc": Param(
+            None,
+            type=["null", "object"],
+            title="Ad-hoc campaign",
+            description="A whole campaign, same fields as a campaign file, sent now. "
+            f"Example: {ADHOC_EXAMPLE}",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan and render; log counts and samples; record and send nothing.",
+        ),
+    },
+)
+def send_campaigns() -> None:
+    @task
+    def plan() -> dict[str, object]:
+        from crm import db
+        from notify.run import adhoc_campaign, run, select_campaigns
+
+        p = get_current_context()["params"]
+        launch_ids = list(p["launch"] or [])
+        files = select_campaigns(ids=list(p["campaigns"] or []) or None)
+        launched = select_campaigns(ids=launch_ids) if launch_ids else []
+        if p["adhoc"]:
+            launched.append(adhoc_campaign(p["adhoc"]))
+        if launched and not p["campaigns"]:
+            files = []  # a launch from the form sends just that
+        url = db.database_url()
+        db.upgrade(url)
+        report = run(url, pendulum.now("UTC"), files, launched, dry_run=bool(p["dry_run"]),
+                     send=False)  # fmt: skip
+        for cid, samples in report.samples.items():
+            for s in samples[:3]:
+                print(f"[dry run] {cid} {s['variant']} via {s['channel']}: {s['title']}")
+        return report.as_dict()
+
+    @task(outlets=[DELIVERIES])
+    def send(planned: dict[str, object]) -> dict[str, int]:
+        from crm import db
+        from crm.settings import get_settings
+        from ml.publish import redis_client
+        from notify.deliver import send_due
+        from notify.fcm import FcmSender
+
+        if planned.get("dry_run"):
+            return {}
+        settings = get_settings()
+        sender = FcmSender.from_settings(settings)
+        try:
+            return dict(send_due(db.database_url(), sender, redis_client(settings),
+                                 settings=settings))  # fmt: skip
+        finally:
+            sender.close()
+
+    send(plan())
+
+
+send_campaigns()
