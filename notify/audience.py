@@ -79,11 +79,14 @@ def triggered(conn: psycopg.Connection, campaign: Campaign, now: datetime) -> li
     return [r[0] for r in cur.fetchall()]
 
 
-# not capped (deliveries counted over the campaign's life) and not within the cooldown
+# not capped and not within the cooldown. The cap counts every delivery planned for a
+# reachable customer (sent or not) and the held-out rows of customers who would have been
+# reachable, so both arms of the holdout experiment come back at the same rate.
 ELIGIBLE = """
     (select count(*) from crm.deliveries d
      where d.campaign_id = %s and d.customer_id = c.customer_id
-       and d.state in ('planned', 'sending', 'sent', 'held_out')) < %s
+       and (d.state in ('planned', 'sending', 'sent', 'failed')
+            or (d.state = 'held_out' and d.reason = 'holdout group'))) < %s
     and not exists (select 1 from crm.deliveries d
                     where d.campaign_id = %s and d.customer_id = c.customer_id
                       and d.planned_at > %s - make_interval(days => %s))

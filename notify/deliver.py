@@ -86,6 +86,9 @@ SEND_INFO = """
 """
 
 
+UNREACHABLE = "; no consent or address for any campaign channel"
+
+
 def zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
@@ -199,9 +202,9 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
             text = render(message, fields)
             state, reason = "planned", None
             if row["held_out"]:
-                state, reason = "held_out", "holdout group"
+                state, reason = "held_out", "holdout group" + ("" if channel else UNREACHABLE)
             elif channel is None:
-                state, reason = "suppressed", "no consent or address for any campaign channel"
+                state, reason = "suppressed", UNREACHABLE.removeprefix("; ")
             elif slot.astimezone(tz).date() > campaign.end_date:
                 state, reason = "suppressed", "slot after the campaign's end date"
             values.append((campaign.id, occurrence, row["customer_id"],

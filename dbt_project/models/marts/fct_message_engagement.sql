@@ -31,6 +31,7 @@ messages as (
         'push' as channel,
         push_event as engagement,
         campaign_id,
+        delivery_id,
         event_at
     from push
 
@@ -43,6 +44,7 @@ messages as (
         'email' as channel,
         email_event as engagement,
         campaign_id,
+        delivery_id,
         event_at
     from email
 
@@ -57,6 +59,7 @@ final as (
         messages.engagement,
         messages.engagement in ('tapped', 'opened', 'link_clicked') as engaged,
         messages.campaign_id,
+        messages.delivery_id,
         messages.event_at
     from messages
     left join identities on identities.identifier = messages.anonymous_id

@@ -18,6 +18,7 @@ renamed as (
         anonymous_id,
         lower(replace(replace(event, 'Email ', ''), ' ', '_')) as email_event,
         payload #>> '{properties,campaign_id}' as campaign_id,
+        payload #>> '{properties,delivery_id}' as delivery_id,
         payload #>> '{properties,email_id}' as email_id,
         event_at
 

@@ -23,6 +23,7 @@ renamed as (
         payload #>> '{context,device,token}' as push_token,
         lower(replace(event, 'Push Notification ', '')) as push_event,
         payload #>> '{properties,campaign_id}' as campaign_id,
+        payload #>> '{properties,delivery_id}' as delivery_id,
         event_at
 
     from source
