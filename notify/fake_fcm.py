@@ -126,3 +126,31 @@ class FakeFcm:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """Serve the fake on its own (own process, own CPU): ``python -m notify.fake_fcm``."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--quota-rate", type=float, default=0.0)
+    ap.add_argument("--unavailable-rate", type=float, default=0.0)
+    args = ap.parse_args()
+    fake = FakeFcm(latency_ms=args.latency_ms, quota_rate=args.quota_rate,
+                   unavailable_rate=args.unavailable_rate, port=args.port).start()  # fmt: skip
+    print(f"fake FCM at {fake.endpoint}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            fake.sent.clear()  # keep memory flat when serving for long
+    except KeyboardInterrupt:
+        pass
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()
