@@ -63,6 +63,12 @@ demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflo
 	@echo "== ML: train (MLflow runs, champions) and score every customer (ml.* and Redis)"
 	$(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1)
 	$(RUN) crm score 2> $(CRM_HOME)/demo-score.log || (tail -n 40 $(CRM_HOME)/demo-score.log; exit 1)
+	@day=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))"); \
+	  next=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$$day') + d.timedelta(days=1))"); \
+	  echo "== Campaigns (the send_campaigns DAG's run, by hand): plan on $$day, send through the firebase-admin SDK to a local fake FCM"; \
+	  $(RUN) crm campaigns run --at $${day}T08:00:00 --fake-fcm && \
+	  echo "== ... and a day later, when every planned slot has come" && \
+	  $(RUN) crm campaigns run --at $${next}T08:00:00 --fake-fcm
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
 	@echo "MLflow UI (runs, registry, champions): make mlflow-ui, then open http://127.0.0.1:5000"
 

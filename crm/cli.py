@@ -401,7 +401,7 @@ def campaigns_run(
     for cid, counts in report.planned.items():
         table.add_row(cid, f"{counts.get('planned', 0):,}", f"{counts.get('held_out', 0):,}",
                       f"{counts.get('suppressed', 0):,}")  # fmt: skip
-    out.print(table)
+    out.print(table if report.planned else f"no campaign due at {now:%Y-%m-%d %H:%M} UTC")
     for cid, samples in report.samples.items():
         for s in samples[:2]:
             out.print(f"[bold]{cid}[/bold] {s['variant']} via {s['channel']} at "
