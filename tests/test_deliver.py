@@ -339,3 +339,59 @@ def test_webhook_channel_through_apprise_and_an_unconfigured_channel_is_never_ch
     assert all(b["title"].startswith("New in") for _, b in got)
     (failed,) = rows(shop, "state = 'failed'")
     assert "down-c0" not in failed[4] and failed[4]  # the reason, without the address
+
+
+KILLED_SENDER = """
+import sys
+from datetime import datetime
+import redis
+from crm.settings import Settings
+from notify.deliver import send_due
+from notify.fcm import FcmSender
+
+url, endpoint, socket, home, now = sys.argv[1:]
+settings = Settings(_env_file=None, database_url=url, home=home, push_cap_per_day=5)
+send_due(url, FcmSender("test", endpoint=endpoint, name="doomed"),
+         redis.Redis(unix_socket_path=socket), now=datetime.fromisoformat(now), batch=100,
+         settings=settings)
+"""
+
+
+def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(
+    shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    c = campaign()
+    with psycopg.connect(shop) as conn:
+        plan(conn, c, NOW, settings)
+        conn.commit()
+    planned = {r[0] for r in rows(shop, "state = 'planned'")}
+    due = NOW + timedelta(days=2)
+    with FakeFcm(latency_ms=300) as slow:  # each batch is in flight for 300 ms
+        script = tmp_path / "sender.py"
+        script.write_text(KILLED_SENDER)
+        args = [shop, slow.endpoint, redis_.socket_file, str(settings.home), due.isoformat()]
+        proc = subprocess.Popen([sys.executable, str(script), *args])
+        deadline = time.monotonic() + 120
+        while slow.requests <= 150 and time.monotonic() < deadline:  # the 2nd batch is out
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(0.5)  # the fake finishes what it had accepted
+        assert slow.requests > 150, "the sender never got to its second batch"
+        accepted_before = [int(m["data"]["delivery_id"]) for m in slow.sent]
+    in_flight = {r[0] for r in rows(shop, "state = 'sending'")}
+    assert 0 < len(in_flight) <= 100  # one batch claimed and never recorded
+    after_lease = due + timedelta(seconds=settings.send_lease_seconds + 1)
+    send_due(shop, sender, redis_, now=after_lease, settings=settings)
+    assert not rows(shop, "state in ('planned', 'sending')")  # nothing planned is forgotten
+    sent_rows = {r[0] for r in rows(shop, "state = 'sent'")}
+    assert sent_rows <= planned
+    delivered = accepted_before + [int(m["data"]["delivery_id"]) for m in fake.sent]
+    assert set(delivered) == sent_rows | (set(accepted_before) & in_flight)
+    repeated = {d for d in delivered if delivered.count(d) > 1}
+    assert repeated <= in_flight  # only the batch in flight at the kill can go twice
