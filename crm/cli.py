@@ -410,6 +410,31 @@ def campaigns_run(
         out.print("sent: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.sent.items())))
 
 
+@campaigns_app.command("suppress")
+def campaigns_suppress(
+    customer_id: Annotated[str, typer.Argument(help="The customer never to contact.")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the entry; needed to add).")] = "",
+    channel: Annotated[str, typer.Option(help="push, email, ... or * for every channel.")] = "*",
+    remove: Annotated[bool, typer.Option("--remove", help="Take the entry off the list.")] = False,
+) -> None:
+    """Add a customer to the suppression list (or take them off it)."""
+    from crm import db
+    from notify import suppressions
+
+    db.upgrade()
+    with db.connect() as conn:
+        if remove:
+            done = suppressions.remove(conn, customer_id, channel)
+            out.print("removed" if done else "was not on the list")
+        else:
+            try:
+                new = suppressions.add(conn, customer_id, reason, channel)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            out.print("suppressed" if new else "already suppressed; reason updated")
+        conn.commit()
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (idempotent)."""

@@ -44,6 +44,8 @@ PLAN_QUERY = """
                    where p.customer_id = m.customer_id and p.email is not null) as has_email,
            array(select a.channel from crm.channel_addresses a
                  where a.customer_id = m.customer_id) as registered,
+           array(select x.channel from crm.suppressions x
+                 where x.customer_id = m.customer_id) as suppressed_on,
            array(select coalesce(p.product_name, r.product_id) from ml.recommendations r
                  left join marts.dim_products p on p.product_id = r.product_id
                  where r.customer_id = m.customer_id order by r.rank limit 3) as products
@@ -80,13 +82,12 @@ SEND_INFO = """
             order by d.token_seen_at desc limit 1) as push_target,
            (select p.email from pii.customer_pii p where p.customer_id = c.customer_id) as email,
            coalesce((select jsonb_object_agg(a.channel, a.address) from crm.channel_addresses a
-                     where a.customer_id = c.customer_id), '{}'::jsonb) as addresses
+                     where a.customer_id = c.customer_id), '{}'::jsonb) as addresses,
+           array(select x.channel from crm.suppressions x
+                 where x.customer_id = c.customer_id) as suppressed_on
     from marts.dim_customers c
     where c.customer_id = any(%s)
 """
-
-
-UNREACHABLE = "; no consent or address for any campaign channel"
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -127,8 +128,9 @@ def choose_channel(
     campaign's first usable channel; None when consent or an address is missing for all.
     Channels outside ``available`` (no apprise URL configured) are never chosen."""
     usable = []
+    blocked = set(row.get("suppressed_on") or [])
     for ch in campaign.channels:
-        if available is not None and ch not in available:
+        if (available is not None and ch not in available) or {ch, "*"} & blocked:
             ok = False
         elif ch == "push":
             ok = row["push_consent"] and row["has_token"]
@@ -188,7 +190,13 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
             tz = zone(row["time_zone"])
             hour = send_hour(campaign, row["best_hour"], settings.quiet_hours)
             slot = next_slot(max(now, occurrence), tz, hour)
-            channel = choose_channel(campaign, row, available)
+            blocked = "*" in (row["suppressed_on"] or [])
+            channel = None if blocked else choose_channel(campaign, row, available)
+            why_not = (
+                "on the suppression list"
+                if blocked
+                else "no consent or address for any campaign channel"
+            )
             segments = {row["lifecycle_segment"], str(row["segment_id"])}
             message = pick_message(campaign, segments, row["locale"])
             products = list(row["products"] or [])
@@ -202,9 +210,9 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
             text = render(message, fields)
             state, reason = "planned", None
             if row["held_out"]:
-                state, reason = "held_out", "holdout group" + ("" if channel else UNREACHABLE)
+                state, reason = "held_out", "holdout group" + ("" if channel else f"; {why_not}")
             elif channel is None:
-                state, reason = "suppressed", UNREACHABLE.removeprefix("; ")
+                state, reason = "suppressed", why_not
             elif slot.astimezone(tz).date() > campaign.end_date:
                 state, reason = "suppressed", "slot after the campaign's end date"
             values.append((campaign.id, occurrence, row["customer_id"],
@@ -310,6 +318,9 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
         row = info.get(customer_id)
         if row is None:
             outcomes.append(Outcome(delivery_id, "failed", "customer no longer exists"))
+            continue
+        if {channel, "*"} & set(row["suppressed_on"] or []):
+            outcomes.append(Outcome(delivery_id, "suppressed", "on the suppression list"))
             continue
         if channel == "push":
             if not row["push_consent"]:

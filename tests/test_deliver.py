@@ -395,3 +395,30 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(
     assert set(delivered) == sent_rows | (set(accepted_before) & in_flight)
     repeated = {d for d in delivered if delivered.count(d) > 1}
     assert repeated <= in_flight  # only the batch in flight at the kill can go twice
+
+
+def test_the_suppression_list_stops_planning_and_a_send_already_planned(
+    shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_
+) -> None:  # type: ignore[no-untyped-def]
+    from notify import suppressions
+
+    c = campaign(holdout_percent=0)
+    with psycopg.connect(shop) as conn:
+        from notify.audience import select_audience
+
+        members = select_audience(conn, c)
+        reachable = members[members.push_consent].customer_id
+        before, after = sorted(reachable)[:2]
+        assert suppressions.add(conn, before, "complaint")
+        with pytest.raises(ValueError):
+            suppressions.add(conn, before, " ")
+        plan(conn, c, NOW, settings)
+        assert suppressions.add(conn, after, "legal hold", channel="push")
+        conn.commit()
+    send_due(shop, sender, redis_, now=NOW + timedelta(days=2), settings=settings)
+    (first,) = rows(shop, f"customer_id = '{before}'")
+    (second,) = rows(shop, f"customer_id = '{after}'")
+    assert first[2:5:2] == ("suppressed", "on the suppression list")
+    assert second[2] == "suppressed" and second[4] == "on the suppression list"
+    sent_to = {m["data"]["delivery_id"] for m in fake.sent}
+    assert str(first[0]) not in sent_to and str(second[0]) not in sent_to and sent_to

@@ -1,10 +1,11 @@
--- Consent Updated: one change of consent for one channel.
+-- Consent Updated: one change of consent for one channel. An Email Unsubscribed (the link in
+-- an e-mail, reported by the mail service) withdraws e-mail consent just the same.
 with
 
 source as (
 
     select * from {{ source('raw', 'events') }}
-    where type = 'track' and event = 'Consent Updated'
+    where type = 'track' and event in ('Consent Updated', 'Email Unsubscribed')
 
 ),
 
@@ -14,9 +15,18 @@ renamed as (
         message_id,
         user_id,
         anonymous_id,
-        payload #>> '{properties,channel}' as channel,
-        (payload #>> '{properties,granted}')::boolean as granted,
-        payload #>> '{properties,source}' as consent_source,
+        case
+            when event = 'Email Unsubscribed' then 'email'
+            else payload #>> '{properties,channel}'
+        end as channel,
+        case
+            when event = 'Email Unsubscribed' then false
+            else (payload #>> '{properties,granted}')::boolean
+        end as granted,
+        case
+            when event = 'Email Unsubscribed' then 'unsubscribe_link'
+            else payload #>> '{properties,source}'
+        end as consent_source,
         event_at
 
     from source
