@@ -22,7 +22,7 @@ DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
 LANDING := $(CRM_HOME)/landing
 
-.PHONY: help env demo test test-fast lint format docs bench airflow-db clean clean-db mlflow-ui
+.PHONY: help env superset-env demo test test-fast lint format docs bench airflow-db clean clean-db mlflow-ui ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,13 @@ $(BOOT)/bin/uv:
 	@touch $@
 
 env: .venv/.synced  ## create the pipeline environment from uv.lock
+
+# Superset pins SQLAlchemy 1.4: its own locked environment in superset/.venv
+superset/.venv/.synced: superset/pyproject.toml superset/uv.lock | $(UV)
+	cd superset && UV_PROJECT_ENVIRONMENT=$(CURDIR)/superset/.venv $(UV) sync --frozen
+	@touch $@
+
+superset-env: superset/.venv/.synced  ## create Superset's own environment from superset/uv.lock
 
 $(AIRFLOW_HOME)/airflow.db: .venv/.synced
 	@mkdir -p $(AIRFLOW_HOME)
@@ -77,19 +84,19 @@ mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0
 	  --backend-store-uri "$$($(RUN) python -c 'from ml.tracking import tracking_uri; print(tracking_uri())')"
 
 lint: env  ## ruff (lint + format check), mypy, sqlfluff (dbt templater) on dbt_project/
-	$(RUN) ruff check crm ml notify dags tests bench
-	$(RUN) ruff format --check crm ml notify dags tests bench
+	$(RUN) ruff check crm ml notify dags tests bench superset
+	$(RUN) ruff format --check crm ml notify dags tests bench superset
 	$(RUN) mypy crm ml notify
 	$(RUN) python -m crm.transform sqlfluff
 
 format: env  ## apply ruff's fixes and formatting
-	$(RUN) ruff check --fix crm ml notify dags tests bench
-	$(RUN) ruff format crm ml notify dags tests bench
+	$(RUN) ruff check --fix crm ml notify dags tests bench superset
+	$(RUN) ruff format crm ml notify dags tests bench superset
 
 docs: env  ## regenerate docs/event.schema.json and docs/settings.md from the code
 	$(RUN) python -m crm.docs
 
-test: lint  ## lint, then the whole test suite against real PostgreSQL
+test: lint superset-env  ## lint, then the whole test suite against real PostgreSQL (and Superset)
 	$(RUN) pytest -q --timeout=900
 
 test-fast: env  ## tests without lint

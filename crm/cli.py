@@ -448,6 +448,31 @@ def db_upgrade() -> None:
     )
 
 
+@db_app.command("reader-url")
+def db_reader_url(
+    user: Annotated[str, typer.Option(help="The login role to create or update.")] = "crm_superset",
+) -> None:
+    """Create (or update) a read-only login role for dashboards and print its URL. The password
+    is CRM_READER_PASSWORD, or one generated once and kept in CRM_HOME/superset/."""
+    import os
+    import secrets
+
+    from crm import db
+    from crm.settings import get_settings
+
+    password = os.environ.get("CRM_READER_PASSWORD")
+    if not password:
+        kept = Path(get_settings().home) / "superset" / f"{user}.password"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if not kept.exists():
+            kept.write_text(secrets.token_urlsafe(24))
+            kept.chmod(0o600)
+        password = kept.read_text().strip()
+    url = db.database_url()
+    db.upgrade(url)
+    print(db.ensure_reader(url, user, password))
+
+
 @db_app.command("url")
 def db_url() -> None:
     """Print the database URL in use (starting the embedded server when needed)."""

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import psycopg
+from psycopg import sql
 
 from crm.errors import DatabaseError
 from crm.settings import Settings, get_settings
@@ -214,3 +215,27 @@ def require_migrated(conn: psycopg.Connection) -> None:
         raise DatabaseError(
             f"database schema is at version {current}, code needs {latest}: run `crm db upgrade`"
         )
+
+
+def ensure_reader(url: str, user: str, password: str) -> str:
+    """A login role for dashboards and other readers: a member of crm_marketer (the marts, the
+    ML results and the delivery log; never raw events or pii). Created, or its password reset,
+    by a role allowed to; returns the reader's URL on the same server and database."""
+    info = conn_info(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone()
+        verb = "alter" if exists else "create"
+        conn.execute(
+            sql.SQL(verb + " role {} login password {}").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+        conn.execute(sql.SQL("grant crm_marketer to {}").format(sql.Identifier(user)))
+        conn.execute(
+            sql.SQL("grant connect on database {} to {}").format(
+                sql.Identifier(info.dbname), sql.Identifier(user)
+            )
+        )
+    parsed = urlparse(url)
+    netloc = f"{quote(user)}:{quote(password, safe='')}@" + parsed.netloc.rpartition("@")[2]
+    return parsed._replace(netloc=netloc).geturl()

@@ -1,0 +1,182 @@
+"""Superset with the dashboards as code: bootstrapped into a fresh Superset from
+``superset/bundle/``, connected through the read-only role, its API behind JWT login, and every
+dashboard opened in headless Chromium with no chart in error. Screenshots are kept in
+``.crm/test-artifacts/superset/`` (CRM_TEST_ARTIFACTS overrides)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from crm import db
+from crm.settings import PROJECT_ROOT, Settings
+from tests.conftest import ML_DB, temp_database
+
+SUPERSET = PROJECT_ROOT / "superset"
+PYTHON = SUPERSET / ".venv" / "bin" / "python"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ADMIN_PASSWORD = "test-admin-Pw-1"  # this test's throwaway Superset only
+DASHBOARDS = sorted(p.stem for p in (SUPERSET / "bundle" / "dashboards").glob("*.yaml"))
+ARTIFACTS = Path(os.environ.get("CRM_TEST_ARTIFACTS", PROJECT_ROOT / ".crm" / "test-artifacts"))
+
+
+def _need(path: str, what: str) -> None:
+    if not Path(path).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} missing at {path} (.ci/run installs it)")
+        pytest.skip(f"{what} missing at {path}: `make superset-env`, apt install chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
+    """A copy of the ML shop where campaigns were planned and sent and the marts rebuilt."""
+    from ml.publish import redis_client
+    from notify.fake_fcm import FakeFcm
+    from notify.run import run, select_campaigns
+
+    with temp_database(pg_server_url, "crm_test_superset", ML_DB) as url:
+        db.upgrade(url)
+        home = PROJECT_ROOT / ".crm" / "test-superset"
+        with FakeFcm() as fake:
+            settings = Settings(_env_file=None, database_url=url, home=home,  # type: ignore[call-arg]
+                                fcm_endpoint=fake.endpoint, push_cap_per_day=10)  # fmt: skip
+            now = datetime(2026, 2, 26, 7, tzinfo=UTC)
+            run(url, now, select_campaigns(), settings=settings)
+            run(url, now + timedelta(days=1), [], settings=settings)
+            assert fake.sent
+        redis_client(settings)  # stopped at exit with the others
+        env = {**os.environ, "CRM_DATABASE_URL": url, "CRM_HOME": str(home)}
+        done = subprocess.run(
+            [str(PROJECT_ROOT / ".venv" / "bin" / "crm"), "transform", "--select",
+             "campaign_performance data_loads_daily data_rejections_daily data_freshness"],
+            env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:]
+        yield url
+
+
+@pytest.fixture(scope="module")
+def superset_url(
+    shop_with_campaigns: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    _need(str(PYTHON), "Superset's environment")
+    home = tmp_path_factory.mktemp("superset-home")
+    reader = db.ensure_reader(shop_with_campaigns, "crm_superset_test", "reader-Pw-1")
+    env = {
+        **os.environ,
+        "CRM_HOME": str(home),
+        "SUPERSET_CONFIG_PATH": str(SUPERSET / "superset_config.py"),
+        "SUPERSET_SECRET_KEY": "test-only-" + os.urandom(8).hex(),
+        "SUPERSET_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    }
+    boot = subprocess.run([str(PYTHON), str(SUPERSET / "bootstrap.py"), "--database-url", reader],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert boot.returncode == 0, boot.stderr[-4000:]
+    assert f"{len(DASHBOARDS)} dashboards" in boot.stdout
+    port = _free_port()
+    log = (home / "superset.log").open("w")
+    server = subprocess.Popen(
+        [str(PYTHON.with_name("superset")), "run", "-h", "127.0.0.1", "-p", str(port),
+         "--with-threads"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).text == "OK":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, (home / "superset.log").read_text()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("Superset did not start: " + (home / "superset.log").read_text()[-3000:])
+        yield url
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()
+
+
+def test_the_api_needs_a_jwt_and_lists_every_dashboard(superset_url: str) -> None:
+    assert httpx.get(f"{superset_url}/api/v1/dashboard/").status_code == 401
+    bad = httpx.post(f"{superset_url}/api/v1/security/login",
+                     json={"username": "admin", "password": "admin", "provider": "db"})  # fmt: skip
+    assert bad.status_code == 401  # no default password
+    token = httpx.post(
+        f"{superset_url}/api/v1/security/login",
+        json={"username": "admin", "password": ADMIN_PASSWORD, "provider": "db"},
+    ).json()["access_token"]
+    listed = httpx.get(f"{superset_url}/api/v1/dashboard/",
+                       headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    assert sorted(d["slug"] for d in listed["result"]) == DASHBOARDS
+
+
+def test_the_dashboards_connection_cannot_read_pii_or_raw(shop_with_campaigns: str) -> None:
+    reader = db.ensure_reader(shop_with_campaigns, "crm_superset_test", "reader-Pw-1")
+    with psycopg.connect(reader) as conn:
+        assert conn.execute("select count(*) from marts.campaign_performance").fetchone()
+        for table in ("pii.customer_pii", "raw.events", "raw.rejected_events"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select 1 from {table} limit 1")
+            conn.rollback()
+
+
+def test_every_dashboard_opens_with_no_chart_in_error(superset_url: str) -> None:
+    _need(CHROMIUM, "Chromium")
+    from playwright.sync_api import sync_playwright
+
+    out = ARTIFACTS / "superset"
+    out.mkdir(parents=True, exist_ok=True)
+    problems: dict[str, list[str]] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(f"{superset_url}/login/")
+        page.fill("input[name=username], #username", "admin")
+        page.fill("input[name=password], #password", ADMIN_PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda u: "/login" not in u, timeout=30_000)
+        for slug in DASHBOARDS:
+            page.goto(f"{superset_url}/superset/dashboard/{slug}/", wait_until="networkidle",
+                      timeout=90_000)  # fmt: skip
+            page.wait_for_selector(".dashboard-component-chart-holder", timeout=60_000)
+            # every chart done: no spinner left
+            page.wait_for_function(
+                "document.querySelectorAll('.dashboard-component-chart-holder .loading')"
+                ".length === 0",
+                timeout=90_000,
+            )
+            page.screenshot(path=str(out / f"{slug}.png"), full_page=True)
+            holders = page.locator(".dashboard-component-chart-holder").count()
+            errors = page.locator(
+                ".dashboard-component-chart-holder [role=alert],"
+                " .dashboard-component-chart-holder .ant-alert-error"
+            ).all_inner_texts()
+            if errors or holders == 0:
+                problems[slug] = errors or ["no chart rendered"]
+        browser.close()
+    assert not problems, problems
