@@ -32,6 +32,7 @@ from cosmos import (
 )
 from cosmos.constants import LoadMode, TestBehavior
 
+from crm.alerts import deadline
 from crm.assets import table_asset
 from crm.transform import DBT_PROJECT, dbt_env, dbt_executable
 
@@ -48,6 +49,7 @@ DBT_ENV = dbt_env(start=False)
     max_active_runs=1,
     doc_md=__doc__,
     tags=["shop-crm", "dbt", "analytics"],
+    deadline=deadline("build_customer_models", timedelta(hours=3)),
     default_args={
         "owner": "analytics",
         "retries": 1,

@@ -25,6 +25,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
+from crm.alerts import deadline
 from crm.assets import table_asset
 from crm.settings import get_settings
 
@@ -40,6 +41,7 @@ RAW_EVENTS = table_asset("raw", "events")
     max_active_runs=3,
     doc_md=__doc__,
     tags=["shop-crm", "ingestion"],
+    deadline=deadline("ingest_events", timedelta(hours=2)),
     default_args={
         "owner": "data-platform",
         "retries": 2,

@@ -21,6 +21,7 @@ from airflow.sdk import dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from crm.alerts import deadline
 from crm.assets import table_asset
 
 MARTS = table_asset("marts", "dim_customers")
@@ -37,6 +38,7 @@ SCORES = table_asset("ml", "churn_scores")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["shop-crm", "ml"],
+    deadline=deadline("score_customers", timedelta(hours=2)),
     default_args={"owner": "data-science", "retries": 2, "retry_delay": timedelta(minutes=5)},
 )
 def score_customers() -> None:

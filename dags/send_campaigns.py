@@ -31,6 +31,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from crm.alerts import deadline
 from crm.assets import table_asset
 
 SCORES = table_asset("ml", "churn_scores")
@@ -59,6 +60,7 @@ ADHOC_EXAMPLE = {
     max_active_runs=1,
     doc_md=__doc__,
     tags=["shop-crm", "campaigns", "push"],
+    deadline=deadline("send_campaigns", timedelta(minutes=45)),
     default_args={"owner": "marketing", "retries": 2, "retry_delay": timedelta(minutes=2)},
     params={
         "campaigns": Param(

@@ -17,6 +17,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from crm.alerts import deadline
 from crm.assets import table_asset
 
 MARTS = table_asset("marts", "dim_customers")
@@ -30,6 +31,7 @@ MARTS = table_asset("marts", "dim_customers")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["shop-crm", "ml", "mlflow"],
+    deadline=deadline("train_models", timedelta(hours=8)),
     default_args={"owner": "data-science", "retries": 1, "retry_delay": timedelta(minutes=10)},
     params={
         "churn_window_days": Param(

@@ -211,3 +211,31 @@ def sender(fake: FakeFcm) -> Iterator[FcmSender]:
     s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{uuid.uuid4().hex[:8]}")
     yield s
     s.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:  # type: ignore[type-arg]
+    """A local webhook receiver: (base URL, [(path, JSON body)]); paths under /down fail."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.startswith("/down"):
+                self.send_response(503)
+            else:
+                got.append((self.path, body))
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}", got
+    server.shutdown()

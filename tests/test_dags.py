@@ -32,6 +32,7 @@ def test_every_dag_is_documented_owned_tagged_and_retried(dagbag) -> None:  # ty
     for dag_id, dag in dagbag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
         assert dag.tags and "shop-crm" in dag.tags, dag_id
+        assert dag.deadline, dag_id  # Airflow 3's successor of SLAs
         for task in dag.tasks:
             assert task.owner not in (None, "", "airflow"), (dag_id, task.task_id)
             assert task.retries >= 1, (dag_id, task.task_id)
@@ -257,3 +258,15 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
             assert broken.state == "failed"
         finally:
             get_settings.cache_clear()
+
+
+def test_a_missed_deadline_warns_ops_through_apprise(hook, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from crm.alerts import deadline_missed
+
+    host, got = hook
+    monkeypatch.setenv("CRM_APPRISE_OPS_URL", f"json://{host}/ops")
+    asyncio.run(deadline_missed({"dag_run": None}, dag_id="send_campaigns", within="0:45:00"))
+    ((path, body),) = got
+    assert path == "/ops" and "send_campaigns" in body["message"] and "0:45:00" in body["message"]

@@ -279,34 +279,6 @@ def test_triggers_fire_for_exactly_the_customers_their_rule_names(shop: str) -> 
     assert got_lapse == expected and got_lapse
 
 
-@pytest.fixture
-def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:  # type: ignore[type-arg]
-    """A local webhook receiver: (base URL, [(path, JSON body)]); paths under /down fail."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path.startswith("/down"):
-                self.send_response(503)
-            else:
-                got.append((self.path, body))
-                self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_port}", got
-    server.shutdown()
-
-
 def test_webhook_channel_through_apprise_and_an_unconfigured_channel_is_never_chosen(
     shop: str, settings: Settings, sender: FcmSender, redis_, hook
 ) -> None:  # type: ignore[no-untyped-def]
