@@ -77,7 +77,10 @@ demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflo
 	  echo "== ... and a day later, when every planned slot has come" && \
 	  $(RUN) crm campaigns run --at $${next}T08:00:00 --fake-fcm
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
-	@echo "MLflow UI (runs, registry, champions): make mlflow-ui, then open http://127.0.0.1:5000"
+	@echo "The screens: make ui (Airflow on :8080, MLflow on :5000, Superset dashboards on :8088; it prints the logins)"
+
+ui: env airflow-db superset-env  ## Airflow, the MLflow UI and Superset on the embedded defaults (Ctrl-C stops)
+	$(RUN) python -m crm.ui
 
 mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 \
