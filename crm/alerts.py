@@ -5,7 +5,6 @@ ops through apprise (Slack, e-mail, ...). Nothing personal is in it: the DAG and
 from __future__ import annotations
 
 import logging
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +16,9 @@ async def deadline_missed(context: dict[str, Any], **kwargs: Any) -> None:
     text = f"{kwargs.get('dag_id', '?')} run {getattr(run, 'run_id', '?')} missed its deadline " \
         f"({kwargs.get('within', '?')})"  # fmt: skip
     log.warning(text)
-    url = os.environ.get("CRM_APPRISE_OPS_URL")
+    from crm.settings import Settings
+
+    url = Settings().apprise_ops_url  # read now: the triggerer outlives settings changes
     if url:
         import apprise
 

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         "A channel without one is not sent.",
     )
 
+    apprise_ops_url: str | None = Field(
+        default=None,
+        description="apprise URL where ops hear of a DAG run that missed its deadline "
+        "(e.g. slack://...); unset: the triggerer's log only.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, v: str | None) -> str | None:

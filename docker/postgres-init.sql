@@ -1,2 +1,4 @@
--- Airflow keeps its metadata in its own database on the same server.
+-- Airflow, MLflow and Superset keep their own metadata in their own databases on the server.
 create database airflow owner crm;
+create database mlflow owner crm;
+create database superset owner crm;
