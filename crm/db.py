@@ -102,6 +102,9 @@ class ConnInfo:
     password: str
     dbname: str
     sslmode: str | None
+    sslrootcert: str | None = None  # CA to verify the server (sslmode=verify-ca/verify-full)
+    sslcert: str | None = None  # client certificate, when the server asks for one
+    sslkey: str | None = None
 
 
 def conn_info(url: str) -> ConnInfo:
@@ -115,6 +118,9 @@ def conn_info(url: str) -> ConnInfo:
         password=unquote(parsed.password or ""),
         dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
         sslmode=query.get("sslmode", [None])[0],
+        sslrootcert=query.get("sslrootcert", [None])[0],
+        sslcert=query.get("sslcert", [None])[0],
+        sslkey=query.get("sslkey", [None])[0],
     )
 
 

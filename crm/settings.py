@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "PostgreSQL URL, e.g. postgresql://crm:secret@db:5432/shop_crm?sslmode=require. "
+            "TLS: sslmode (require, verify-ca, verify-full), sslrootcert (the CA file), sslcert "
+            "and sslkey (a client certificate) as URL parameters; every connection, dbt's "
+            "included, uses them. "
             "Unset: an embedded PostgreSQL 16 (pgserver) is started in CRM_HOME/pgdata."
         ),
     )

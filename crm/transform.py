@@ -38,8 +38,10 @@ def dbt_env(
         "CRM_DBT_PASSWORD": info.password,
         "CRM_DBT_DBNAME": info.dbname,
     }
-    if info.sslmode:
-        env["CRM_DBT_SSLMODE"] = info.sslmode
+    for name in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+        value = getattr(info, name)
+        if value:
+            env[f"CRM_DBT_{name.upper()}"] = value
     return env
 
 

@@ -49,3 +49,22 @@ def test_audit_refuses_counts_that_do_not_add_up(db_url: str) -> None:
 def test_connection_error_says_what_to_do() -> None:
     with pytest.raises(DatabaseError, match="CRM_DATABASE_URL"):
         db.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+
+
+def test_tls_settings_in_the_url_reach_every_connection_dbt_included() -> None:
+    from crm.transform import dbt_env
+
+    url = (
+        "postgresql://crm:pw@db.example.com:6432/shop_crm?sslmode=verify-full"
+        "&sslrootcert=/certs/ca.crt&sslcert=/certs/client.crt&sslkey=/certs/client.key"
+    )
+    info = db.conn_info(url)
+    assert (info.host, info.port, info.sslmode) == ("db.example.com", 6432, "verify-full")
+    env = dbt_env(url=url)
+    assert env["CRM_DBT_SSLMODE"] == "verify-full"
+    assert env["CRM_DBT_SSLROOTCERT"] == "/certs/ca.crt"
+    assert (env["CRM_DBT_SSLCERT"], env["CRM_DBT_SSLKEY"]) == (
+        "/certs/client.crt",
+        "/certs/client.key",
+    )
+    assert "CRM_DBT_SSLROOTCERT" not in dbt_env(url="postgresql://crm:pw@db/shop_crm")
