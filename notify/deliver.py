@@ -16,6 +16,7 @@ Global rules live in settings: quiet hours in the customer's zone, push caps per
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,10 @@ SEND_INFO = """
     from marts.dim_customers c
     where c.customer_id = any(%s)
 """
+
+
+NOT_CONFIGURED = "FCM is not configured: set CRM_FCM_CREDENTIALS_FILE (and CRM_FCM_PROJECT_ID)"
+log = logging.getLogger(__name__)
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -329,6 +334,10 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
             if row["push_target"] is None:
                 outcomes.append(Outcome(delivery_id, "suppressed", "no valid push token"))
                 continue
+            if not sender.configured:  # wait (no cap taken) rather than fail every message
+                later = at + timedelta(hours=1)
+                outcomes.append(Outcome(delivery_id, "planned", NOT_CONFIGURED, later))
+                continue
             if not caps.take(customer_id, at, zone(row["time_zone"])):
                 outcomes.append(Outcome(delivery_id, "suppressed", "frequency cap"))
                 continue
@@ -344,6 +353,8 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
             outcomes.append(Outcome(delivery_id, "suppressed", f"no {channel} address"))
             continue
         notes.append(Note(str(delivery_id), channel, address, title, body, link))
+    if not sender.configured and any(o.reason == NOT_CONFIGURED for o in outcomes):
+        log.error("FCM is not configured (CRM_FCM_CREDENTIALS_FILE): pushes wait")
     for key, failure in apprise.send(notes).items():
         outcomes.append(Outcome(int(key), "failed" if failure else "sent", failure))
     results = sender.send(pushes) if pushes else []

@@ -108,6 +108,9 @@ class FcmSender:
             messaging._MessagingService.FCM_URL = (
                 endpoint.rstrip("/") + "/v1/projects/{0}/messages:send"
             )
+        # without a service account, only an explicit endpoint (the local fake) makes sense:
+        # a fake token sent to Google would fail every message
+        self.configured = bool(credentials_file or endpoint)
         cred = credentials.Certificate(credentials_file) if credentials_file else StaticToken()
         # one loop for the sender's life: the SDK's async HTTP client is bound to it
         self._loop = asyncio.new_event_loop()

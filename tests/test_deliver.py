@@ -394,3 +394,23 @@ def test_the_suppression_list_stops_planning_and_a_send_already_planned(
     assert second[2] == "suppressed" and second[4] == "on the suppression list"
     sent_to = {m["data"]["delivery_id"] for m in fake.sent}
     assert str(first[0]) not in sent_to and str(second[0]) not in sent_to and sent_to
+
+
+def test_without_fcm_credentials_pushes_wait_and_nothing_goes_to_google(
+    shop: str, settings: Settings, redis_
+) -> None:  # type: ignore[no-untyped-def]
+    from notify.deliver import NOT_CONFIGURED
+
+    c = campaign()
+    with psycopg.connect(shop) as conn:
+        plan(conn, c, NOW, settings)
+        conn.commit()
+    unconfigured = FcmSender("test", name="unconfigured")  # no credentials, no endpoint
+    try:
+        due = NOW + timedelta(days=2)
+        totals = send_due(shop, unconfigured, redis_, now=due, settings=settings)
+    finally:
+        unconfigured.close()
+    assert set(totals) <= {"planned", "suppressed"} and totals["planned"] > 0
+    waiting = rows(shop, "state = 'planned'")
+    assert waiting and all(r[4] == NOT_CONFIGURED and r[3] > due for r in waiting)
