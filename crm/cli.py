@@ -30,6 +30,8 @@ import_app = typer.Typer(
 app.add_typer(import_app, name="import")
 campaigns_app = typer.Typer(help="Campaign files in campaigns/.", no_args_is_help=True)
 app.add_typer(campaigns_app, name="campaigns")
+privacy_app = typer.Typer(help="Data subjects' rights: export and erase.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 CAMPAIGNS = Path("campaigns")
 console = Console(stderr=True)
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
@@ -433,6 +435,71 @@ def campaigns_suppress(
                 raise typer.BadParameter(str(exc)) from None
             out.print("suppressed" if new else "already suppressed; reason updated")
         conn.commit()
+
+
+@privacy_app.command("export")
+def privacy_export(
+    customer: Annotated[str, typer.Argument(help="A customer, user or anonymous id.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON here (default: stdout).")
+    ] = None,
+) -> None:
+    """Everything held about a person, across every identifier stitched to them, as JSON."""
+    from crm import db, privacy
+    from crm.settings import get_settings
+    from ml.publish import redis_client
+
+    settings = get_settings()
+    db.upgrade()
+    with db.connect() as conn:
+        document = privacy.export(conn, customer, redis_client(settings), settings.redis_prefix)
+    text = privacy.to_json(document)
+    if out_file:
+        out_file.write_text(text)
+        out_file.chmod(0o600)
+        tables = len(document["tables"])
+        console.print(f"wrote {out_file}: {len(document['identifiers'])} identifiers, "
+                      f"rows from {tables} tables")  # fmt: skip
+    else:
+        print(text)
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    customer: Annotated[str, typer.Argument(help="A customer, user or anonymous id.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: this cannot be undone.")] = False,
+) -> None:
+    """Remove a person everywhere for good (idempotent), and report what was removed."""
+    from crm import db, privacy
+    from crm.settings import get_settings
+    from ml.publish import redis_client
+
+    if not yes:
+        raise typer.BadParameter("erasure cannot be undone: add --yes")
+    settings = get_settings()
+    db.upgrade()
+    with db.connect() as conn:
+        done = privacy.erase(conn, customer, redis_client(settings), settings.redis_prefix)
+    table = Table("where", "rows", title=f"erased {done.identifiers} identifiers")
+    for where, n in sorted(done.rows.items()):
+        table.add_row(where, f"{n:,}")
+    table.add_row("redis keys", str(done.redis_keys))
+    out.print(table)
+
+
+@privacy_app.command("retention")
+def privacy_retention() -> None:
+    """Drop raw events (whole day partitions) and quarantined lines older than
+    CRM_RAW_RETENTION_DAYS."""
+    from crm import db, privacy
+    from crm.settings import get_settings
+
+    days = get_settings().raw_retention_days
+    db.upgrade()
+    with db.connect() as conn:
+        done = privacy.apply_retention(conn, days, date.today())
+    out.print(f"kept {days} days: dropped {done['partitions_dropped']} day partitions, "
+              f"{done['rejected_deleted']} quarantined lines")  # fmt: skip
 
 
 @db_app.command("upgrade")

@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         "A channel without one is not sent.",
     )
 
+    raw_retention_days: int = Field(
+        default=730,
+        ge=30,
+        description="Raw events (and quarantined lines) older than this many days are dropped, "
+        "a whole day's partition at a time (crm privacy retention; daily in ingest_events).",
+    )
     apprise_ops_url: str | None = Field(
         default=None,
         description="apprise URL where ops hear of a DAG run that missed its deadline "

@@ -81,7 +81,18 @@ def ingest_events() -> None:
         )
         return summary.as_dict()
 
-    load_day()
+    @task
+    def apply_retention() -> dict[str, int]:
+        """Drop raw day partitions older than CRM_RAW_RETENTION_DAYS (cheap when none are)."""
+        from datetime import date
+
+        from crm import db, privacy
+        from crm.settings import get_settings
+
+        with db.connect() as conn:
+            return privacy.apply_retention(conn, get_settings().raw_retention_days, date.today())
+
+    load_day() >> apply_retention()
 
 
 ingest_events()

@@ -51,6 +51,7 @@ class FileResult:
     loaded: int = 0
     duplicates: int = 0
     rejected: int = 0
+    erased: int = 0  # lines of people erased (crm privacy erase): dropped, never stored
     message: str | None = None
     seconds: float = 0.0
     skipped_as: int | None = None  # load_id of the earlier load when skipped
@@ -380,15 +381,18 @@ def ingest_file(
             )
             if res.status == "running":
                 res.status = "loaded"
+            res.erased = drop_erased(conn, load_id)
+            res.loaded -= res.erased
             conn.execute(
                 "update raw.load_audit set lines = %s, loaded = %s, duplicates = %s,"
-                " rejected = %s, status = %s, message = %s, finished_at = now()"
+                " rejected = %s, erased = %s, status = %s, message = %s, finished_at = now()"
                 " where load_id = %s",
                 (
                     res.lines,
                     res.loaded,
                     res.duplicates,
                     res.rejected,
+                    res.erased,
                     res.status,
                     res.message,
                     load_id,
@@ -397,11 +401,31 @@ def ingest_file(
     except (psycopg.Error, OSError) as exc:
         # Nothing of this file was committed; record the failure so ops can see and retry.
         res.status, res.message = "failed", f"{type(exc).__name__}: {exc}".strip()
-        res.lines = res.loaded = res.duplicates = res.rejected = 0
+        res.lines = res.loaded = res.duplicates = res.rejected = res.erased = 0
         res.load_id = _record_failure(url, path, res, source)
     finally:
         res.seconds = time.perf_counter() - started
     return res
+
+
+def drop_erased(conn: psycopg.Connection, load_id: int) -> int:
+    """Delete this load's events that carry an erased identifier (crm.erased_identifiers holds
+    their SHA-256); returns how many. Free when nobody was ever erased."""
+    if not conn.execute("select exists (select 1 from crm.erased_identifiers)").fetchone()[0]:  # type: ignore[index]
+        return 0
+    cur = conn.execute(
+        """
+        delete from raw.events e
+        where e.load_id = %s and exists (
+            select 1 from crm.erased_identifiers t
+            where t.identifier_hash in (
+                encode(sha256(convert_to(e.user_id, 'UTF8')), 'hex'),
+                encode(sha256(convert_to(e.anonymous_id, 'UTF8')), 'hex'),
+                encode(sha256(convert_to(e.previous_id, 'UTF8')), 'hex')))
+        """,
+        (load_id,),
+    )
+    return cur.rowcount
 
 
 def _record_failure(url: str, path: Path, res: FileResult, source: str) -> int | None:

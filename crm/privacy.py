@@ -1,0 +1,237 @@
+"""The data subject's rights: access (export everything held about a person) and erasure
+(remove them everywhere, for good).
+
+A person is every identifier stitched to them: their customer id, the user ids and the
+anonymous device ids that ``int_identities_stitched`` maps to that customer. Tables are found
+by their columns, not listed by hand, so a model added later is covered: every base table in
+the pipeline's schemas with a ``customer_id``, ``user_id``, ``anonymous_id``, ``previous_id``
+or ``identifier`` column.
+
+Erasure runs in one transaction (a crash leaves everything as it was; run it again), then
+clears Redis. It deletes the person's raw and rejected events, ``pii``, every mart and
+intermediate table (incremental models included), ``ml.*``, campaign audiences, addresses and
+suppressions; delivery-log rows are kept for the campaigns' aggregate counts but anonymised
+(customer id replaced, message text removed). It records a tombstone per identifier (SHA-256
+only) so that no later load brings the person back. Idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "pii", "ml", "crm")
+ID_COLUMNS = ("customer_id", "user_id", "anonymous_id", "previous_id", "identifier")
+# kept but anonymised (aggregate counts stay right); tombstones are the point
+ANONYMISED = {("crm", "deliveries")}
+SKIPPED = {("crm", "erased_identifiers"), ("raw", "message_ids")}
+
+
+def digest(identifier: str) -> str:
+    return hashlib.sha256(identifier.encode()).hexdigest()
+
+
+@dataclass
+class Person:
+    customer_id: str
+    identifiers: list[str] = field(default_factory=list)
+
+
+def resolve(conn: psycopg.Connection, any_id: str) -> Person:
+    """The customer behind ``any_id`` (a customer, user or anonymous id) and all their ids."""
+    ids = {any_id}
+    customer = any_id
+    if conn.execute("select to_regclass('intermediate.int_identities_stitched')").fetchone()[0]:  # type: ignore[index]
+        row = conn.execute(
+            "select customer_id from intermediate.int_identities_stitched where identifier = %s",
+            (any_id,),
+        ).fetchone()
+        customer = row[0] if row else any_id
+        ids |= {customer}
+        ids |= {
+            r[0]
+            for r in conn.execute(
+                "select identifier from intermediate.int_identities_stitched"
+                " where customer_id = %s",
+                (customer,),
+            ).fetchall()
+        }
+    # raw events link ids too (alias previous_id, a logged-in device) before dbt has run
+    ids |= {
+        v
+        for r in conn.execute(
+            "select distinct user_id, anonymous_id, previous_id from raw.events"
+            " where user_id = any(%(ids)s) or anonymous_id = any(%(ids)s)"
+            " or previous_id = any(%(ids)s)",
+            {"ids": sorted(ids)},
+        ).fetchall()
+        for v in r
+        if v
+    }
+    return Person(customer, sorted(ids))
+
+
+def person_tables(conn: psycopg.Connection) -> list[tuple[str, str, list[str]]]:
+    """(schema, table, identifier columns) of every base table that can hold a person."""
+    rows = conn.execute(
+        """
+        select c.table_schema, c.table_name, array_agg(c.column_name::text order by c.column_name)
+        from information_schema.columns c
+        join information_schema.tables t
+          on t.table_schema = c.table_schema and t.table_name = c.table_name
+        where c.table_schema = any(%s) and c.column_name = any(%s)
+          and t.table_type = 'BASE TABLE'
+          and not exists (select 1 from pg_inherits i
+                          join pg_class k on k.oid = i.inhrelid
+                          join pg_namespace n on n.oid = k.relnamespace
+                          where n.nspname = c.table_schema and k.relname = c.table_name)
+        group by 1, 2 order by 1, 2
+        """,
+        (list(SCHEMAS), list(ID_COLUMNS)),
+    ).fetchall()
+    return [(s, t, cols) for s, t, cols in rows if (s, t) not in SKIPPED]
+
+
+def _where(cols: list[str]) -> sql.Composed:
+    return sql.SQL(" or ").join(
+        sql.SQL("{} = any(%(ids)s)").format(sql.Identifier(c)) for c in cols
+    )
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, bytes | memoryview):
+        return bytes(v).decode("utf-8", "backslashreplace")
+    return v
+
+
+def export(
+    conn: psycopg.Connection, any_id: str, redis: Any = None, prefix: str = "crm"
+) -> dict[str, Any]:
+    """Everything held about the person, as one JSON-ready document."""
+    person = resolve(conn, any_id)
+    out: dict[str, Any] = {
+        "customer_id": person.customer_id,
+        "identifiers": person.identifiers,
+        "exported_at": datetime.now().astimezone().isoformat(),
+        "tables": {},
+    }
+    for schema, table, cols in person_tables(conn):
+        query = sql.SQL("select to_jsonb(t) from {} t where ").format(sql.Identifier(schema, table))
+        rows = [r[0] for r in conn.execute(query + _where(cols), {"ids": person.identifiers})]
+        if rows:
+            out["tables"][f"{schema}.{table}"] = rows
+    rejected = conn.execute(
+        "select rejected_at, reason, line_text from raw.rejected_events"
+        " where line_text like any(%s)",
+        ([f"%{i}%" for i in person.identifiers],),
+    ).fetchall()
+    if rejected:
+        out["tables"]["raw.rejected_events"] = [
+            {"rejected_at": _json(a), "reason": b, "line": c} for a, b, c in rejected
+        ]
+    if redis is not None:
+        key = f"{prefix}:customer:{person.customer_id}"
+        value = redis.get(key)
+        if value:
+            out["redis"] = {key: json.loads(value)}
+    return out
+
+
+@dataclass
+class Erased:
+    customer_id: str
+    identifiers: int
+    rows: Counter[str]
+    redis_keys: int
+
+
+def erase(conn: psycopg.Connection, any_id: str, redis: Any = None, prefix: str = "crm") -> Erased:
+    """Remove the person everywhere and tombstone their identifiers (see the module doc)."""
+    removed: Counter[str] = Counter()
+    with conn.transaction():
+        person = resolve(conn, any_id)
+        ids = person.identifiers
+        # their device tokens were personal too
+        if conn.execute("select to_regclass('marts.push_devices')").fetchone()[0]:  # type: ignore[index]
+            cur = conn.execute(
+                "delete from crm.invalid_tokens where token in (select push_token from"
+                " marts.push_devices where customer_id = any(%s))",
+                (ids,),
+            )
+            removed["crm.invalid_tokens"] += cur.rowcount
+        for schema, table, cols in person_tables(conn):
+            name = sql.Identifier(schema, table)
+            if (schema, table) in ANONYMISED:
+                cur = conn.execute(
+                    sql.SQL(
+                        "update {} set customer_id = 'erased-' || delivery_id, title = null,"
+                        " body = null, link = null where "
+                    ).format(name)
+                    + _where(cols),
+                    {"ids": ids},
+                )
+            else:
+                cur = conn.execute(
+                    sql.SQL("delete from {} where ").format(name) + _where(cols), {"ids": ids}
+                )
+            if cur.rowcount:
+                removed[f"{schema}.{table}"] += cur.rowcount
+        cur = conn.execute(
+            "delete from raw.rejected_events where line_text like any(%s)",
+            ([f"%{i}%" for i in ids],),
+        )
+        removed["raw.rejected_events"] += cur.rowcount
+        with conn.cursor() as c:
+            c.executemany(
+                "insert into crm.erased_identifiers (identifier_hash) values (%s)"
+                " on conflict do nothing",
+                [(digest(i),) for i in ids],
+            )
+    keys = 0
+    if redis is not None:
+        for pattern in (f"{prefix}:customer:{i}" for i in ids):
+            keys += int(redis.delete(pattern))
+        for i in ids:
+            for key in redis.scan_iter(f"{prefix}:cap:{i}:*"):
+                keys += int(redis.delete(key))
+    return Erased(person.customer_id, len(ids), +removed, keys)
+
+
+def to_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, default=str)
+
+
+def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> dict[str, int]:
+    """Drop every raw.events day partition older than ``keep_days`` (a partition drop: no
+    row-by-row delete, no bloat) and delete quarantined lines as old. The marts keep what
+    they were built from; the next full refresh forgets it too."""
+    cutoff = today.toordinal() - keep_days
+    dropped = 0
+    with conn.transaction():
+        parts = conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+            " join pg_class p on p.oid = i.inhparent join pg_namespace n on n.oid = p.relnamespace"
+            " where n.nspname = 'raw' and p.relname = 'events' and c.relname ~ '^events_[0-9]{8}$'"
+        ).fetchall()
+        for (name,) in parts:
+            day = datetime.strptime(name.removeprefix("events_"), "%Y%m%d").date()
+            if day.toordinal() < cutoff:
+                conn.execute(sql.SQL("drop table {}").format(sql.Identifier("raw", name)))
+                dropped += 1
+        rejected = conn.execute(
+            "delete from raw.rejected_events where rejected_at < %s::date - %s",
+            (today, keep_days),
+        ).rowcount
+    return {"partitions_dropped": dropped, "rejected_deleted": rejected}

@@ -1,0 +1,165 @@
+"""Right of access and right to erasure, on a copy of the ML shop: export everything about a
+person; erase them, then search every table and Redis for any of their identifiers and find
+none; re-ingest their old lines and still find none; the rest of the data is untouched."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from crm import db, privacy
+from crm.settings import Settings
+from tests.conftest import ML_DB, temp_database
+
+
+@pytest.fixture
+def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
+    with temp_database(pg_server_url, "crm_test_privacy", ML_DB) as url:
+        db.upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def settings(shop: str, tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, database_url=shop, home=tmp_path / "home")  # type: ignore[call-arg]
+
+
+def _someone(conn: psycopg.Connection) -> str:
+    """A known customer with several devices, orders and personal data."""
+    return conn.execute(
+        """
+        select i.customer_id from intermediate.int_identities_stitched i
+        join pii.customer_pii p on p.customer_id = i.customer_id
+        where exists (select 1 from marts.fct_orders o where o.customer_id = i.customer_id)
+        group by 1 having count(*) >= 3 order by count(*) desc, 1 limit 1
+        """
+    ).fetchone()[0]  # type: ignore[index]
+
+
+def _found_anywhere(conn: psycopg.Connection, ids: list[str]) -> dict[str, int]:
+    """Every text or jsonb column of every table in the pipeline's schemas that holds any
+    of ``ids`` (as a value or inside a document), with how many rows."""
+    cols = conn.execute(
+        """
+        select c.table_schema, c.table_name, c.column_name from information_schema.columns c
+        join information_schema.tables t using (table_schema, table_name)
+        where c.table_schema = any(%s) and t.table_type = 'BASE TABLE'
+          and c.data_type in ('text', 'character varying', 'jsonb', 'json')
+          and not (c.table_schema = 'crm' and c.table_name = 'erased_identifiers')
+        """,
+        (list(privacy.SCHEMAS),),
+    ).fetchall()
+    patterns = [f"%{i}%" for i in ids]
+    hits = {}
+    for schema, table, column in cols:
+        n = conn.execute(
+            f'select count(*) from "{schema}"."{table}" where "{column}"::text like any(%s)',
+            (patterns,),
+        ).fetchone()[0]  # type: ignore[index]
+        if n:
+            hits[f"{schema}.{table}.{column}"] = n
+    return hits
+
+
+def test_export_then_erase_leaves_no_trace_and_nothing_comes_back(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    from crm.ingest.load import ingest_paths
+    from ml.publish import redis_client
+
+    r = redis_client(settings)
+    with psycopg.connect(shop) as conn:
+        who = _someone(conn)
+        other = conn.execute(
+            "select customer_id from marts.dim_customers where customer_id <> %s limit 1", (who,)
+        ).fetchone()[0]  # type: ignore[index]
+        for cid in (who, other):  # what scoring and campaigns would have left about them
+            conn.execute(
+                "insert into ml.churn_scores (customer_id, churn_probability, risk_band,"
+                " model_version, scored_at) values (%s, 0.5, 'medium', '1', now())",
+                (cid,),
+            )
+            conn.execute(
+                "insert into crm.deliveries (campaign_id, customer_id, channel, slot, state,"
+                " title, body) values ('c', %s, 'push', now(), 'sent', 'Hi', 'Offer')",
+                (cid,),
+            )
+            r.set(f"crm:customer:{cid}", json.dumps({"segment": 1}))
+        conn.commit()
+        before = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]  # type: ignore[index]
+                  for t in ("marts.dim_customers", "raw.events", "crm.deliveries")}  # fmt: skip
+
+        document = privacy.export(conn, who, r)
+        person = privacy.resolve(conn, who)
+    assert len(person.identifiers) >= 3 and document["customer_id"] == who
+    assert {"raw.events", "pii.customer_pii", "marts.dim_customers", "marts.fct_orders",
+            "ml.churn_scores", "crm.deliveries"} <= set(document["tables"])  # fmt: skip
+    assert document["redis"] == {f"crm:customer:{who}": {"segment": 1}}
+    json.loads(privacy.to_json(document))  # one JSON document
+    their_events = len(document["tables"]["raw.events"])
+
+    with psycopg.connect(shop) as conn:
+        done = privacy.erase(conn, who, r)
+        assert done.rows["raw.events"] == their_events and done.redis_keys == 1
+        assert _found_anywhere(conn, person.identifiers) == {}
+        after = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]  # type: ignore[index]
+                 for t in before}  # fmt: skip
+        assert after["marts.dim_customers"] == before["marts.dim_customers"] - 1
+        assert after["raw.events"] == before["raw.events"] - their_events
+        assert after["crm.deliveries"] == before["crm.deliveries"]  # counts kept, anonymised
+        assert conn.execute("select count(*) from ml.churn_scores where customer_id = %s",
+                            (other,)).fetchone() == (1,)  # fmt: skip
+        # idempotent: a second run finds nothing more to remove
+        again = privacy.erase(conn, who, r)
+        assert not again.rows and again.redis_keys == 0
+    assert not any(person_id in (k.decode()) for k in r.keys("*") for person_id in
+                   person.identifiers)  # fmt: skip
+    assert r.get(f"crm:customer:{other}") is not None
+
+    # a backfill carrying their old calls under new messageIds, and one call of someone else
+    day = document["tables"]["raw.events"][0]["event_date"]
+    folder = tmp_path / "landing" / "events" / f"dt={day}"
+    folder.mkdir(parents=True)
+    lines = []
+    for row in document["tables"]["raw.events"][:20]:
+        call = dict(row["payload"])
+        call["messageId"] = str(uuid.uuid4())
+        lines.append(json.dumps(call))
+    stranger = {**json.loads(lines[0]), "messageId": str(uuid.uuid4()),
+                "userId": "someone-new", "anonymousId": "device-new"}  # fmt: skip
+    lines.append(json.dumps(stranger))
+    with gzip.open(folder / "backfill.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    (result,) = ingest_paths([folder], url=shop, settings=settings)
+    assert (result.loaded, result.erased, result.rejected) == (1, len(lines) - 1, 0)
+    with psycopg.connect(shop) as conn:
+        assert _found_anywhere(conn, person.identifiers) == {}
+        audit = conn.execute(
+            "select loaded, erased from raw.load_audit where load_id = %s", (result.load_id,)
+        ).fetchone()
+    assert audit == (1, len(lines) - 1)
+
+
+def test_retention_drops_whole_old_day_partitions_and_keeps_the_rest(shop: str) -> None:
+    from datetime import date, timedelta
+
+    with psycopg.connect(shop) as conn:
+        days = [r[0] for r in conn.execute(
+            "select distinct event_date from raw.events order by 1").fetchall()]  # fmt: skip
+        kept_from = days[len(days) // 2]
+        expected = conn.execute(
+            "select count(*) from raw.events where event_date >= %s", (kept_from,)
+        ).fetchone()[0]  # type: ignore[index]
+        today = kept_from + timedelta(days=30)
+        done = privacy.apply_retention(conn, 30, today)
+        assert done["partitions_dropped"] == sum(1 for d in days if d < kept_from)
+        left = conn.execute("select min(event_date), count(*) from raw.events").fetchone()
+        assert left == (kept_from, expected)
+        assert privacy.apply_retention(conn, 30, today)["partitions_dropped"] == 0
+        assert isinstance(today, date)
