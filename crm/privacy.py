@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -235,3 +236,60 @@ def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> di
             (today, keep_days),
         ).rowcount
     return {"partitions_dropped": dropped, "rejected_deleted": rejected}
+
+
+def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str) -> int:
+    """Queue a request; returns its id."""
+    if kind not in ("export", "erase"):
+        raise ValueError("kind is export or erase")
+    if not subject.strip():
+        raise ValueError("say whose data (a customer, user or anonymous id)")
+    row = conn.execute(
+        "insert into crm.privacy_requests (kind, subject, subject_hash, requested_by)"
+        " values (%s, %s, %s, %s) returning request_id",
+        (kind, subject, digest(subject), requested_by),
+    ).fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
+def process_pending(
+    url: str, out_dir: Path, redis: Any = None, prefix: str = "crm"
+) -> Counter[str]:
+    """Work off every pending request, each in its own transaction; exports are written to
+    ``out_dir/request-<id>.json`` (mode 0600). Returns counts only (no identifiers)."""
+    done: Counter[str] = Counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with psycopg.connect(url) as conn:
+        pending = conn.execute(
+            "select request_id, kind, subject from crm.privacy_requests"
+            " where status = 'pending' order by request_id for update skip locked"
+        ).fetchall()
+        conn.commit()
+        for request_id, kind, subject in pending:
+            try:
+                if kind == "export":
+                    path = out_dir / f"request-{request_id}.json"
+                    path.write_text(to_json(export(conn, subject, redis, prefix)))
+                    path.chmod(0o600)
+                    result = str(path)
+                else:
+                    erased = erase(conn, subject, redis, prefix)
+                    result = f"{sum(erased.rows.values())} rows, {erased.redis_keys} redis keys"
+                conn.execute(
+                    "update crm.privacy_requests set status = 'done', done_at = now(),"
+                    " result = %s, subject = case when kind = 'erase' then null else subject"
+                    " end where request_id = %s",
+                    (result, request_id),
+                )
+                conn.commit()
+                done[kind] += 1
+            except (psycopg.Error, OSError) as exc:
+                conn.rollback()
+                conn.execute(
+                    "update crm.privacy_requests set status = 'failed', result = %s"
+                    " where request_id = %s",
+                    (type(exc).__name__, request_id),
+                )
+                conn.commit()
+                done["failed"] += 1
+    return done

@@ -163,3 +163,45 @@ def test_retention_drops_whole_old_day_partitions_and_keeps_the_rest(shop: str) 
         assert left == (kept_from, expected)
         assert privacy.apply_retention(conn, 30, today)["partitions_dropped"] == 0
         assert isinstance(today, date)
+
+
+def test_requests_are_worked_off_and_the_dag_takes_them_from_its_form(
+    shop: str, settings: Settings, tmp_path: Path, airflow_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from airflow.dag_processing.dagbag import DagBag
+
+    from crm.settings import PROJECT_ROOT, get_settings
+    from tests.test_dags import without_deadline
+
+    with psycopg.connect(shop) as conn:
+        a, b = [r[0] for r in conn.execute(
+            "select customer_id from marts.dim_customers order by 1 limit 2")]  # fmt: skip
+        privacy.submit(conn, "export", a, "test")
+        with pytest.raises(ValueError):
+            privacy.submit(conn, "forget", a, "test")
+        conn.commit()
+    done = privacy.process_pending(shop, tmp_path / "out")
+    assert done == {"export": 1}
+    exported = json.loads((tmp_path / "out" / "request-1.json").read_text())
+    assert exported["customer_id"] == a and exported["tables"]
+
+    monkeypatch.setenv("CRM_DATABASE_URL", shop)
+    monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "privacy_requests.py"))
+        dag = without_deadline(bag.dags["privacy_requests"])
+        run = dag.test(run_conf={"kind": "erase", "subject": b})
+        assert run.state == "success"
+    finally:
+        get_settings.cache_clear()
+    with psycopg.connect(shop) as conn:
+        rows = conn.execute(
+            "select kind, status, subject, subject_hash from crm.privacy_requests"
+            " order by request_id"
+        ).fetchall()
+        assert conn.execute(
+            "select count(*) from marts.dim_customers where customer_id = %s", (b,)
+        ).fetchone() == (0,)
+    assert rows[1] == ("erase", "done", None, privacy.digest(b))  # the id itself is gone
