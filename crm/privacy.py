@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-SCHEMAS = ("raw", "staging", "intermediate", "marts", "pii", "ml", "crm")
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "snapshots", "pii", "ml", "crm")
 ID_COLUMNS = ("customer_id", "user_id", "anonymous_id", "previous_id", "identifier")
 # kept but anonymised (aggregate counts stay right); tombstones are the point
 ANONYMISED = {("crm", "deliveries")}

@@ -167,7 +167,8 @@ def test_retention_drops_whole_old_day_partitions_and_keeps_the_rest(shop: str) 
 
 def test_requests_are_worked_off_and_the_dag_takes_them_from_its_form(
     shop: str, settings: Settings, tmp_path: Path, airflow_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     from airflow.dag_processing.dagbag import DagBag
 
@@ -192,8 +193,17 @@ def test_requests_are_worked_off_and_the_dag_takes_them_from_its_form(
     try:
         bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "privacy_requests.py"))
         dag = without_deadline(bag.dags["privacy_requests"])
+        capsys.readouterr()
         run = dag.test(run_conf={"kind": "erase", "subject": b})
         assert run.state == "success"
+        # nothing personal in the run's logs or its XCom (counts only)
+        said = capsys.readouterr()
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "Returned value was: {'erase': 1}" in said.out + said.err + logged
+        returned = [line for line in (said.out + said.err + logged).splitlines()
+                    if "Returned value" in line]  # fmt: skip
+        assert returned and not any(b in line for line in returned)
+        assert b not in said.out + said.err + logged
     finally:
         get_settings.cache_clear()
     with psycopg.connect(shop) as conn:

@@ -64,7 +64,8 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
         env = {**os.environ, "CRM_DATABASE_URL": url, "CRM_HOME": str(home)}
         done = subprocess.run(
             [str(PROJECT_ROOT / ".venv" / "bin" / "crm"), "transform", "--select",
-             "campaign_performance data_loads_daily data_rejections_daily data_freshness"],
+             "campaign_performance data_loads_daily data_rejections_daily data_freshness"
+             " consent_history"],
             env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:]
