@@ -1,7 +1,7 @@
 """Superset with the dashboards as code: bootstrapped into a fresh Superset from
 ``superset/bundle/``, connected through the read-only role, its API behind JWT login, and every
-dashboard opened in headless Chromium with no chart in error. Screenshots are kept in
-``.crm/test-artifacts/superset/`` (CRM_TEST_ARTIFACTS overrides)."""
+dashboard opened in headless Chromium with no chart in error (after a customer was erased).
+Screenshots are kept in ``.crm/test-artifacts/superset/`` (CRM_TEST_ARTIFACTS overrides)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,13 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
             env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:]
+        from crm import privacy
+
+        with psycopg.connect(url) as conn:  # dashboards must not mind an erased customer
+            someone = conn.execute(
+                "select customer_id from crm.deliveries where state = 'sent' limit 1"
+            ).fetchone()[0]  # type: ignore[index]
+            assert privacy.erase(conn, someone).rows
         yield url
 
 
