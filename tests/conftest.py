@@ -172,6 +172,14 @@ def ml_shop(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> tup
     return build_ml_shop(pg_server_url, out), out
 
 
+@pytest.fixture
+def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
+    """A private, migrated copy of the ML shop database, for tests that write to it."""
+    with temp_database(pg_server_url, "crm_test_shop", ML_DB) as url:
+        db.upgrade(url)
+        yield url
+
+
 FETCH = PROJECT_ROOT.parent / "shared" / "data" / "fetch.sh"
 
 

@@ -4,30 +4,19 @@ worker that dies after claiming."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from crm import db
 from crm.settings import PROJECT_ROOT, Settings
 from notify.campaigns import Schedule, SendTime, load_campaign
 from notify.deliver import CLAIM, due_occurrence, plan, send_due, zone
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender
-from tests.conftest import ML_DB, temp_database
 
 NOW = datetime(2026, 2, 27, 6, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
-    """A private copy of the ML shop database (deliveries write to it)."""
-    with temp_database(pg_server_url, "crm_test_deliver", ML_DB) as url:
-        db.upgrade(url)
-        yield url
 
 
 @pytest.fixture

@@ -7,22 +7,13 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from crm import db, privacy
+from crm import privacy
 from crm.settings import Settings
-from tests.conftest import ML_DB, temp_database
-
-
-@pytest.fixture
-def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
-    with temp_database(pg_server_url, "crm_test_privacy", ML_DB) as url:
-        db.upgrade(url)
-        yield url
 
 
 @pytest.fixture
