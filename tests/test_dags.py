@@ -203,8 +203,34 @@ def test_train_then_score_dags_publish_champion_scores(
                 ).fetchone()
             assert per_customer == (5,)  # the trigger form's param reached the recommender
             assert runs == (4,)
+            _no_customer_in_mlflow_runs(ml_shop[0], tmp_path / "home" / "mlartifacts")
         finally:
             get_settings.cache_clear()
+
+
+def _no_customer_in_mlflow_runs(url: str, artifacts: Path) -> None:
+    """Run parameters, tags and the logged tables and texts name no customer (the fitted
+    models themselves do hold per-customer state: docs/privacy.md)."""
+    import re
+
+    import mlflow
+
+    with psycopg.connect(url) as conn:
+        ids = {
+            r[0]
+            for r in conn.execute("select identifier from intermediate.int_identities_stitched")
+        }
+    token = re.compile(r"[A-Za-z0-9:_.-]+")
+    said: list[str] = []
+    for run in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+        said += [str(v) for v in (*run.data.params.values(), *run.data.tags.values())]
+    assert said
+    texts = [p for p in artifacts.rglob("*") if p.suffix in {".json", ".txt", ".csv", ".yaml"}
+             and "model" not in p.parent.name.lower() and p.name != "MLmodel"]  # fmt: skip
+    assert texts  # the evaluation tables
+    said += [p.read_text(errors="replace") for p in texts if p.stat().st_size < 5_000_000]
+    leaked = {t for text in said for t in token.findall(text)} & ids
+    assert not leaked, sorted(leaked)[:5]
 
 
 def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> None:  # type: ignore[no-untyped-def]
