@@ -28,7 +28,12 @@ async def deadline_missed(context: dict[str, Any], **kwargs: Any) -> None:
 
 
 def deadline(dag_id: str, within: timedelta) -> Any:
-    """A DeadlineAlert: the run must finish within ``within`` of being queued."""
+    """A DeadlineAlert: the run must finish within ``within`` of being queued (None when
+    CRM_DAG_DEADLINES is false, for `airflow dags test`)."""
+    from crm.settings import get_settings
+
+    if not get_settings().dag_deadlines:
+        return None
     from airflow.sdk.definitions.callback import AsyncCallback
     from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 

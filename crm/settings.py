@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         description="Raw events (and quarantined lines) older than this many days are dropped, "
         "a whole day's partition at a time (crm privacy retention; daily in ingest_events).",
     )
+    dag_deadlines: bool = Field(
+        default=True,
+        description="Deadline alerts on the DAGs. Set false for `airflow dags test`: its "
+        "in-process runner in Airflow 3.3.2 cannot handle them (the scheduler can).",
+    )
     apprise_ops_url: str | None = Field(
         default=None,
         description="apprise URL where ops hear of a DAG run that missed its deadline "
