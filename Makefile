@@ -102,7 +102,7 @@ docs: env  ## regenerate docs/event.schema.json and docs/settings.md from the co
 test: lint superset-env  ## lint, then the whole test suite against real PostgreSQL (and Superset)
 	$(RUN) pytest -q --timeout=900
 
-test-fast: env  ## tests without lint
+test-fast: env superset-env  ## tests without lint
 	$(RUN) pytest -q -x --timeout=900
 
 BENCH_ML_CUSTOMERS ?= 100000 1000000
@@ -118,6 +118,6 @@ clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)
 	-$(RUN) crm db stop
 	rm -rf $(CRM_HOME)/pgdata
 
-clean:  ## remove everything generated (.crm/, .venv/)
+clean:  ## remove everything generated (.crm/, .venv/, superset/.venv/)
 	-$(RUN) crm db stop 2>/dev/null
-	rm -rf $(CRM_HOME) .venv
+	rm -rf $(CRM_HOME) .venv superset/.venv
