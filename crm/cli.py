@@ -381,22 +381,21 @@ def campaigns_run(
 
     from crm import db
     from crm.settings import get_settings
-    from notify.run import run, select_campaigns
+    from notify.run import choose, run
 
     now = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at and at.tzinfo else UTC))
     settings = get_settings()
     url = db.database_url()
     db.upgrade(url)
-    campaigns = select_campaigns(folder, campaign) if not launch or campaign else []
-    launched = select_campaigns(folder, launch) if launch else []
+    campaigns, launched = choose(folder, campaign, launch)
     with ExitStack() as stack:
         if fake_fcm:
             from notify.fake_fcm import FakeFcm
 
             fake = stack.enter_context(FakeFcm())
             settings = settings.model_copy(update={"fcm_endpoint": fake.endpoint})
-        report = run(url, now, campaigns, launched, dry_run=dry_run, send=send,
-                     settings=settings)  # fmt: skip
+        report = run(url, now, campaigns, launched, launched_by="cli", dry_run=dry_run,
+                     send=send, settings=settings)  # fmt: skip
     table = Table("campaign", "planned", "held out", "suppressed",
                   title=f"campaigns as of {now:%Y-%m-%d %H:%M} UTC"
                   + (" (dry run: nothing recorded)" if dry_run else ""))  # fmt: skip
@@ -521,23 +520,11 @@ def db_reader_url(
 ) -> None:
     """Create (or update) a read-only login role for dashboards and print its URL. The password
     is CRM_READER_PASSWORD, or one generated once and kept in CRM_HOME/superset/."""
-    import os
-    import secrets
-
     from crm import db
-    from crm.settings import get_settings
 
-    password = os.environ.get("CRM_READER_PASSWORD")
-    if not password:
-        kept = Path(get_settings().home) / "superset" / f"{user}.password"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        if not kept.exists():
-            kept.write_text(secrets.token_urlsafe(24))
-            kept.chmod(0o600)
-        password = kept.read_text().strip()
     url = db.database_url()
     db.upgrade(url)
-    print(db.ensure_reader(url, user, password))
+    print(db.ensure_reader(url, user, db.reader_password(user)))
 
 
 @db_app.command("url")

@@ -245,3 +245,24 @@ def ensure_reader(url: str, user: str, password: str) -> str:
     parsed = urlparse(url)
     netloc = f"{quote(user)}:{quote(password, safe='')}@" + parsed.netloc.rpartition("@")[2]
     return parsed._replace(netloc=netloc).geturl()
+
+
+def kept_secret(path: Path) -> str:
+    """A random secret generated once and kept (mode 0600) for local use."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def reader_password(user: str, settings: Settings | None = None) -> str:
+    """CRM_READER_PASSWORD, or one generated once and kept in CRM_HOME/superset/."""
+    import os
+
+    home = Path((settings or get_settings()).home)
+    return os.environ.get("CRM_READER_PASSWORD") or kept_secret(
+        home / "superset" / f"{user}.password"
+    )

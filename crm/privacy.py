@@ -255,14 +255,15 @@ def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str)
 def process_pending(
     url: str, out_dir: Path, redis: Any = None, prefix: str = "crm"
 ) -> Counter[str]:
-    """Work off every pending request, each in its own transaction; exports are written to
+    """Work off every pending request, each in its own transaction (one worker at a time: the
+    DAG runs with max_active_runs=1); exports are written to
     ``out_dir/request-<id>.json`` (mode 0600). Returns counts only (no identifiers)."""
     done: Counter[str] = Counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(url) as conn:
         pending = conn.execute(
             "select request_id, kind, subject from crm.privacy_requests"
-            " where status = 'pending' order by request_id for update skip locked"
+            " where status = 'pending' order by request_id"
         ).fetchall()
         conn.commit()
         for request_id, kind, subject in pending:

@@ -13,7 +13,6 @@ Logs go to ``CRM_HOME/ui/``. Ctrl-C stops them all.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,15 +25,6 @@ from crm import db
 from crm.settings import PROJECT_ROOT, get_settings
 
 SUPERSET_PY = PROJECT_ROOT / "superset" / ".venv" / "bin" / "python"
-
-
-def kept_secret(path: Path) -> str:
-    """A random secret generated once and kept (mode 0600) for local use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def wait_for(url: str, seconds: float = 120) -> bool:
@@ -67,13 +57,10 @@ def main() -> None:
         **os.environ,
         "CRM_HOME": str(home),
         "SUPERSET_CONFIG_PATH": str(PROJECT_ROOT / "superset" / "superset_config.py"),
-        "SUPERSET_SECRET_KEY": kept_secret(home / "superset" / "secret_key"),
-        "SUPERSET_ADMIN_PASSWORD": kept_secret(home / "superset" / "admin.password"),
+        "SUPERSET_SECRET_KEY": db.kept_secret(home / "superset" / "secret_key"),
+        "SUPERSET_ADMIN_PASSWORD": db.kept_secret(home / "superset" / "admin.password"),
     }
-    reader_password = os.environ.get("CRM_READER_PASSWORD") or kept_secret(
-        home / "superset" / "crm_superset.password"
-    )
-    reader = db.ensure_reader(url, "crm_superset", reader_password)
+    reader = db.ensure_reader(url, "crm_superset", db.reader_password("crm_superset", settings))
     print("importing the Superset dashboards ...", flush=True)
     subprocess.run([str(SUPERSET_PY), str(PROJECT_ROOT / "superset" / "bootstrap.py"),
                     "--database-url", reader], env=superset_env, check=True,

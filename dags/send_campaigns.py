@@ -96,16 +96,13 @@ def send_campaigns() -> None:
     @task
     def plan() -> dict[str, object]:
         from crm import db
-        from notify.run import adhoc_campaign, run, select_campaigns
+        from notify.run import CAMPAIGNS, adhoc_campaign, choose, run
 
         p = get_current_context()["params"]
-        launch_ids = list(p["launch"] or [])
-        files = select_campaigns(ids=list(p["campaigns"] or []) or None)
-        launched = select_campaigns(ids=launch_ids) if launch_ids else []
+        files, launched = choose(CAMPAIGNS, list(p["campaigns"] or []), list(p["launch"] or []),
+                                 launching=bool(p["adhoc"]))  # fmt: skip
         if p["adhoc"]:
             launched.append(adhoc_campaign(p["adhoc"]))
-        if launched and not p["campaigns"]:
-            files = []  # a launch from the form sends just that
         url = db.database_url()
         db.upgrade(url)
         report = run(url, pendulum.now("UTC"), files, launched, dry_run=bool(p["dry_run"]),
@@ -119,19 +116,11 @@ def send_campaigns() -> None:
     def send(planned: dict[str, object]) -> dict[str, int]:
         from crm import db
         from crm.settings import get_settings
-        from ml.publish import redis_client
-        from notify.deliver import send_due
-        from notify.fcm import FcmSender
+        from notify.run import send_now
 
         if planned.get("dry_run"):
             return {}
-        settings = get_settings()
-        sender = FcmSender.from_settings(settings)
-        try:
-            return dict(send_due(db.database_url(), sender, redis_client(settings),
-                                 settings=settings))  # fmt: skip
-        finally:
-            sender.close()
+        return send_now(db.database_url(), get_settings())
 
     send(plan())
 

@@ -171,7 +171,7 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
          source: str = "file") -> Counter[str]:  # fmt: skip
     """Plan the campaign's due occurrence (or ``occurrence``): snapshot its audience once,
     and write one delivery row, with the message rendered, per member not planned yet.
-    Members past the campaign's cap, or (triggers) inside the cooldown, get no row."""
+    Members past the campaign's cap or inside its cooldown are not in the snapshot."""
     settings = settings or get_settings()
     counts: Counter[str] = Counter()
     occurrence = occurrence or due_occurrence(campaign, now)
@@ -353,7 +353,7 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
             outcomes.append(Outcome(delivery_id, "suppressed", f"no {channel} address"))
             continue
         notes.append(Note(str(delivery_id), channel, address, title, body, link))
-    if not sender.configured and any(o.reason == NOT_CONFIGURED for o in outcomes):
+    if any(o.reason == NOT_CONFIGURED for o in outcomes):
         log.error("FCM is not configured (CRM_FCM_CREDENTIALS_FILE): pushes wait")
     for key, failure in apprise.send(notes).items():
         outcomes.append(Outcome(int(key), "failed" if failure else "sent", failure))

@@ -9,7 +9,6 @@ shows rendered samples, and records and sends nothing.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +47,29 @@ def select_campaigns(folder: Path = CAMPAIGNS, ids: list[str] | None = None) -> 
     return campaigns
 
 
+def choose(
+    folder: Path, only: list[str] | None, launch: list[str] | None, launching: bool = False
+) -> tuple[list[Campaign], list[Campaign]]:
+    """(campaigns planned when due, campaigns launched now). A launch (``launch`` ids, or
+    ``launching`` another, e.g. an ad-hoc one) without ``only`` runs just what is launched."""
+    launched = select_campaigns(folder, launch) if launch else []
+    if (launched or launching) and not only:
+        return [], launched
+    return select_campaigns(folder, only or None), launched
+
+
+def send_now(url: str, settings: Settings, now: datetime | None = None) -> dict[str, int]:
+    """Send every delivery whose slot has come (push through FCM, the rest through apprise)."""
+    from ml.publish import redis_client
+    from notify.fcm import FcmSender
+
+    sender = FcmSender.from_settings(settings)
+    try:
+        return dict(send_due(url, sender, redis_client(settings), now=now, settings=settings))
+    finally:
+        sender.close()
+
+
 def adhoc_campaign(definition: dict[str, Any]) -> Campaign:
     """A campaign defined in the Airflow trigger form: validated exactly like a file."""
     return parse_campaign(definition, "trigger form")
@@ -60,6 +82,7 @@ def run(
     launch: list[Campaign] | None = None,
     *,
     source: str = "file",
+    launched_by: str = "trigger form",
     dry_run: bool = False,
     send: bool = True,
     settings: Settings | None = None,
@@ -68,7 +91,7 @@ def run(
     ``launch``; then send what is due (unless ``send`` is False or this is a dry run)."""
     settings = settings or get_settings()
     report = RunReport(dry_run=dry_run)
-    todo = [(c, None, source) for c in campaigns] + [(c, now, "trigger form") for c in launch or []]
+    todo = [(c, None, source) for c in campaigns] + [(c, now, launched_by) for c in launch or []]
     with psycopg.connect(url) as conn:
         for campaign, occurrence, src in todo:
             if dry_run:
@@ -82,15 +105,7 @@ def run(
                 report.planned[campaign.id] = dict(counts)
                 log.info("%s: %s", campaign.id, dict(counts))
     if send and not dry_run:
-        from ml.publish import redis_client
-        from notify.fcm import FcmSender
-
-        sender = FcmSender.from_settings(settings)
-        try:
-            report.sent = dict(send_due(url, sender, redis_client(settings), now=now,
-                                        settings=settings))  # fmt: skip
-        finally:
-            sender.close()
+        report.sent = send_now(url, settings, now)
     return report
 
 
@@ -103,10 +118,3 @@ def _samples(conn: psycopg.Connection, campaign_id: str, now: datetime) -> list[
     )
     cols = [c.name for c in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-
-
-def totals(report: RunReport) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for counts in report.planned.values():
-        out.update(counts)
-    return out
