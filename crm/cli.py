@@ -478,11 +478,13 @@ def privacy_erase(
     settings = get_settings()
     db.upgrade()
     with db.connect() as conn:
-        done = privacy.erase(conn, customer, redis_client(settings), settings.redis_prefix)
+        done = privacy.erase(conn, customer, redis_client(settings), settings.redis_prefix,
+                             privacy.dashboard_cache(settings))  # fmt: skip
     table = Table("where", "rows", title=f"erased {done.identifiers} identifiers")
     for where, n in sorted(done.rows.items()):
         table.add_row(where, f"{n:,}")
     table.add_row("redis keys", str(done.redis_keys))
+    table.add_row("dashboard cache keys", str(done.dashboard_cache_keys))
     out.print(table)
 
 
@@ -498,7 +500,8 @@ def privacy_retention() -> None:
     with db.connect() as conn:
         done = privacy.apply_retention(conn, days, date.today())
     out.print(f"kept {days} days: dropped {done['partitions_dropped']} day partitions, "
-              f"{done['rejected_deleted']} quarantined lines")  # fmt: skip
+              f"{done['rejected_deleted']} quarantined lines, "
+              f"{done['contact_traits_superseded']} superseded contact details")  # fmt: skip
 
 
 @db_app.command("upgrade")

@@ -10,9 +10,10 @@ or ``identifier`` column.
 Erasure runs in one transaction (a crash leaves everything as it was; run it again), then
 clears Redis. It deletes the person's raw and rejected events, ``pii``, every mart and
 intermediate table (incremental models included), ``ml.*``, campaign audiences, addresses and
-suppressions; delivery-log rows are kept for the campaigns' aggregate counts but anonymised
-(customer id replaced, message text removed). It records a tombstone per identifier (SHA-256
-only) so that no later load brings the person back. Idempotent.
+suppressions, and empties Superset's chart cache; delivery-log rows are kept for the
+campaigns' aggregate counts but anonymised (customer id replaced, message text removed). It
+records a tombstone per identifier (SHA-256 only) so that no later load brings the person
+back. Idempotent.
 """
 
 from __future__ import annotations
@@ -156,10 +157,32 @@ class Erased:
     identifiers: int
     rows: Counter[str]
     redis_keys: int
+    dashboard_cache_keys: int = 0
 
 
-def erase(conn: psycopg.Connection, any_id: str, redis: Any = None, prefix: str = "crm") -> Erased:
-    """Remove the person everywhere and tombstone their identifiers (see the module doc)."""
+SUPERSET_CACHE_KEYS = "superset_*"  # CACHE_KEY_PREFIX of both caches in superset_config.py
+
+
+def dashboard_cache(settings: Any) -> Any:
+    """A client of the Redis Superset caches chart data in, or None when it does not cache."""
+    if not settings.superset_cache_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(settings.superset_cache_url)
+
+
+def erase(
+    conn: psycopg.Connection,
+    any_id: str,
+    redis: Any = None,
+    prefix: str = "crm",
+    dashboard_cache: Any = None,
+) -> Erased:
+    """Remove the person everywhere and tombstone their identifiers (see the module doc).
+
+    ``dashboard_cache``: Superset's Redis; its cached chart data (which may show the person)
+    is emptied, so every dashboard queries the database again."""
     removed: Counter[str] = Counter()
     with conn.transaction():
         person = resolve(conn, any_id)
@@ -207,7 +230,11 @@ def erase(conn: psycopg.Connection, any_id: str, redis: Any = None, prefix: str 
         for i in ids:
             for key in redis.scan_iter(f"{prefix}:cap:{i}:*"):
                 keys += int(redis.delete(key))
-    return Erased(person.customer_id, len(ids), +removed, keys)
+    cached = 0
+    if dashboard_cache is not None:
+        for key in dashboard_cache.scan_iter(SUPERSET_CACHE_KEYS, count=1000):
+            cached += int(dashboard_cache.delete(key))
+    return Erased(person.customer_id, len(ids), +removed, keys, cached)
 
 
 def to_json(document: dict[str, Any]) -> str:
@@ -216,8 +243,9 @@ def to_json(document: dict[str, Any]) -> str:
 
 def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> dict[str, int]:
     """Drop every raw.events day partition older than ``keep_days`` (a partition drop: no
-    row-by-row delete, no bloat) and delete quarantined lines as old. The marts keep what
-    they were built from; the next full refresh forgets it too."""
+    row-by-row delete, no bloat), delete quarantined lines as old, and old contact details a
+    newer value replaced. The marts keep what they were built from; the next full refresh
+    forgets it too."""
     cutoff = today.toordinal() - keep_days
     dropped = 0
     with conn.transaction():
@@ -235,7 +263,26 @@ def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> di
             "delete from raw.rejected_events where rejected_at < %s::date - %s",
             (today, keep_days),
         ).rowcount
-    return {"partitions_dropped": dropped, "rejected_deleted": rejected}
+        # contact details: an old value goes once a newer one of the same trait replaced it
+        # (the latest e-mail stays while the customer does: campaigns need it)
+        superseded = conn.execute(
+            """
+            delete from pii.contact_traits c
+            where c.event_at < %s::date - %s
+              and not exists (
+                select 1 from jsonb_object_keys(c.traits) k
+                where not exists (
+                    select 1 from pii.contact_traits n
+                    where n.event_at > c.event_at and n.traits ? k
+                      and (n.user_id = c.user_id or n.anonymous_id = c.anonymous_id)))
+            """,
+            (today, keep_days),
+        ).rowcount
+    return {
+        "partitions_dropped": dropped,
+        "rejected_deleted": rejected,
+        "contact_traits_superseded": superseded,
+    }
 
 
 def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str) -> int:
@@ -253,7 +300,7 @@ def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str)
 
 
 def process_pending(
-    url: str, out_dir: Path, redis: Any = None, prefix: str = "crm"
+    url: str, out_dir: Path, redis: Any = None, prefix: str = "crm", dashboard_cache: Any = None
 ) -> Counter[str]:
     """Work off every pending request, each in its own transaction (one worker at a time: the
     DAG runs with max_active_runs=1); exports are written to
@@ -274,8 +321,11 @@ def process_pending(
                     path.chmod(0o600)
                     result = str(path)
                 else:
-                    erased = erase(conn, subject, redis, prefix)
-                    result = f"{sum(erased.rows.values())} rows, {erased.redis_keys} redis keys"
+                    erased = erase(conn, subject, redis, prefix, dashboard_cache)
+                    result = (
+                        f"{sum(erased.rows.values())} rows, {erased.redis_keys} redis keys,"
+                        f" {erased.dashboard_cache_keys} dashboard cache keys"
+                    )
                 conn.execute(
                     "update crm.privacy_requests set status = 'done', done_at = now(),"
                     " result = %s, subject = case when kind = 'erase' then null else subject"

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(
         default="crm", description="Prefix of every Redis key the CRM writes."
     )
+    superset_cache_url: str | None = Field(
+        default=None,
+        description="The Redis Superset caches chart data in (its SUPERSET_REDIS_URL; "
+        "docker-compose sets both). An erasure empties Superset's cache keys there, so no "
+        "dashboard serves an erased person from cache. Unset: Superset does not cache (the "
+        "embedded default), nothing to flush.",
+    )
     redis_ttl_seconds: int = Field(
         default=3 * 86400,
         ge=60,

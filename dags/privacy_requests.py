@@ -70,7 +70,8 @@ def privacy_requests() -> None:
                 conn.commit()
         out_dir = Path(settings.home) / "privacy"
         return dict(privacy.process_pending(url, out_dir, redis_client(settings),
-                                            settings.redis_prefix))  # fmt: skip
+                                            settings.redis_prefix,
+                                            privacy.dashboard_cache(settings)))  # fmt: skip
 
     work_off()
 

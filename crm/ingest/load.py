@@ -9,6 +9,7 @@ file whose checksum has already been loaded is skipped, so re-running is a no-op
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ import psycopg
 
 from crm import db
 from crm.ingest.files import DamagedFile, checksum, expand, iter_blocks
+from crm.ingest.minimise import minimise
 from crm.ingest.validate import Limits, Rejected, Row, parse_line
 from crm.settings import Settings, get_settings
 
@@ -34,6 +36,7 @@ EVENT_COLUMNS = (
     "message_id, type, event, user_id, anonymous_id, previous_id, event_at, event_date, "
     "sent_at, payload, load_id, line_number"
 )
+CONTACT_COLUMNS = "message_id, user_id, anonymous_id, event_at, traits, load_id"
 MAX_TEXT_PREVIEW = 1_000_000
 COPY_CHUNK = 1 << 20
 BLOCK_BYTES = 1 << 20  # whole lines per unit of work sent to a parser process
@@ -68,6 +71,8 @@ class Parsed:
     ids: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # COPY lines for raw.message_ids
     rows: list[str] = field(default_factory=list)  # COPY lines for raw.events
+    # (messageId, COPY line for pii.contact_traits): personal traits taken out of a call
+    contacts: list[tuple[str, str]] = field(default_factory=list)
     days: set[str] = field(default_factory=set)
     rejects: list[tuple[int, str, bytes]] = field(default_factory=list)
 
@@ -105,6 +110,15 @@ def copy_line(row: Row, raw: bytes, day: str, load_id: int, line_no: int) -> str
     )
 
 
+def contact_line(row: Row, personal: dict[str, object], load_id: int) -> str:
+    """The personal traits of one call in COPY text format, for pii.contact_traits."""
+    traits = json.dumps(personal, default=str, ensure_ascii=False)
+    return (
+        f"{_text(row.message_id)}\t{_opt(row.user_id)}\t{_opt(row.anonymous_id)}\t"
+        f"{row.event_at.isoformat()}\t{_text(traits)}\t{load_id}\n"
+    )
+
+
 def split_block(block: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
     """(line number, line) for each non-blank line of a block of whole lines."""
     for offset, raw in enumerate(block.split(b"\n")):
@@ -129,7 +143,8 @@ def parse_block(
             try:
                 row = parse_line(raw, limits, fast=fast)
                 day = row.event_at.date().isoformat()
-                line = copy_line(row, raw, day, load_id, line_no)
+                stored, personal = minimise(raw)
+                line = copy_line(row, stored, day, load_id, line_no)
             except Rejected as exc:
                 out.rejects.append((line_no, exc.reason, raw))
             except UnicodeDecodeError as exc:  # in a field the fast path skips undecoded
@@ -141,6 +156,8 @@ def parse_block(
                 out.keys.append(f"{_text(row.message_id)}\t{day}\t{load_id}\n")
                 out.rows.append(line)
                 out.days.add(day)
+                if personal:
+                    out.contacts.append((row.message_id, contact_line(row, personal, load_id)))
     finally:
         if collecting:
             gc.enable()
@@ -181,6 +198,14 @@ class _Writer:
                 cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp,
             ):
                 _write_chunked(cp, keep)
+            if batch.contacts:
+                # a messageId repeated in the file keeps its first line's, as raw.events does
+                contacts = {m: c for m, c in reversed(batch.contacts) if m in new}
+                with (
+                    self.conn.cursor() as cur,
+                    cur.copy(f"copy pii.contact_traits ({CONTACT_COLUMNS}) from stdin") as cp,
+                ):
+                    _write_chunked(cp, contacts.values())
             self.loaded += len(new)
             self.duplicates += len(batch.ids) - len(new)
         if batch.rejects:
@@ -301,6 +326,7 @@ def _load_lines(
                         batch.keys.append(k)
                         batch.rows.append(r)
             batch.days |= part.days
+            batch.contacts += part.contacts
             batch.rejects += part.rejects
             size = len(batch.ids) + len(batch.rejects)
             idle = in_flight is None or in_flight.done()
@@ -381,8 +407,10 @@ def ingest_file(
             )
             if res.status == "running":
                 res.status = "loaded"
-            res.erased = drop_erased(conn, load_id)
-            res.loaded -= res.erased
+            events, quarantined = drop_erased(conn, load_id)
+            res.erased = events + quarantined
+            res.loaded -= events
+            res.rejected -= quarantined
             conn.execute(
                 "update raw.load_audit set lines = %s, loaded = %s, duplicates = %s,"
                 " rejected = %s, erased = %s, status = %s, message = %s, finished_at = now()"
@@ -408,24 +436,44 @@ def ingest_file(
     return res
 
 
-def drop_erased(conn: psycopg.Connection, load_id: int) -> int:
-    """Delete this load's events that carry an erased identifier (crm.erased_identifiers holds
-    their SHA-256); returns how many. Free when nobody was ever erased."""
+def _erased(*columns: str) -> str:
+    """SQL: one of the row's id columns is tombstoned (alias ``e``)."""
+    hashes = ", ".join(f"encode(sha256(convert_to(e.{c}, 'UTF8')), 'hex')" for c in columns)
+    return f"exists (select 1 from crm.erased_identifiers t where t.identifier_hash in ({hashes}))"
+
+
+# ids in a quarantined line, even one that is not JSON
+_LINE_IDS = r'"(?:userId|anonymousId|previousId|user_id|anonymous_id)"\s*:\s*"([^"\\]*)"'
+
+
+def drop_erased(conn: psycopg.Connection, load_id: int) -> tuple[int, int]:
+    """Delete what this load stored of people erased before (crm.erased_identifiers holds
+    their SHA-256): their events, the personal traits taken out of those, and their
+    quarantined lines (ids read from the line's text, even when it is not JSON). Returns
+    (events, quarantined lines) dropped. Free when nobody was ever erased."""
     if not conn.execute("select exists (select 1 from crm.erased_identifiers)").fetchone()[0]:  # type: ignore[index]
-        return 0
-    cur = conn.execute(
-        """
-        delete from raw.events e
-        where e.load_id = %s and exists (
-            select 1 from crm.erased_identifiers t
-            where t.identifier_hash in (
-                encode(sha256(convert_to(e.user_id, 'UTF8')), 'hex'),
-                encode(sha256(convert_to(e.anonymous_id, 'UTF8')), 'hex'),
-                encode(sha256(convert_to(e.previous_id, 'UTF8')), 'hex')))
-        """,
+        return 0, 0
+    events = conn.execute(
+        "delete from raw.events e where e.load_id = %s and "
+        + _erased("user_id", "anonymous_id", "previous_id"),
+        (load_id,),
+    ).rowcount
+    conn.execute(
+        "delete from pii.contact_traits e where e.load_id = %s and "
+        + _erased("user_id", "anonymous_id"),
         (load_id,),
     )
-    return cur.rowcount
+    rejected = conn.execute(
+        """
+        delete from raw.rejected_events r
+        where r.load_id = %s and exists (
+            select 1 from regexp_matches(r.line_text, %s, 'g') as m(ids)
+            join crm.erased_identifiers t
+              on t.identifier_hash = encode(sha256(convert_to(m.ids[1], 'UTF8')), 'hex'))
+        """,
+        (load_id, _LINE_IDS),
+    ).rowcount
+    return events, rejected
 
 
 def _record_failure(url: str, path: Path, res: FileResult, source: str) -> int | None:

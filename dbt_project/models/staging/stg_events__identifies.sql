@@ -1,5 +1,5 @@
--- identify calls: who a user is. Carries personal data (e-mail, names): only the pii schema
--- and identity stitching read it.
+-- identify calls: who a user is. The loader has already taken the personal traits out
+-- (they are in pii.contact_traits): what is left is the SHA-256 of the e-mail address.
 with
 
 source as (
@@ -18,9 +18,7 @@ renamed as (
         anonymous_id,
 
         ---------- traits
-        lower(nullif(trim(payload #>> '{traits,email}'), '')) as email,
-        nullif(trim(payload #>> '{traits,first_name}'), '') as first_name,
-        nullif(trim(payload #>> '{traits,last_name}'), '') as last_name,
+        payload #>> '{traits,email_sha256}' as email_sha256,
 
         ---------- timestamps
         event_at
