@@ -393,7 +393,9 @@ def campaigns_run(
             from notify.fake_fcm import FakeFcm
 
             fake = stack.enter_context(FakeFcm())
-            settings = settings.model_copy(update={"fcm_endpoint": fake.endpoint})
+            settings = settings.model_copy(
+                update={"fcm_endpoint": fake.endpoint, "fcm_ca_file": fake.ca_file}
+            )
         report = run(url, now, campaigns, launched, launched_by="cli", dry_run=dry_run,
                      send=send, settings=settings)  # fmt: skip
     table = Table("campaign", "planned", "held out", "suppressed",

@@ -122,6 +122,19 @@ class Settings(BaseSettings):
         description="Base URL of the FCM API (unset: Google's). Tests and the demo point it at "
         "the local fake (notify.fake_fcm).",
     )
+    fcm_ca_file: Path | None = Field(
+        default=None,
+        description="Certificates (PEM) the FCM client trusts instead of the public ones: the "
+        "local fake's self-signed one, or a TLS-inspecting proxy's CA. Unset: the public CAs.",
+    )
+    send_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Sender processes one send run uses (each claims its own batches; the "
+        "claim protocol keeps them from sharing a delivery). More than the machine's cores "
+        "gains nothing.",
+    )
 
     quiet_hours: tuple[int, int] = Field(
         default=(21, 9),

@@ -16,6 +16,7 @@ CRM_FCM_ENDPOINT, CRM_FCM_CREDENTIALS_FILE); CRM_FCM_ENDPOINT points the SDK at 
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from firebase_admin import credentials, exceptions, messaging
 from crm.settings import Settings, get_settings
 
 MAX_BATCH = 500
+_ENV_LOCK = threading.Lock()
 Outcome = Literal["sent", "invalid_token", "retry", "failed"]
 
 
@@ -102,7 +104,8 @@ def classify(key: str, response: messaging.SendResponse) -> Result:
 
 class FcmSender:
     def __init__(self, project_id: str, endpoint: str | None = None,
-                 credentials_file: str | None = None, name: str = "shop-crm") -> None:  # fmt: skip
+                 credentials_file: str | None = None, name: str = "shop-crm",
+                 ca_file: str | None = None) -> None:  # fmt: skip
         if endpoint:
             # the SDK builds its URL from this class constant; point it at the fake
             messaging._MessagingService.FCM_URL = (
@@ -118,12 +121,33 @@ class FcmSender:
             self.app = firebase_admin.get_app(name)
         except ValueError:
             self.app = firebase_admin.initialize_app(cred, {"projectId": project_id}, name=name)
+        self._service(ca_file)
+
+    def _service(self, ca_file: str | None) -> Any:
+        """The SDK's messaging service, created now: its HTTP/2 client reads the certificates
+        to trust when it is made (SSL_CERT_FILE), and a private CA (the local fake's, a TLS
+        proxy's) must apply to this client only."""
+        import os
+
+        if not ca_file:
+            return messaging._get_messaging_service(self.app)
+        with _ENV_LOCK:
+            before = os.environ.get("SSL_CERT_FILE")
+            os.environ["SSL_CERT_FILE"] = ca_file
+            try:
+                return messaging._get_messaging_service(self.app)
+            finally:
+                if before is None:
+                    os.environ.pop("SSL_CERT_FILE", None)
+                else:
+                    os.environ["SSL_CERT_FILE"] = before
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> FcmSender:
+    def from_settings(cls, settings: Settings | None = None, name: str = "shop-crm") -> FcmSender:
         settings = settings or get_settings()
         creds = str(settings.fcm_credentials_file) if settings.fcm_credentials_file else None
-        return cls(settings.fcm_project_id, settings.fcm_endpoint, creds)
+        ca = str(settings.fcm_ca_file) if settings.fcm_ca_file else None
+        return cls(settings.fcm_project_id, settings.fcm_endpoint, creds, name, ca_file=ca)
 
     async def send_async(self, pushes: list[Push], dry_run: bool = False) -> list[Result]:
         results: list[Result] = []

@@ -9,8 +9,11 @@ shows rendered samples, and records and sends nothing.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +61,56 @@ def choose(
     return select_campaigns(folder, only or None), launched
 
 
+PARALLEL_MIN = 2_000  # due deliveries worth one more sender process (each takes ~2 s to start)
+SEND_BATCH = 500  # deliveries one sender claims at a time (FCM's batch limit)
+
+
 def send_now(url: str, settings: Settings, now: datetime | None = None) -> dict[str, int]:
-    """Send every delivery whose slot has come (push through FCM, the rest through apprise)."""
+    """Send every delivery whose slot has come (push through FCM, the rest through apprise),
+    in up to CRM_SEND_PROCESSES processes when there is enough to send: each claims its own
+    batches (``for update skip locked``), so none sends a delivery another one claimed."""
+    from ml.publish import redis_client
+
+    r = redis_client(settings)
+    with psycopg.connect(url) as conn:
+        due = conn.execute(
+            "select count(*) from crm.deliveries where state in ('planned', 'sending')"
+            " and slot <= %s",
+            (now or datetime.now(UTC),),
+        ).fetchone()[0]  # type: ignore[index]
+    processes = max(1, min(settings.send_processes, due // PARALLEL_MIN))
+    if processes == 1:
+        return dict(_send_process(url, settings, now, None, 0, SEND_BATCH))
+    # the embedded Redis is reached through its socket; a configured one through its URL
+    redis_at = settings.redis_url or f"unix://{r.socket_file}"  # type: ignore[attr-defined]
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    total: Counter[str] = Counter()
+    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
+        parts = [pool.submit(_send_process, url, settings, now, redis_at, i, SEND_BATCH)
+                 for i in range(processes)]  # fmt: skip
+        for part in parts:
+            total.update(part.result())
+    return dict(total)
+
+
+def _send_process(
+    url: str,
+    settings: Settings,
+    now: datetime | None,
+    redis_at: str | None,
+    index: int,
+    batch: int,
+) -> Counter[str]:
+    """One sender: its own FCM client and Redis connection."""
+    import redis
+
     from ml.publish import redis_client
     from notify.fcm import FcmSender
 
-    sender = FcmSender.from_settings(settings)
+    r = redis.Redis.from_url(redis_at) if redis_at else redis_client(settings)
+    sender = FcmSender.from_settings(settings, name=f"shop-crm-sender-{index}")
     try:
-        return dict(send_due(url, sender, redis_client(settings), now=now, settings=settings))
+        return send_due(url, sender, r, now=now, batch=batch, settings=settings)
     finally:
         sender.close()
 

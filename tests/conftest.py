@@ -216,7 +216,8 @@ def fake() -> Iterator[FakeFcm]:
 @pytest.fixture
 def sender(fake: FakeFcm) -> Iterator[FcmSender]:
     """The real firebase-admin SDK, pointed at ``fake``."""
-    s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{uuid.uuid4().hex[:8]}")
+    s = FcmSender("test-project", endpoint=fake.endpoint, name=f"test-{uuid.uuid4().hex[:8]}",
+                  ca_file=fake.ca_file)  # fmt: skip
     yield s
     s.close()
 

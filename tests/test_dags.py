@@ -315,6 +315,7 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
         monkeypatch.setenv("CRM_DATABASE_URL", url)
         monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
         monkeypatch.setenv("CRM_FCM_ENDPOINT", fake.endpoint)
+        monkeypatch.setenv("CRM_FCM_CA_FILE", str(fake.ca_file))
         get_settings.cache_clear()
         try:
             dag = without_deadline(

@@ -75,6 +75,27 @@ def test_each_planned_push_is_sent_once_at_an_allowed_local_hour(
     assert held and not {str(r[0]) for r in held} & set(delivered)
 
 
+def test_several_sender_processes_share_the_work_and_never_a_delivery(
+    shop: str, settings: Settings, fake: FakeFcm, redis_, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from notify import run
+
+    with psycopg.connect(shop) as conn:
+        plan(conn, campaign(), NOW, settings)
+        conn.commit()
+    planned = {str(r[0]) for r in rows(shop, "state = 'planned'")}
+    monkeypatch.setattr(run, "PARALLEL_MIN", 10)  # worth a process from 10 due deliveries
+    monkeypatch.setattr(run, "SEND_BATCH", 20)  # so that there is a batch for each
+    parallel = settings.model_copy(update={"send_processes": 3, "fcm_endpoint": fake.endpoint,
+                                           "fcm_ca_file": fake.ca_file})  # fmt: skip
+    totals = run.send_now(shop, parallel, now=NOW + timedelta(days=2))
+    delivered = [m["data"]["delivery_id"] for m in fake.sent]
+    assert len(delivered) == len(set(delivered)) == totals["sent"] > 0
+    assert sum(totals.values()) == len(planned) and set(delivered) <= planned
+    assert not rows(shop, "state in ('planned', 'sending')")
+    assert len(fake.clients) >= 2  # more than one process sent (one HTTP/2 connection each)
+
+
 def test_a_worker_that_died_after_claiming_is_taken_over_after_its_lease(
     shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_
 ) -> None:  # type: ignore[no-untyped-def]
@@ -114,7 +135,7 @@ def test_fcm_errors_unregistered_tokens_and_quota_retries(
         conn.commit()
     due = NOW + timedelta(days=2)
     with FakeFcm(quota_rate=1.0, retry_after=120) as storm:
-        s = FcmSender("test", endpoint=storm.endpoint, name="storm")
+        s = FcmSender("test", endpoint=storm.endpoint, name="storm", ca_file=storm.ca_file)
         try:
             first = send_due(shop, s, redis_, now=due, settings=settings)
         finally:
@@ -123,7 +144,7 @@ def test_fcm_errors_unregistered_tokens_and_quota_retries(
     retry = rows(shop, "state = 'planned'")
     assert all(r[3] >= due + timedelta(seconds=120) and r[5] == 1 for r in retry)
     with FakeFcm() as ok:
-        s = FcmSender("test", endpoint=ok.endpoint, name="ok")
+        s = FcmSender("test", endpoint=ok.endpoint, name="ok", ca_file=ok.ca_file)
         try:
             second = send_due(shop, s, redis_, now=due + timedelta(hours=1),
                               settings=settings)  # fmt: skip
@@ -310,9 +331,9 @@ from crm.settings import Settings
 from notify.deliver import send_due
 from notify.fcm import FcmSender
 
-url, endpoint, socket, home, now = sys.argv[1:]
+url, endpoint, ca_file, socket, home, now = sys.argv[1:]
 settings = Settings(_env_file=None, database_url=url, home=home, push_cap_per_day=5)
-send_due(url, FcmSender("test", endpoint=endpoint, name="doomed"),
+send_due(url, FcmSender("test", endpoint=endpoint, name="doomed", ca_file=ca_file),
          redis.Redis(unix_socket_path=socket), now=datetime.fromisoformat(now), batch=100,
          settings=settings)
 """
@@ -335,7 +356,8 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(
     with FakeFcm(latency_ms=300) as slow:  # each batch is in flight for 300 ms
         script = tmp_path / "sender.py"
         script.write_text(KILLED_SENDER)
-        args = [shop, slow.endpoint, redis_.socket_file, str(settings.home), due.isoformat()]
+        args = [shop, slow.endpoint, str(slow.ca_file), redis_.socket_file, str(settings.home),
+                due.isoformat()]  # fmt: skip
         proc = subprocess.Popen([sys.executable, str(script), *args])
         deadline = time.monotonic() + 120
         while slow.requests <= 150 and time.monotonic() < deadline:  # the 2nd batch is out

@@ -40,7 +40,7 @@ def test_more_than_500_go_in_several_calls_and_bad_tokens_do_not_fail_the_batch(
 
 def test_quota_errors_are_retryable_with_retry_after() -> None:
     with FakeFcm(quota_rate=1.0, retry_after=7) as fake:
-        s = FcmSender("test-project", endpoint=fake.endpoint, name="quota")
+        s = FcmSender("test-project", endpoint=fake.endpoint, name="quota", ca_file=fake.ca_file)
         try:
             res = s.send([push(1), push(2)])
         finally:
@@ -54,10 +54,41 @@ def test_quota_errors_are_retryable_with_retry_after() -> None:
 def test_sender_from_settings_reaches_the_configured_endpoint(fake: FakeFcm) -> None:
     from crm.settings import Settings
 
-    settings = Settings(_env_file=None, fcm_project_id="p1", fcm_endpoint=fake.endpoint)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, fcm_project_id="p1", fcm_endpoint=fake.endpoint,  # type: ignore[call-arg]
+                        fcm_ca_file=fake.ca_file)  # fmt: skip
     s = FcmSender.from_settings(settings)
     try:
         assert [r.outcome for r in s.send([push(1)])] == ["sent"]
     finally:
         s.close()
     assert fake.sent[0]["token"] == "tok-1"
+
+
+def test_the_sdk_talks_http2_over_tls_to_the_fake_as_to_fcm(
+    fake: FakeFcm, sender: FcmSender
+) -> None:
+    assert fake.endpoint.startswith("https://")
+    res = sender.send([push(i) for i in range(1, 30)])
+    assert {r.outcome for r in res} == {"sent"}
+    assert fake.http_versions == {"2": 29}  # multiplexed on one connection, as FCM serves it
+
+
+def test_an_untrusted_certificate_is_refused(fake: FakeFcm) -> None:
+    s = FcmSender("test-project", endpoint=fake.endpoint, name="no-ca")  # public CAs only
+    try:
+        res = s.send([push(1)])
+    finally:
+        s.close()
+    # a transport error: retried later with backoff (and failed after CRM_SEND_MAX_ATTEMPTS)
+    assert res[0].outcome == "retry" and not fake.sent
+    assert "CERTIFICATE_VERIFY_FAILED" in (res[0].reason or ""), res[0].reason
+
+
+def test_plain_http_mode_serves_http1() -> None:
+    with FakeFcm(tls=False) as fake:
+        s = FcmSender("test-project", endpoint=fake.endpoint, name="plain")
+        try:
+            assert [r.outcome for r in s.send([push(1)])] == ["sent"]
+        finally:
+            s.close()
+    assert fake.http_versions == {"1.1": 1}

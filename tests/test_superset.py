@@ -55,7 +55,8 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
         home = PROJECT_ROOT / ".crm" / "test-superset"
         with FakeFcm() as fake:
             settings = Settings(_env_file=None, database_url=url, home=home,  # type: ignore[call-arg]
-                                fcm_endpoint=fake.endpoint, push_cap_per_day=10)  # fmt: skip
+                                fcm_endpoint=fake.endpoint, fcm_ca_file=fake.ca_file,
+                                push_cap_per_day=10)  # fmt: skip
             now = datetime(2026, 2, 26, 7, tzinfo=UTC)
             run(url, now, select_campaigns(), settings=settings)
             run(url, now + timedelta(days=1), [], settings=settings)
