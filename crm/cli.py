@@ -33,7 +33,7 @@ app.add_typer(campaigns_app, name="campaigns")
 privacy_app = typer.Typer(help="Data subjects' rights: export and erase.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
 CAMPAIGNS = Path("campaigns")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors keep paths whole: no hard wraps
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
 out = Console()
 
@@ -487,6 +487,7 @@ def privacy_erase(
         table.add_row(where, f"{n:,}")
     table.add_row("redis keys", str(done.redis_keys))
     table.add_row("dashboard cache keys", str(done.dashboard_cache_keys))
+    table.add_row("earlier export files", str(done.export_files))
     out.print(table)
 
 

@@ -158,6 +158,7 @@ class Erased:
     rows: Counter[str]
     redis_keys: int
     dashboard_cache_keys: int = 0
+    export_files: int = 0  # copies of earlier access requests' exports, deleted from disk
 
 
 SUPERSET_CACHE_KEYS = "superset_*"  # CACHE_KEY_PREFIX of both caches in superset_config.py
@@ -217,6 +218,18 @@ def erase(
             ([f"%{i}%" for i in ids],),
         )
         removed["raw.rejected_events"] += cur.rowcount
+        # their earlier requests keep only the hash; exports made for them leave the disk
+        requests = conn.execute(
+            "update crm.privacy_requests set subject = null,"
+            " status = case when status = 'pending' and kind = 'export' then 'failed'"
+            " else status end,"
+            " result = case when status = 'pending' and kind = 'export'"
+            " then 'the subject was erased first' else result end"
+            " where subject = any(%s) returning kind, status, result",
+            (ids,),
+        ).fetchall()
+        removed["crm.privacy_requests (subject removed)"] += len(requests)
+        files = [Path(r) for k, s, r in requests if k == "export" and s == "done" and r]
         with conn.cursor() as c:
             c.executemany(
                 "insert into crm.erased_identifiers (identifier_hash) values (%s)"
@@ -230,11 +243,16 @@ def erase(
         for i in ids:
             for key in redis.scan_iter(f"{prefix}:cap:{i}:*"):
                 keys += int(redis.delete(key))
+    deleted = 0
+    for path in files:
+        if path.suffix == ".json" and path.is_file():
+            path.unlink()
+            deleted += 1
     cached = 0
     if dashboard_cache is not None:
         for key in dashboard_cache.scan_iter(SUPERSET_CACHE_KEYS, count=1000):
             cached += int(dashboard_cache.delete(key))
-    return Erased(person.customer_id, len(ids), +removed, keys, cached)
+    return Erased(person.customer_id, len(ids), +removed, keys, cached, deleted)
 
 
 def to_json(document: dict[str, Any]) -> str:

@@ -214,3 +214,15 @@ def test_requests_are_worked_off_and_the_dag_takes_them_from_its_form(
             "select count(*) from marts.dim_customers where customer_id = %s", (b,)
         ).fetchone() == (0,)
     assert rows[1] == ("erase", "done", None, privacy.digest(b))  # the id itself is gone
+
+    # erasing the person exported first deletes that export and the id on its request
+    with psycopg.connect(shop) as conn:
+        privacy.submit(conn, "erase", a, "test")
+        conn.commit()
+    assert privacy.process_pending(shop, tmp_path / "out") == {"erase": 1}
+    assert not (tmp_path / "out" / "request-1.json").exists()
+    with psycopg.connect(shop) as conn:
+        kept = conn.execute(
+            "select count(*) from crm.privacy_requests where subject is not null"
+        ).fetchone()
+    assert kept == (0,)
