@@ -65,17 +65,36 @@ def run_phase(name: str, env: dict[str, str]) -> dict[str, float]:
     return out  # type: ignore[no-any-return]
 
 
-def one_size(customers: int, days: int, work: Path, admin: str) -> dict[str, float]:
+def _built(admin: str, name: str) -> str | None:
+    """The URL of an earlier run's database with its marts built, if there is one."""
+    import psycopg
+
+    url = db.with_database(admin, name)
+    try:
+        with psycopg.connect(url) as conn:
+            ok = conn.execute("select to_regclass('marts.customer_features')").fetchone()
+    except psycopg.OperationalError:
+        return None
+    return url if ok and ok[0] else None
+
+
+def one_size(
+    customers: int, days: int, work: Path, admin: str, reuse: bool = False
+) -> dict[str, float]:
     sim = work / f"ml-sim-{customers}u-{days}d"
-    if not (sim / "manifest.json").exists():
-        simulate(SimConfig(users=customers, days=days, seed=3), sim)
-    url = fresh_db(admin, f"bench_ml_{customers}")
-    db.upgrade(url)
-    settings = get_settings().model_copy(update={"database_url": url})
-    t = time.perf_counter()
-    ingest_paths(sorted((sim / "events").iterdir()), settings=settings)
-    build(url=url, capture=True)
-    print(f"{customers:,} customers: pipeline {time.perf_counter() - t:.0f}s", flush=True)
+    url = _built(admin, f"bench_ml_{customers}") if reuse else None
+    if url is None:
+        if not (sim / "manifest.json").exists():
+            simulate(SimConfig(users=customers, days=days, seed=3), sim)
+        url = fresh_db(admin, f"bench_ml_{customers}")
+        db.upgrade(url)
+        settings = get_settings().model_copy(update={"database_url": url})
+        t = time.perf_counter()
+        ingest_paths(sorted((sim / "events").iterdir()), settings=settings)
+        build(url=url, capture=True)
+        print(f"{customers:,} customers: pipeline {time.perf_counter() - t:.0f}s", flush=True)
+    else:
+        print(f"{customers:,} customers: the marts of an earlier run (--reuse)", flush=True)
     tracking = fresh_db(admin, f"bench_mlflow_{customers}")
     env = {
         "CRM_DATABASE_URL": url,
@@ -108,12 +127,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, nargs="+", default=[100_000])
     ap.add_argument("--days", type=int, default=35)
+    ap.add_argument("--reuse", action="store_true",
+                    help="time the ML phases on the marts an earlier run built")  # fmt: skip
     args = ap.parse_args()
     settings = get_settings()
     work = Path(settings.home) / "bench"
     work.mkdir(parents=True, exist_ok=True)
     admin = db.database_url(settings)
-    rows = [one_size(n, args.days, work, admin) for n in args.customers]
+    rows = [one_size(n, args.days, work, admin, args.reuse) for n in args.customers]
     print(f"\n{'customers':>10}{'load s':>8}{'train s':>9}{'x load':>8}{'train MB':>10}"
           f"{'score s':>9}{'x load':>8}{'score MB':>10}")  # fmt: skip
     for r in rows:
