@@ -128,6 +128,18 @@ def test_recommender_beats_popularity_and_als(snap: Snapshot) -> None:
     assert m["coverage@10"] > m["popularity_coverage@10"]
 
 
+def test_the_ranker_learns_as_well_from_a_sample_of_customers(snap: Snapshot) -> None:
+    """Training memory is bounded by sampling ranking groups; a sample of 300 customers per
+    horizon still clears the same bar."""
+    cut = snap.end - 7 * DAY
+    model = Recommender(horizon_days=7, max_groups=300).fit(snap.before(cut))
+    everyone = Recommender(horizon_days=7).fit(snap.before(cut)).groups_trained
+    assert 0 < model.groups_trained <= 600 < everyone  # the cap did bind
+    m, _ = model.evaluate(snap, cut)
+    assert m["ndcg@10"] >= 1.5 * m["popularity_ndcg@10"], m
+    assert m["ndcg@10"] > m["als_ndcg@10"], m
+
+
 # ---------- MLflow, ml.* and Redis
 @pytest.fixture
 def ml_settings(ml_shop: tuple[str, Path], pg_server_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]

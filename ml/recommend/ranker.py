@@ -58,8 +58,13 @@ class Recommender:
     # catalogues where nobody consumes an item twice (films, books): never re-recommend
     exclude_seen: bool = False
     splits: int = 2  # training horizons stacked (more groups for the ranker)
+    # customers (ranking groups) per horizon the ranker learns from: a random sample beyond
+    # this, so training memory stays flat as the shop grows (~250 candidates x 12 features
+    # each: 100k customers would hold 2.4 GB of candidates per horizon)
+    max_groups: int = 20_000
     ranker: LGBMRanker | None = None
     popular_items: list[str] = field(default_factory=list)  # the last cold-start list served
+    groups_trained: int = 0  # ranking groups (customer x horizon) the ranker learnt from
 
     task = "recommendations"
     key_metric = "ndcg@10"
@@ -71,6 +76,9 @@ class Recommender:
         users = [u for u in gains if u in ix.customers]
         if not users:
             return pd.DataFrame()
+        if len(users) > self.max_groups:
+            rng = np.random.default_rng(self.seed + offset)
+            users = sorted(str(u) for u in rng.choice(users, self.max_groups, replace=False))
         items = ix.products.to_numpy()
         parts = []
         for start in range(0, len(users), CHUNK):  # bounded memory: dense scores per chunk
@@ -97,6 +105,7 @@ class Recommender:
                 "recommendations: no customer came back within the training horizon"
             )
         cand = pd.concat(frames, ignore_index=True).sort_values("r", kind="stable")
+        self.groups_trained = int(cand.r.nunique())
         self.ranker = LGBMRanker(
             objective="lambdarank", n_estimators=150, learning_rate=0.05, num_leaves=31,
             min_child_samples=20, random_state=self.seed, verbose=-1,
