@@ -250,28 +250,36 @@ class Caps:
     def __init__(self, r: redis.Redis, settings: Settings) -> None:
         self.r, self.s = r, settings
 
-    def take(self, customer_id: str, now: datetime, tz: ZoneInfo) -> bool:
-        day = now.astimezone(tz).date().isoformat()
-        pre = f"{self.s.redis_prefix}:cap:{customer_id}"
-        d_key, w_key = f"{pre}:day:{day}", f"{pre}:week"
-        pipe = self.r.pipeline()
-        pipe.incr(d_key)
-        pipe.expire(d_key, 2 * 86400)
-        pipe.zadd(w_key, {f"{now.timestamp()}:{d_key}": now.timestamp()})
-        pipe.zremrangebyscore(w_key, 0, now.timestamp() - 7 * 86400)
-        pipe.zcard(w_key)
-        pipe.expire(w_key, 8 * 86400)
-        day_n, _, _, _, week_n, _ = pipe.execute()
-        if day_n > self.s.push_cap_per_day or week_n > self.s.push_cap_per_week:
-            self.release(customer_id, now, tz)
-            return False
-        return True
-
-    def release(self, customer_id: str, now: datetime, tz: ZoneInfo) -> None:
-        day = now.astimezone(tz).date().isoformat()
-        pre = f"{self.s.redis_prefix}:cap:{customer_id}"
-        self.r.decr(f"{pre}:day:{day}")
-        self.r.zrem(f"{pre}:week", f"{now.timestamp()}:{pre}:day:{day}")
+    def take_many(self, wanted: list[tuple[str, ZoneInfo]], now: datetime) -> list[bool]:
+        """One push each for these customers, if their caps allow: one round trip to Redis
+        for a whole batch (Redis runs the commands in order, so a customer twice in the
+        batch counts twice). What is refused is given back."""
+        pipe = self.r.pipeline(transaction=False)
+        keys = []
+        for customer_id, tz in wanted:
+            day = now.astimezone(tz).date().isoformat()
+            pre = f"{self.s.redis_prefix}:cap:{customer_id}"
+            d_key, w_key = f"{pre}:day:{day}", f"{pre}:week"
+            keys.append((d_key, w_key))
+            pipe.incr(d_key)
+            pipe.expire(d_key, 2 * 86400)
+            pipe.zadd(w_key, {f"{now.timestamp()}:{d_key}": now.timestamp()})
+            pipe.zremrangebyscore(w_key, 0, now.timestamp() - 7 * 86400)
+            pipe.zcard(w_key)
+            pipe.expire(w_key, 8 * 86400)
+        replies = pipe.execute() if wanted else []
+        ok = []
+        back = self.r.pipeline(transaction=False)
+        for i, (d_key, w_key) in enumerate(keys):
+            day_n, week_n = replies[6 * i], replies[6 * i + 4]
+            allowed = day_n <= self.s.push_cap_per_day and week_n <= self.s.push_cap_per_week
+            if not allowed:
+                back.decr(d_key)
+                back.zrem(w_key, f"{now.timestamp()}:{d_key}")
+            ok.append(allowed)
+        if not all(ok):
+            back.execute()
+        return ok
 
 
 def send_due(
@@ -318,6 +326,7 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
     outcomes: list[Outcome] = []
     pushes: list[Push] = []
     notes: list[Note] = []
+    capped: list[tuple[str, ZoneInfo]] = []  # (customer, zone) of each push, for the caps
     attempts: dict[str, int] = {}
     for delivery_id, customer_id, channel, tries, title, body, link in claimed:
         row = info.get(customer_id)
@@ -338,10 +347,8 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
                 later = at + timedelta(hours=1)
                 outcomes.append(Outcome(delivery_id, "planned", NOT_CONFIGURED, later))
                 continue
-            if not caps.take(customer_id, at, zone(row["time_zone"])):
-                outcomes.append(Outcome(delivery_id, "suppressed", "frequency cap"))
-                continue
             token, platform = row["push_target"].rsplit("|", 1)
+            capped.append((customer_id, zone(row["time_zone"])))
             pushes.append(Push(str(delivery_id), token, platform, title, body, link))
             attempts[str(delivery_id)] = tries
             continue
@@ -353,6 +360,11 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
             outcomes.append(Outcome(delivery_id, "suppressed", f"no {channel} address"))
             continue
         notes.append(Note(str(delivery_id), channel, address, title, body, link))
+    # the frequency caps, for the whole batch at once
+    allowed = caps.take_many(capped, at)
+    outcomes += [Outcome(int(p.key), "suppressed", "frequency cap")
+                 for p, ok in zip(pushes, allowed, strict=True) if not ok]  # fmt: skip
+    pushes = [p for p, ok in zip(pushes, allowed, strict=True) if ok]
     if any(o.reason == NOT_CONFIGURED for o in outcomes):
         log.error("FCM is not configured (CRM_FCM_CREDENTIALS_FILE): pushes wait")
     for key, failure in apprise.send(notes).items():
