@@ -151,7 +151,8 @@ def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFram
     cand["covisit"] = covis[rr, ii]
     cand["category_share"] = cat_pref[rr, ix.category_of[ii]]
     cand["category_popularity"] = catpop[rr, ii]
-    cand["popularity"] = np.log1p(ix.popularity[ii])
+    # as a share of all activity (scale-free: the ranker learns on earlier, smaller windows)
+    cand["popularity"] = np.log1p(1e6 * ix.popularity[ii] / max(ix.popularity.sum(), 1e-9))
     cand["own_weight"] = own[rr, ii]
     cand["bought_before"] = bought[rr, ii]
     cand["days_since_bought"] = np.where(last_days[rr, ii] > 0, last_days[rr, ii], 999.0)
