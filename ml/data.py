@@ -102,8 +102,9 @@ class Snapshot:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-BOOLEANS = {"is_known", "push_consent", "email_consent", "converted", "engaged"}
-COPY_CHUNK = 64 << 20
+BOOLEANS = {"is_known", "push_consent", "email_consent", "converted", "engaged"}  # 't' / 'f'
+FLOATS = {"price", "revenue"}
+INTEGERS = {"events", "product_views", "quantity"}
 
 
 def _read(conn: Any, query: str) -> pd.DataFrame:
@@ -116,18 +117,15 @@ def _read(conn: Any, query: str) -> pd.DataFrame:
     buf.seek(0)
     header = buf.readline().decode().strip().split(",")
     buf.seek(0)
-    text = {c: "str" for c in header if c not in BOOLEANS and not c.endswith("_at")
-            and c not in ("price", "revenue", "events", "product_views", "quantity")}  # fmt: skip
-    frame = pd.read_csv(buf, dtype={**text, **{c: "str" for c in header if c in BOOLEANS}},
-                        keep_default_na=False, na_values=[""])  # fmt: skip
+    dtype = {c: "float64" if c in FLOATS else "str" for c in header
+             if c not in INTEGERS and not c.endswith("_at")}  # fmt: skip
+    frame = pd.read_csv(buf, dtype=dtype, keep_default_na=False, na_values=[""])
     del buf
     for col in frame.columns:
         if col in BOOLEANS:
             frame[col] = frame[col].eq("t")
         elif col.endswith("_at"):
             frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
-        elif col in ("price", "revenue"):
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     return frame
 
 

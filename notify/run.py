@@ -72,13 +72,15 @@ def send_now(url: str, settings: Settings, now: datetime | None = None) -> dict[
     from ml.publish import redis_client
 
     r = redis_client(settings)
-    with psycopg.connect(url) as conn:
-        due = conn.execute(
-            "select count(*) from crm.deliveries where state in ('planned', 'sending')"
-            " and slot <= %s",
-            (now or datetime.now(UTC),),
-        ).fetchone()[0]  # type: ignore[index]
-    processes = max(1, min(settings.send_processes, due // PARALLEL_MIN))
+    processes = 1
+    if settings.send_processes > 1:
+        with psycopg.connect(url) as conn:
+            due = conn.execute(
+                "select count(*) from crm.deliveries where state in ('planned', 'sending')"
+                " and slot <= %s",
+                (now or datetime.now(UTC),),
+            ).fetchone()[0]  # type: ignore[index]
+        processes = max(1, min(settings.send_processes, due // PARALLEL_MIN))
     if processes == 1:
         return dict(_send_process(url, settings, now, None, 0, SEND_BATCH))
     # the embedded Redis is reached through its socket; a configured one through its URL

@@ -118,7 +118,7 @@ def minimise(raw: bytes) -> tuple[bytes, dict[str, Any] | None]:
             return raw, None
         m = _IP_VALUE.match(raw, at)
         if m and raw.find(b'"ip"', m.end()) < 0:  # the usual: one context.ip
-            return raw[: m.start(2) - 1] + _ip_json(m.group(2)) + raw[m.end(2) + 1 :], None
+            return raw[: m.start()] + _ip_bytes(m) + raw[m.end() :], None
         out, n = _IP_VALUE.subn(_ip_bytes, raw)
         if n == raw.count(b'"ip"'):
             return out, None
