@@ -1,3 +1,11 @@
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']}],
+  )
+}}
 -- Consent Updated: one change of consent for one channel. An Email Unsubscribed (the link in
 -- an e-mail, reported by the mail service) withdraws e-mail consent just the same.
 with
@@ -5,7 +13,10 @@ with
 source as (
 
     select * from {{ source('raw', 'events') }}
-    where type = 'track' and event in ('Consent Updated', 'Email Unsubscribed')
+    where
+        type = 'track'
+        and event in ('Consent Updated', 'Email Unsubscribed')
+        {{ new_loads_only() }}
 
 ),
 
@@ -27,7 +38,9 @@ renamed as (
             when event = 'Email Unsubscribed' then 'unsubscribe_link'
             else payload #>> '{properties,source}'
         end as consent_source,
-        event_at
+        event_at,
+        loaded_at,
+        load_id
 
     from source
 

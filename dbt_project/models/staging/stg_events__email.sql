@@ -1,3 +1,11 @@
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']}],
+  )
+}}
 -- E-mail deliveries, opens, clicks and unsubscribes (usually sent by the e-mail provider).
 with
 
@@ -7,6 +15,7 @@ source as (
     where
         type = 'track'
         and event in ('Email Delivered', 'Email Opened', 'Email Link Clicked', 'Email Unsubscribed')
+        {{ new_loads_only() }}
 
 ),
 
@@ -20,7 +29,9 @@ renamed as (
         payload #>> '{properties,campaign_id}' as campaign_id,
         payload #>> '{properties,delivery_id}' as delivery_id,
         payload #>> '{properties,email_id}' as email_id,
-        event_at
+        event_at,
+        loaded_at,
+        load_id
 
     from source
 

@@ -1,10 +1,21 @@
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']}],
+  )
+}}
 -- Order Completed calls (the contract guarantees order_id and at least one product).
 with
 
 source as (
 
     select * from {{ source('raw', 'events') }}
-    where type = 'track' and event = 'Order Completed'
+    where
+        type = 'track'
+        and event = 'Order Completed'
+        {{ new_loads_only() }}
 
 ),
 
@@ -32,7 +43,9 @@ renamed as (
         payload -> 'properties' -> 'products' as products,
 
         ---------- timestamps
-        event_at
+        event_at,
+        loaded_at,
+        load_id
 
     from source
 

@@ -1,3 +1,12 @@
+{{
+  config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']},
+             {'columns': ['push_token']}],
+  )
+}}
 -- Push notification receipts, taps and bounces reported by the apps.
 with
 
@@ -10,6 +19,7 @@ source as (
             'Push Notification Received', 'Push Notification Tapped',
             'Push Notification Bounced'
         )
+        {{ new_loads_only() }}
 
 ),
 
@@ -24,7 +34,9 @@ renamed as (
         lower(replace(event, 'Push Notification ', '')) as push_event,
         payload #>> '{properties,campaign_id}' as campaign_id,
         payload #>> '{properties,delivery_id}' as delivery_id,
-        event_at
+        event_at,
+        loaded_at,
+        load_id
 
     from source
 
