@@ -124,6 +124,26 @@ def _table(url: str, sql: str) -> list[tuple]:
     return sorted(rows(url, sql), key=repr)
 
 
+def _fingerprints(url: str) -> dict[str, str]:
+    """md5 of every built table's and view's rows (sorted), per relation: what a full refresh
+    and an incremental run over the same data must agree on (data_freshness ages with the
+    clock)."""
+    with psycopg.connect(url) as conn:
+        relations = conn.execute(
+            "select table_schema, table_name from information_schema.tables"
+            " where table_schema in ('staging', 'intermediate', 'marts', 'pii')"
+            " and table_name <> 'data_freshness'"  # ages against now()
+            " order by 1, 2"
+        ).fetchall()
+        return {
+            f"{schema}.{name}": conn.execute(
+                "select md5(coalesce(string_agg(t::text, chr(10) order by t::text), ''))"
+                f' from "{schema}"."{name}" as t'
+            ).fetchone()[0]  # type: ignore[index]
+            for schema, name in relations
+        }
+
+
 SESSION_COLUMNS = "message_id, device_key, user_id, event_name, event_at, session_start, session_id"
 
 
@@ -156,7 +176,11 @@ def test_incremental_run_equals_full_refresh(
         db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized"
     )
     marts_inc = _table(db_url, "select * from marts.fct_sessions")
+    every_inc = _fingerprints(db_url)
     build(url=db_url, capture=True, full_refresh=True, dbt_vars=defaults)
+    every_full = _fingerprints(db_url)
+    assert len(every_full) > 30
+    assert [r for r in every_full if every_inc.get(r) != every_full[r]] == []
     full = _table(db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized")
     assert len(incremental) == len(full) > 1000
     assert incremental == full

@@ -2,9 +2,9 @@
 -- var('segment_history_days') days up to the as-of date): what lifecycle rules need.
 with
 
-sessions as (
+activity_hours as (
 
-    select * from {{ ref('int_events_sessionized') }}
+    select * from {{ ref('int_activity_hours') }}
 
 ),
 
@@ -31,10 +31,10 @@ bounds as (
 activity as (
 
     select
-        coalesce(sessions.user_id, identities.customer_id) as customer_id,
-        sessions.event_date as day
-    from sessions
-    left join identities on identities.identifier = sessions.anonymous_id
+        coalesce(activity_hours.user_id, identities.customer_id) as customer_id,
+        activity_hours.event_date as day
+    from activity_hours
+    left join identities on identities.identifier = activity_hours.anonymous_id
     group by 1, 2
 
 ),

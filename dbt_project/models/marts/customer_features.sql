@@ -8,9 +8,9 @@ customers as (
 
 ),
 
-events as (
+activity_hours as (
 
-    select * from {{ ref('int_events_sessionized') }}
+    select * from {{ ref('int_activity_hours') }}
 
 ),
 
@@ -47,23 +47,26 @@ as_of as (
 resolved as (
 
     select
-        coalesce(events.user_id, identities.customer_id) as customer_id,
-        events.event_at,
-        events.event_date,
-        events.session_id
-    from events
-    left join identities on identities.identifier = events.anonymous_id
+        coalesce(activity_hours.user_id, identities.customer_id) as customer_id,
+        activity_hours.event_date,
+        activity_hours.hour_of_week,
+        activity_hours.local_time_known,
+        activity_hours.events,
+        activity_hours.sessions_started
+    from activity_hours
+    left join identities on identities.identifier = activity_hours.anonymous_id
 
 ),
 
 activity as (
 
+    -- a session counts in a window when it started in it
     select
         customer_id,
-        count(distinct session_id) filter (where event_date > as_of_date - 7) as sessions_7d,
-        count(distinct session_id) filter (where event_date > as_of_date - 30) as sessions_30d,
-        count(distinct session_id) filter (where event_date > as_of_date - 90) as sessions_90d,
-        count(*) filter (where event_date > as_of_date - 30) as events_30d
+        (sum(sessions_started) filter (where event_date > as_of_date - 7))::bigint as sessions_7d,
+        (sum(sessions_started) filter (where event_date > as_of_date - 30))::bigint as sessions_30d,
+        (sum(sessions_started) filter (where event_date > as_of_date - 90))::bigint as sessions_90d,
+        (sum(events) filter (where event_date > as_of_date - 30))::bigint as events_30d
     from resolved
     cross join as_of
     group by customer_id
@@ -114,31 +117,27 @@ affinities as (
 
 ),
 
-local_activity as (
-
-    -- hour of week in the customer's own time zone: 0 = Monday 00:00 local
-    select
-        resolved.customer_id,
-        (extract(isodow from resolved.local_at)::int - 1) * 24
-        + extract(hour from resolved.local_at)::int as slot
-    from (
-        select
-            resolved.customer_id,
-            resolved.event_at at time zone coalesce(customers.time_zone, 'UTC') as local_at
-        from resolved
-        inner join customers on resolved.customer_id = customers.customer_id
-    ) as resolved
-
-),
-
 slot_counts as (
 
+    -- hour of week in local time (0 = Monday 00:00): the device's own time zone on each call,
+    -- else the customer's (int_activity_hours)
     select
-        customer_id,
-        slot,
-        count(*) as n
-    from local_activity
-    group by customer_id, slot
+        resolved.customer_id,
+        case
+            when resolved.local_time_known then resolved.hour_of_week
+            else
+                (extract(isodow from shifted.local_at)::int - 1) * 24
+                + extract(hour from shifted.local_at)::int
+        end as slot,
+        sum(resolved.events) as n
+    from resolved
+    inner join customers on resolved.customer_id = customers.customer_id
+    cross join lateral (
+        select
+            (resolved.event_date + make_interval(hours => resolved.hour_of_week % 24))
+            at time zone 'UTC' at time zone coalesce(customers.time_zone, 'UTC') as local_at
+    ) as shifted
+    group by 1, 2
 
 ),
 
