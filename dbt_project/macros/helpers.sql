@@ -4,11 +4,36 @@
     md5({% for f in fields %}coalesce(cast({{ f }} as text), '~null~'){% if not loop.last %} || '|' || {% endif %}{% endfor %})
 {%- endmacro %}
 
+{#- The day segments and windows are computed for: var('as_of_date'), else the last day with
+    events. Read from stg_events__calls through its event_date index when it exists (a
+    literal date for the planner), not by scanning every partition of raw.events. -#}
 {% macro as_of_date() -%}
     {%- if var('as_of_date') -%}
         cast('{{ var("as_of_date") }}' as date)
+    {%- elif execute -%}
+        {%- set calls = adapter.get_relation(
+            database=target.database, schema='staging', identifier='stg_events__calls') -%}
+        {%- if calls is none -%}
+            (select max(event_date) from {{ source('raw', 'events') }})
+        {%- else -%}
+            {%- set day = run_query('select max(event_date) from ' ~ calls).columns[0].values()[0] -%}
+            {%- if day is none -%}cast(null as date){%- else -%}cast('{{ day }}' as date){%- endif -%}
+        {%- endif -%}
     {%- else -%}
         (select max(event_date) from {{ source('raw', 'events') }})
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Post-hook of every model: fresh planner statistics for a table just built (dbt does not
+    analyze, and autovacuum comes too late for the next model of the same run). Incremental
+    tables are analyzed when rebuilt (--full-refresh); autovacuum keeps up with what they
+    gain per run. -#}
+{% macro analyze_table() -%}
+    {%- set materialized = config.get('materialized') -%}
+    {%- if materialized == 'table' or (materialized == 'incremental' and flags.FULL_REFRESH) -%}
+        analyze {{ this }}
+    {%- else -%}
+        select 1
     {%- endif -%}
 {%- endmacro %}
 

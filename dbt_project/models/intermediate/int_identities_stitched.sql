@@ -7,9 +7,10 @@
 -- of its own ('anon:' || anonymous_id), so every identifier resolves.
 with
 
-calls as (
+identifier_days as (
 
-    select * from {{ ref('stg_events__calls') }}
+    -- calls rolled up per anonymous id, user id and day (first call of each: first touch)
+    select * from {{ ref('int_identifier_days') }}
 
 ),
 
@@ -24,9 +25,9 @@ links as (
     select
         anonymous_id as identifier,
         user_id,
-        event_at,
-        message_id
-    from calls
+        first_event_at as event_at,
+        first_message_id as message_id
+    from identifier_days
     where anonymous_id is not null and user_id is not null
 
     union all
@@ -62,8 +63,8 @@ users as (
     from (
         select
             user_id,
-            event_at
-        from calls where user_id is not null
+            first_event_at as event_at
+        from identifier_days where user_id is not null
         union all
         select
             user_id,
@@ -77,14 +78,14 @@ users as (
 anonymous_ids as (
 
     select
-        calls.anonymous_id as identifier,
+        identifier_days.anonymous_id as identifier,
         'anonymous_id' as identifier_type,
-        coalesce(first_links.customer_id, 'anon:' || calls.anonymous_id) as customer_id,
+        coalesce(first_links.customer_id, 'anon:' || identifier_days.anonymous_id) as customer_id,
         min(first_links.linked_at) as linked_at
-    from calls
-    left join first_links on first_links.identifier = calls.anonymous_id
-    where calls.anonymous_id is not null
-    group by calls.anonymous_id, first_links.customer_id
+    from identifier_days
+    left join first_links on first_links.identifier = identifier_days.anonymous_id
+    where identifier_days.anonymous_id is not null
+    group by identifier_days.anonymous_id, first_links.customer_id
 
 ),
 

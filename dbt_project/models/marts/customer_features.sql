@@ -141,33 +141,32 @@ slot_counts as (
 
 ),
 
-all_slots as (
+slot_shares as (
 
     select
-        customers.customer_id,
-        slots.slot,
-        coalesce(slot_counts.n, 0) as n
-    from customers
-    cross join generate_series(0, 167) as slots (slot)
-    left join slot_counts
-        on customers.customer_id = slot_counts.customer_id and slots.slot = slot_counts.slot
+        customer_id,
+        slot,
+        round(n::numeric / sum(n) over (partition by customer_id), 4)::float8 as share,
+        -- empty hours between this one and the previous active one
+        slot - coalesce(lag(slot) over (partition by customer_id order by slot), -1) - 1
+            as empty_before
+    from slot_counts
 
 ),
 
 hour_of_week as (
 
-    -- shares of activity per hour of week, summing to 1 (all zeros without activity)
+    -- shares of activity per hour of week, summing to 1: 168 numbers written out from the
+    -- active hours alone (each preceded by its run of zeros), not from 168 rows per customer
     select
         customer_id,
-        array_agg(
-            round(coalesce(n::numeric / nullif(total, 0), 0), 4)::float8 order by slot
-        ) as activity_hour_of_week
-    from (
-        select
-            *,
-            sum(n) over (partition by customer_id) as total
-        from all_slots
-    ) as with_totals
+        (
+            '{'
+            || string_agg(repeat('0,', empty_before) || share::text, ',' order by slot)
+            || repeat(',0', 167 - max(slot))
+            || '}'
+        )::float8 [] as activity_hour_of_week
+    from slot_shares
     group by customer_id
 
 ),
@@ -208,7 +207,8 @@ final as (
         ---------- tastes and habits
         coalesce(affinities.category_affinity, '{}'::jsonb) as category_affinity,
         affinities.top_category,
-        hour_of_week.activity_hour_of_week,
+        coalesce(hour_of_week.activity_hour_of_week, array_fill(0::float8, array[168]))
+            as activity_hour_of_week,
         ---------- push engagement so far
         coalesce(push_stats.pushes_received, 0) as pushes_received,
         coalesce(push_stats.pushes_tapped, 0) as pushes_tapped,

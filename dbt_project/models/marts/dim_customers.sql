@@ -8,9 +8,10 @@ identities as (
 
 ),
 
-calls as (
+identifier_days as (
 
-    select * from {{ ref('stg_events__calls') }}
+    -- calls rolled up per anonymous id, user id and day
+    select * from {{ ref('int_identifier_days') }}
 
 ),
 
@@ -33,31 +34,50 @@ segments as (
 
 ),
 
-resolved_calls as (
+resolved_days as (
 
     select
-        coalesce(calls.user_id, identities.customer_id) as customer_id,
-        calls.*
-    from calls
-    left join identities on identities.identifier = calls.anonymous_id
-    where calls.user_id is not null or calls.anonymous_id is not null
+        coalesce(identifier_days.user_id, identities.customer_id) as customer_id,
+        identifier_days.*
+    from identifier_days
+    left join identities on identities.identifier = identifier_days.anonymous_id
+
+),
+
+device_counts as (
+
+    select
+        resolved_days.customer_id,
+        count(distinct device.device_id) as devices_count
+    from resolved_days
+    cross join lateral unnest(resolved_days.device_ids) as device (device_id)
+    group by resolved_days.customer_id
+
+),
+
+platform_lists as (
+
+    select
+        resolved_days.customer_id,
+        array_agg(distinct platform.platform order by platform.platform) as platforms
+    from resolved_days
+    cross join lateral unnest(resolved_days.platforms) as platform (platform)
+    group by resolved_days.customer_id
 
 ),
 
 seen as (
 
     select
-        customer_id,
-        min(event_at) as first_seen_at,
-        max(event_at) as last_seen_at,
-        count(distinct device_id) filter (where platform <> 'server') as devices_count,
-        array_agg(distinct platform order by platform)
-        filter (where platform not in ('server', 'unknown')) as platforms,
-        (array_agg(time_zone order by event_at desc) filter (where time_zone is not null))[1]
-            as time_zone,
-        (array_agg(locale order by event_at desc) filter (where locale is not null))[1] as locale
-    from resolved_calls
-    group by customer_id
+        resolved_days.customer_id,
+        min(resolved_days.first_event_at) as first_seen_at,
+        max(resolved_days.last_event_at) as last_seen_at,
+        (array_agg(resolved_days.time_zone order by resolved_days.time_zone_at desc, resolved_days.time_zone desc)
+        filter (where resolved_days.time_zone is not null))[1] as time_zone,
+        (array_agg(resolved_days.locale order by resolved_days.locale_at desc, resolved_days.locale desc)
+        filter (where resolved_days.locale is not null))[1] as locale
+    from resolved_days
+    group by resolved_days.customer_id
 
 ),
 
@@ -107,8 +127,8 @@ final as (
         seen.customer_id not like 'anon:%' as is_known,
 
         ---------- profile
-        seen.devices_count,
-        coalesce(seen.platforms, '{}') as platforms,
+        coalesce(device_counts.devices_count, 0) as devices_count,
+        coalesce(platform_lists.platforms, '{}') as platforms,
         seen.time_zone,
         seen.locale,
         coalesce(consent_flags.push_consent, false) as push_consent,
@@ -129,6 +149,8 @@ final as (
         order_summary.last_order_at
 
     from seen
+    left join device_counts on seen.customer_id = device_counts.customer_id
+    left join platform_lists on seen.customer_id = platform_lists.customer_id
     left join consent_flags on seen.customer_id = consent_flags.customer_id
     left join order_summary on seen.customer_id = order_summary.customer_id
     left join segments on seen.customer_id = segments.customer_id

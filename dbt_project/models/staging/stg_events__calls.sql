@@ -4,7 +4,8 @@
     incremental_strategy='append',
     on_schema_change='fail',
     indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']},
-             {'columns': ['anonymous_id', 'event_at']}, {'columns': ['user_id']}],
+             {'columns': ['anonymous_id', 'event_at']}, {'columns': ['user_id']},
+             {'columns': ['event_date']}],
   )
 }}
 -- Every call with the common fields typed and the device context flattened. Event-sized, so
