@@ -31,3 +31,30 @@
         and {{ column }} in ({{ new_load_ids() }})
     {%- endif %}
 {%- endmacro %}
+
+{#- Devices whose sessions an incremental run of int_events_sessionized recomputed, with the
+    start of the first session the new events belong to: every row it rewrote has an event and
+    a session start at or after that instant. "New" is relative to {{ this }} (the model
+    calling it), so a pre-hook and the model body see the same devices. -#}
+{% macro resessionized_devices() -%}
+    select
+        device_key,
+        min(session_start) as from_at
+    from {{ ref('int_events_sessionized') }}
+    where true {{ new_loads_only('load_id') }}
+    group by device_key
+{%- endmacro %}
+
+{#- Pre-hook of session-level incremental models: drop the sessions of re-sessionized devices
+    from where they were recomputed (the model body inserts them again). -#}
+{% macro delete_resessionized(device_column, start_column) -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }} as kept
+        using ({{ resessionized_devices() }}) as touched
+        where
+            kept.{{ device_column }} = touched.device_key
+            and kept.{{ start_column }} >= touched.from_at
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}

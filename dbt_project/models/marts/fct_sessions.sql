@@ -1,9 +1,9 @@
 -- One row per session: where it started, how long it lasted, whether it converted.
 with
 
-events as (
+sessions as (
 
-    select * from {{ ref('int_events_sessionized') }}
+    select * from {{ ref('int_sessions') }}
 
 ),
 
@@ -22,33 +22,6 @@ orders as (
     from {{ ref('fct_orders') }}
     where session_id is not null
     group by session_id
-
-),
-
-sessions as (
-
-    select
-        session_id,
-        device_key,
-        min(anonymous_id) as anonymous_id,
-        max(user_id) as user_id,
-        min(platform) as platform,
-        min(event_at) as started_at,
-        max(event_at) as ended_at,
-        count(*) as events,
-        count(*) filter (where event_name = 'Product Viewed') as product_views,
-        (
-            array_agg(page_path order by event_at, message_id)
-            filter (where page_path is not null)
-        )[1
-        ] as entry_page,
-        (
-            array_agg(traffic_source order by event_at, message_id)
-            filter (where traffic_source is not null)
-        )[1
-        ] as traffic_source
-    from events
-    group by session_id, device_key
 
 ),
 

@@ -2,10 +2,9 @@
 -- FCM or the app reported it bounced after it was last seen.
 with
 
-calls as (
+tokens as (
 
-    select * from {{ ref('stg_events__calls') }}
-    where push_token is not null
+    select * from {{ ref('int_push_tokens') }}
 
 ),
 
@@ -26,33 +25,18 @@ bounces as (
 
 ),
 
-latest as (
-
-    select distinct on (device_id)
-        device_id,
-        push_token,
-        platform,
-        anonymous_id,
-        user_id,
-        time_zone,
-        event_at as token_seen_at
-    from calls
-    order by device_id asc, event_at desc, message_id desc
-
-),
-
 final as (
 
     select
-        latest.device_id,
-        coalesce(latest.user_id, identities.customer_id) as customer_id,
-        latest.platform,
-        latest.push_token,
-        latest.time_zone,
-        latest.token_seen_at,
-        bounces.bounced_at is null or bounces.bounced_at < latest.token_seen_at as is_valid
-    from latest
-    left join identities on identities.identifier = latest.anonymous_id
+        tokens.device_id,
+        coalesce(tokens.user_id, identities.customer_id) as customer_id,
+        tokens.platform,
+        tokens.push_token,
+        tokens.time_zone,
+        tokens.token_seen_at,
+        bounces.bounced_at is null or bounces.bounced_at < tokens.token_seen_at as is_valid
+    from tokens
+    left join identities on identities.identifier = tokens.anonymous_id
     left join bounces using (push_token)
 
 )
