@@ -16,8 +16,9 @@
 -- Every call rolled up per anonymous id, user id and UTC day: what identity stitching and the
 -- customer profile (dim_customers) read instead of every call.
 --
--- Calls are only ever appended, so an incremental run recomputes the days the new loads have
--- calls on (through the event_date index) and the result equals a full refresh.
+-- Calls are only ever appended, so an incremental run recomputes the keys (device or user,
+-- and day) the new loads have calls for, from every call of those keys; the result equals a
+-- full refresh.
 with
 
 calls as (
@@ -28,10 +29,13 @@ calls as (
 
 {% if is_incremental() %}
 
-touched_days as (
+touched as (
 
-    -- the days of every load not yet processed (see the new_loads_only macro)
-    select distinct event_date
+    -- the keys of every load not yet processed (see the new_loads_only macro)
+    select distinct
+        anonymous_id,
+        user_id,
+        event_date
     from calls
     where true {{ new_loads_only('calls.load_id') }}
 
@@ -39,9 +43,37 @@ touched_days as (
 
 scope as (
 
+    -- every call of a touched device-day, through the (anonymous_id, event_at) index ...
     select calls.*
-    from calls
-    where calls.event_date in (select touched_days.event_date from touched_days)
+    from (
+        select distinct
+            anonymous_id,
+            event_date
+        from touched
+        where anonymous_id is not null
+    ) as days
+    inner join calls
+        on
+            calls.anonymous_id = days.anonymous_id
+            and calls.event_at >= days.event_date::timestamp at time zone 'UTC'
+            and calls.event_at < (days.event_date + 1)::timestamp at time zone 'UTC'
+
+    union all
+
+    -- ... and of a touched user-day of server-side calls, through the user_id index
+    select calls.*
+    from (
+        select distinct
+            user_id,
+            event_date
+        from touched
+        where anonymous_id is null
+    ) as days
+    inner join calls
+        on
+            calls.user_id = days.user_id
+            and calls.anonymous_id is null
+            and calls.event_date = days.event_date
 
 ),
 

@@ -20,15 +20,6 @@ identities as (
 
 ),
 
-sessions as (
-
-    select
-        message_id,
-        session_id
-    from {{ ref('int_events_sessionized') }}
-
-),
-
 first_calls as (
 
     select distinct on (order_id) *
@@ -80,7 +71,12 @@ final as (
     from first_calls
     left join identities on identities.identifier = first_calls.anonymous_id
     left join item_summary using (message_id)
-    left join sessions using (message_id)
+    left join lateral (
+        -- the order's own call, through the message_id index (not a scan of every event)
+        select sessionized.session_id
+        from {{ ref('int_events_sessionized') }} as sessionized
+        where sessionized.message_id = first_calls.message_id
+    ) as sessions on true
 
 )
 
