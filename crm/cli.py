@@ -134,11 +134,22 @@ def transform(
         bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")
     ] = False,
     select: Annotated[str | None, typer.Option(help="dbt selector, e.g. +dim_customers.")] = None,
+    test_all_rows: Annotated[
+        bool,
+        typer.Option(
+            "--test-all-rows",
+            help="Test every row of event-sized tables (incremental runs test the new loads).",
+        ),
+    ] = False,
 ) -> None:
     """Build and test the dbt project (the same build the Airflow DAG runs)."""
     from crm.transform import build
 
-    build(full_refresh=full_refresh, select=select)
+    build(
+        full_refresh=full_refresh,
+        select=select,
+        dbt_vars={"test_all_rows": True} if test_all_rows else None,
+    )
 
 
 @app.command()

@@ -9,9 +9,10 @@ every model is a task group (`run`, `test`) in the graph.
 * A failing dbt test fails its task (the log names the test and the failing rows' query) and
   stops everything downstream of it, so `publish_marts` does not run and the DAGs scheduled on
   the marts asset (scoring, campaigns) are not triggered with bad data.
-* Incremental models (staging calls and product events, `int_events_sessionized`) only
-  process the loads they have not seen yet (listed from `raw.load_audit`). Trigger with
-  **full_refresh** to rebuild them from scratch.
+* Incremental models (every staging table, sessions, and the roll-ups the customer marts
+  aggregate) only process the loads they have not seen yet (listed from `raw.load_audit`),
+  and the tests of event-sized tables check those loads. Trigger with **full_refresh** to
+  rebuild them from scratch and test every row.
 * Thresholds analysts tune (session gap, lifecycle days) are dbt vars in `dbt_project.yml`.
 
 Same build by hand: `crm transform` (add `--full-refresh` to rebuild).
@@ -97,6 +98,8 @@ def build_customer_models() -> None:
         operator_args={
             "install_deps": False,
             "full_refresh": "{{ params.full_refresh }}",
+            # a full refresh also tests every row (incremental runs test the loads they read)
+            "vars": {"test_all_rows": "{{ params.full_refresh }}"},
         },
     )
 

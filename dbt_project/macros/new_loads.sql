@@ -58,3 +58,19 @@
         select 1
     {%- endif -%}
 {%- endmacro %}
+
+{#- Day-keyed roll-ups of an append-only table: the UTC days the new loads have rows on, and
+    every row of those days (through an index on the timestamp), so a roll-up recomputes
+    whole days and equals a full refresh. -#}
+{% macro rows_of_touched_days(relation, at_column='event_at') -%}
+    select scoped.*
+    from (
+        select distinct ({{ at_column }} at time zone 'UTC')::date as touched_day
+        from {{ relation }}
+        where true {{ new_loads_only('load_id') }}
+    ) as touched
+    inner join {{ relation }} as scoped
+        on
+            scoped.{{ at_column }} >= touched.touched_day::timestamp at time zone 'UTC'
+            and scoped.{{ at_column }} < (touched.touched_day + 1)::timestamp at time zone 'UTC'
+{%- endmacro %}

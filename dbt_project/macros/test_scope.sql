@@ -22,8 +22,13 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- True on a full refresh, or with the var test_all_rows (Airflow passes it as a string). -#}
+{% macro test_every_row() -%}
+    {{ return(flags.FULL_REFRESH or (var('test_all_rows', false) | string | lower) == 'true') }}
+{%- endmacro %}
+
 {% macro recent_loads_filter() -%}
-    {%- if flags.FULL_REFRESH or var('test_all_rows', false) -%}
+    {%- if test_every_row() -%}
         true
     {%- else -%}
         load_id >= (

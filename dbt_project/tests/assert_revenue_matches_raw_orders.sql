@@ -6,7 +6,7 @@
 -- An incremental run reconciles in two links instead, so it need not scan all of raw.events:
 -- raw -> staging for the loads it processed (each load's orders and revenue; older loads were
 -- reconciled when they arrived and staging only appends), and staging -> marts for every order.
-{% set everything = flags.FULL_REFRESH or var('test_all_rows', false) %}
+{% set everything = test_every_row() %}
 with
 
 raw_calls as (

@@ -23,7 +23,9 @@
 -- row of that device, so the result equals a full refresh over the same data.
 with
 
-events as (
+-- not materialized: referenced more than once, and an incremental run reads only a few
+-- keys of it through an index
+events as not materialized (
 
     select * from {{ ref('int_events_sessionized') }}
 

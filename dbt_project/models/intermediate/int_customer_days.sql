@@ -1,5 +1,7 @@
+{{ config(materialized='view') }}
 -- One row per customer per day since their first visit (over the last
--- var('segment_history_days') days up to the as-of date): what lifecycle rules need.
+-- var('segment_history_days') days up to the as-of date): what lifecycle rules need. A view:
+-- customer_segments_daily is its only reader and stores the same rows with their segment.
 with
 
 activity_hours as (

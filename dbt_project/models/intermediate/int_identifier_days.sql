@@ -21,7 +21,9 @@
 -- full refresh.
 with
 
-calls as (
+-- not materialized: referenced more than once, and an incremental run reads only a few
+-- keys of it through an index
+calls as not materialized (
 
     select * from {{ ref('stg_events__calls') }}
 

@@ -21,7 +21,9 @@
 -- session's row must go). The result equals a full refresh over the same data.
 with
 
-events as (
+-- not materialized: referenced more than once, and an incremental run reads only a few
+-- keys of it through an index
+events as not materialized (
 
     select * from {{ ref('int_events_sessionized') }}
 

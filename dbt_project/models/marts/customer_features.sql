@@ -26,9 +26,9 @@ orders as (
 
 ),
 
-product_events as (
+category_days as (
 
-    select * from {{ ref('stg_events__product_events') }}
+    select * from {{ ref('int_category_days') }}
 
 ),
 
@@ -91,12 +91,11 @@ order_stats as (
 category_views as (
 
     select
-        coalesce(product_events.user_id, identities.customer_id) as customer_id,
-        product_events.category,
-        count(*) as n
-    from product_events
-    left join identities on identities.identifier = product_events.anonymous_id
-    where product_events.category is not null
+        coalesce(category_days.user_id, identities.customer_id) as customer_id,
+        category_days.category,
+        sum(category_days.events) as n
+    from category_days
+    left join identities on identities.identifier = category_days.anonymous_id
     group by 1, 2
 
 ),

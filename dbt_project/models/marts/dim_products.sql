@@ -1,9 +1,15 @@
 -- One row per product seen in product or order events, with its latest attributes.
 with
 
-product_events as (
+latest as (
 
-    select * from {{ ref('stg_events__product_events') }}
+    select * from {{ ref('int_product_latest') }}
+
+),
+
+product_days as (
+
+    select * from {{ ref('int_product_days') }}
 
 ),
 
@@ -13,29 +19,14 @@ order_items as (
 
 ),
 
-latest as (
-
-    select distinct on (product_id)
-        product_id,
-        sku,
-        product_name,
-        category,
-        brand,
-        price
-    from product_events
-    where price is not null
-    order by product_id asc, event_at desc, message_id desc
-
-),
-
 activity as (
 
     select
         product_id,
-        min(event_at) as first_seen_at,
-        count(*) filter (where event_name = 'Product Viewed') as views,
-        count(*) filter (where event_name = 'Product Added') as cart_adds
-    from product_events
+        min(first_event_at) as first_seen_at,
+        sum(views)::bigint as views,
+        sum(cart_adds)::bigint as cart_adds
+    from product_days
     group by product_id
 
 ),

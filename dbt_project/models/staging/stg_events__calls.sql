@@ -4,7 +4,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     indexes=[{'columns': ['message_id'], 'unique': True}, {'columns': ['load_id']},
-             {'columns': ['anonymous_id', 'event_at']}, {'columns': ['user_id']},
+             {'columns': ['anonymous_id', 'event_at']}, {'columns': ['user_id', 'event_date']},
              {'columns': ['event_date']}],
   )
 }}
