@@ -2,7 +2,7 @@
 ### build_customer_models: dbt builds the customer tables after every load
 
 Runs whenever `ingest_events` updates the `raw.events` asset (and can be triggered by hand).
-Builds the dbt project in `dbt_project/` — staging views, identity stitching, sessions,
+Builds the dbt project in `dbt_project/` — staging tables, roll-ups, identity stitching, sessions,
 orders, lifecycle segments, customer features — and runs each model's tests right after it:
 every model is a task group (`run`, `test`) in the graph.
 

@@ -46,3 +46,18 @@
 {% macro to_numeric(expr) -%}
     case when ({{ expr }}) ~ '^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$' then ({{ expr }})::numeric end
 {%- endmacro %}
+
+{#- Post-hook: a partial index (dbt's `indexes` config has no WHERE), created once per table
+    (a full refresh builds a new table, which gets its own). -#}
+{% macro partial_index(columns, where) -%}
+    do $$
+    begin
+        if not exists (
+            select 1 from pg_index as i
+            where i.indrelid = '{{ this }}'::regclass and i.indpred is not null
+        ) then
+            create index on {{ this }} ({{ columns | join(', ') }}) where {{ where }};
+        end if;
+    end
+    $$
+{%- endmacro %}

@@ -7,8 +7,7 @@
     indexes=[
       {'columns': ['device_key', 'event_at']},
       {'columns': ['message_id'], 'unique': True},
-      {'columns': ['session_id']},
-      {'columns': ['load_id']},
+      {'columns': ['load_id'], 'type': 'brin'},
     ],
   )
 }}
