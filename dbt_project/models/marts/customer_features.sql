@@ -164,7 +164,7 @@ hour_of_week as (
             || string_agg(repeat('0,', empty_before) || share::text, ',' order by slot)
             || repeat(',0', 167 - max(slot))
             || '}'
-        )::float8 [] as activity_hour_of_week
+        )::float8[] as activity_hour_of_week
     from slot_shares
     group by customer_id
 
