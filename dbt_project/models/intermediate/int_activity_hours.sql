@@ -35,13 +35,11 @@ events as not materialized (
 
 touched as (
 
-    -- every load not yet processed (see the new_loads_only macro)
+    -- devices a new load re-sessionized, from the day of their first recomputed session
     select
-        device_key,
-        (min(session_start) at time zone 'UTC')::date as from_day
-    from events
-    where true {{ new_loads_only('events.load_id') }}
-    group by device_key
+        devices.device_key,
+        (devices.from_at at time zone 'UTC')::date as from_day
+    from ({{ resessionized_devices() }}) as devices
 
 ),
 
