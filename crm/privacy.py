@@ -261,9 +261,10 @@ def to_json(document: dict[str, Any]) -> str:
 
 def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> dict[str, int]:
     """Drop every raw.events day partition older than ``keep_days`` (a partition drop: no
-    row-by-row delete, no bloat), delete quarantined lines as old, and old contact details a
-    newer value replaced. The marts keep what they were built from; the next full refresh
-    forgets it too."""
+    row-by-row delete, no bloat), delete quarantined lines as old, old contact details a
+    newer value replaced, and the rows as old in dbt's incremental tables (staging and
+    intermediate: they would otherwise keep what raw forgot). The marts are rebuilt from
+    those at the next build."""
     cutoff = today.toordinal() - keep_days
     dropped = 0
     with conn.transaction():
@@ -296,11 +297,45 @@ def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> di
             """,
             (today, keep_days),
         ).rowcount
+        derived = 0
+        for schema, table, column in derived_event_tables(conn):
+            bound = (
+                "%s::date" if column == "event_date" else "%s::date::timestamp at time zone 'UTC'"
+            )
+            derived += conn.execute(
+                sql.SQL("delete from {} where {} < " + bound).format(
+                    sql.Identifier(schema, table), sql.Identifier(column)
+                ),
+                (date.fromordinal(cutoff),),
+            ).rowcount
     return {
         "partitions_dropped": dropped,
         "rejected_deleted": rejected,
         "contact_traits_superseded": superseded,
+        "derived_rows_deleted": derived,
     }
+
+
+# the time column that ages a row of a derived table, most specific first
+AGE_COLUMNS = ("event_date", "event_at", "started_at", "token_seen_at")
+
+
+def derived_event_tables(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """dbt's tables in staging and intermediate with a column saying when their rows
+    happened: (schema, table, column). Marts are left out: they are rebuilt from these."""
+    rows = conn.execute(
+        "select c.table_schema, c.table_name, c.column_name from information_schema.columns c"
+        " join information_schema.tables t using (table_schema, table_name)"
+        " where c.table_schema in ('staging', 'intermediate') and t.table_type = 'BASE TABLE'"
+        " and c.column_name = any(%s) order by 1, 2",
+        (list(AGE_COLUMNS),),
+    ).fetchall()
+    best: dict[tuple[str, str], str] = {}
+    for schema, table, column in rows:
+        key = (schema, table)
+        if key not in best or AGE_COLUMNS.index(column) < AGE_COLUMNS.index(best[key]):
+            best[key] = column
+    return [(schema, table, column) for (schema, table), column in sorted(best.items())]
 
 
 def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str) -> int:

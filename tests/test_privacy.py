@@ -156,11 +156,25 @@ def test_retention_drops_whole_old_day_partitions_and_keeps_the_rest(shop: str) 
             "select count(*) from raw.events where event_date >= %s", (kept_from,)
         ).fetchone()[0]  # type: ignore[index]
         today = kept_from + timedelta(days=30)
+        derived = privacy.derived_event_tables(conn)
+        assert {"stg_events__calls", "int_events_sessionized", "int_identifier_days",
+                "int_sessions"} <= {table for _, table, _ in derived}  # fmt: skip
+
+        def aged() -> int:  # rows of dbt's incremental tables older than kept_from
+            return sum(conn.execute(
+                f'select count(*) from "{schema}"."{table}" where "{column}" < %s::date'
+                + ("" if column == "event_date" else "::timestamp at time zone 'UTC'"),
+                (kept_from,)).fetchone()[0] for schema, table, column in derived)  # fmt: skip
+
+        before = aged()
         done = privacy.apply_retention(conn, 30, today)
         assert done["partitions_dropped"] == sum(1 for d in days if d < kept_from)
         left = conn.execute("select min(event_date), count(*) from raw.events").fetchone()
         assert left == (kept_from, expected)
-        assert privacy.apply_retention(conn, 30, today)["partitions_dropped"] == 0
+        # what raw forgot, dbt's incremental tables forget too
+        assert before > 0 and done["derived_rows_deleted"] == before and aged() == 0
+        again = privacy.apply_retention(conn, 30, today)
+        assert again["partitions_dropped"] == again["derived_rows_deleted"] == 0
         assert isinstance(today, date)
 
 
