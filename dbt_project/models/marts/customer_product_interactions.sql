@@ -39,7 +39,7 @@ touched_identifiers as (
 
     select identities.identifier
     from identities
-    where identities.customer_id in (select touched.customer_id from touched)
+    where identities.customer_id = any(array(select touched.customer_id from touched))
 
 ),
 
@@ -51,9 +51,9 @@ product_events as (
         product_events.event_name in ('Product Viewed', 'Product Clicked', 'Product Added')
         and (
             product_events.anonymous_id
-            in (select touched_identifiers.identifier from touched_identifiers)
+            = any(array(select touched_identifiers.identifier from touched_identifiers))
             or product_events.user_id
-            in (select touched_identifiers.identifier from touched_identifiers)
+            = any(array(select touched_identifiers.identifier from touched_identifiers))
         )
 
 ),
@@ -62,7 +62,7 @@ order_items as (
 
     select order_items.*
     from {{ ref('fct_order_items') }} as order_items
-    where order_items.customer_id in (select touched.customer_id from touched)
+    where order_items.customer_id = any(array(select touched.customer_id from touched))
 
 ),
 
@@ -135,5 +135,5 @@ select * from final
 where
     customer_id is not null
     {% if incremental_run -%}
-    and customer_id in (select touched.customer_id from touched)
+    and customer_id = any(array(select touched.customer_id from touched))
     {%- endif %}

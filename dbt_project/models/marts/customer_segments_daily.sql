@@ -41,7 +41,7 @@ recomputed as (
 
     select customer_days.*
     from {{ ref('int_customer_days') }} as customer_days
-    where customer_days.customer_id in (select touched.customer_id from touched)
+    where customer_days.customer_id = any(array(select touched.customer_id from touched))
 
 ),
 
@@ -59,7 +59,7 @@ carried as (
     ) as calendar (day)
     where
         kept.day = (select max(latest.day) from {{ this }} as latest)
-        and not exists (select from touched where touched.customer_id = kept.customer_id)
+        and not kept.customer_id = any(array(select touched.customer_id from touched))
 
 ),
 
