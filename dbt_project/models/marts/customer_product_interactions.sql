@@ -1,72 +1,6 @@
-{{
-  config(
-    materialized='incremental',
-    unique_key=['customer_id', 'product_id'],
-    incremental_strategy='delete+insert',
-    on_schema_change='fail',
-    pre_hook="{{ customer_rebuild_pre_hook() }}",
-    post_hook="{{ record_processed_loads() }}",
-    indexes=[{'columns': ['customer_id', 'product_id'], 'unique': True}],
-  )
-}}
--- depends_on: {{ ref('stg_events__calls') }}
--- depends_on: {{ ref('stg_events__aliases') }}
--- depends_on: {{ ref('int_identifier_days') }}
 -- Customer x product signals for recommendations: views, cart adds and purchases, weighted by
 -- var('weight_view'), var('weight_cart') and var('weight_purchase').
---
--- Incremental by customer (macros/customer_rebuild.sql): a run rebuilds the rows of the
--- customers its new loads touched (the pre-hook deletes them first) from all their events and
--- orders; equal to a full refresh over the same data (tested).
-{% set incremental_run = is_incremental() and not var('as_of_date') %}
 with
-
-identities as (
-
-    select * from {{ ref('int_identities_stitched') }}
-
-),
-
-{% if incremental_run %}
-
-touched as (
-
-    {{ touched_customers() }}
-
-),
-
-touched_identifiers as (
-
-    select identities.identifier
-    from identities
-    where identities.customer_id = any(array(select touched.customer_id from touched))
-
-),
-
-product_events as (
-
-    select product_events.*
-    from {{ ref('stg_events__product_events') }} as product_events
-    where
-        product_events.event_name in ('Product Viewed', 'Product Clicked', 'Product Added')
-        and (
-            product_events.anonymous_id
-            = any(array(select touched_identifiers.identifier from touched_identifiers))
-            or product_events.user_id
-            = any(array(select touched_identifiers.identifier from touched_identifiers))
-        )
-
-),
-
-order_items as (
-
-    select order_items.*
-    from {{ ref('fct_order_items') }} as order_items
-    where order_items.customer_id = any(array(select touched.customer_id from touched))
-
-),
-
-{% else %}
 
 product_events as (
 
@@ -75,13 +9,17 @@ product_events as (
 
 ),
 
+identities as (
+
+    select * from {{ ref('int_identities_stitched') }}
+
+),
+
 order_items as (
 
     select * from {{ ref('fct_order_items') }}
 
 ),
-
-{% endif %}
 
 browsing as (
 
@@ -132,8 +70,4 @@ final as (
 )
 
 select * from final
-where
-    customer_id is not null
-    {% if incremental_run -%}
-    and customer_id = any(array(select touched.customer_id from touched))
-    {%- endif %}
+where customer_id is not null

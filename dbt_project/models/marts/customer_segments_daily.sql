@@ -4,8 +4,8 @@
     unique_key=['customer_id', 'day'],
     incremental_strategy='delete+insert',
     on_schema_change='fail',
-    pre_hook="{{ customer_rebuild_pre_hook(history_days=var('segment_history_days')) }}",
-    post_hook="{{ record_processed_loads() }}",
+    pre_hook="{{ segment_history_pre_hook() }}",
+    post_hook="{{ segment_history_post_hook() }}",
     indexes=[
       {'columns': ['customer_id', 'day'], 'unique': True},
       {'columns': ['day']},
@@ -20,7 +20,7 @@
 -- Each customer's lifecycle segment on each day: how segments move over time.
 -- Exactly one segment per customer and day; the rules live in the lifecycle_segment macro.
 --
--- Incremental by customer (macros/customer_rebuild.sql): a run recomputes the whole history of
+-- Incremental by customer (macros/segment_history.sql): a run recomputes the whole history of
 -- the customers its new loads touched (the pre-hook deletes their rows first, and the days
 -- that left the window), and carries every other customer's last row forward to the new days
 -- (no new event: a day older since first seen and since last active, the same orders). Equal
@@ -33,7 +33,7 @@ with
 
 touched as (
 
-    {{ touched_customers() }}
+    {{ segment_touched_customers() }}
 
 ),
 

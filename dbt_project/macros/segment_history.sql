@@ -1,19 +1,19 @@
-{#- Customer-level marts that are incremental by customer (customer_segments_daily,
-    customer_product_interactions): a run rebuilds the rows of the customers its new loads
-    touched. Which loads are new is kept exactly in a small side table of the model
+{#- customer_segments_daily is incremental by customer: a run recomputes the whole history of
+    the customers the new loads touched and carries every other customer's last row forward to
+    the new days. Which loads are new is kept exactly in a small side table of the model
     (<model>__loads), written by the post-hook with the loads the run read from
     stg_events__calls (dbt's runs are serial, so that table cannot change during the run). -#}
 
-{% macro processed_loads_relation() -%}
+{% macro segment_loads_relation() -%}
     {{ this.schema }}.{{ this.identifier }}__loads
 {%- endmacro %}
 
 {#- Committed loads the model has not processed yet, as a literal list for IN ('null' when
     none). Without the side table (first run, or an older install) every load counts as new:
     every customer is recomputed. -#}
-{% macro unprocessed_load_ids() -%}
+{% macro segment_new_load_ids() -%}
     {%- if not execute -%}{{ return('null') }}{%- endif -%}
-    {%- set parts = processed_loads_relation().split('.') -%}
+    {%- set parts = segment_loads_relation().split('.') -%}
     {%- set done = adapter.get_relation(database=target.database, schema=parts[0], identifier=parts[1]) -%}
     {%- set query -%}
         select coalesce(string_agg(audit.load_id::text, ', ' order by audit.load_id), 'null')
@@ -31,8 +31,8 @@
 {#- Customers whose segment history the new loads may change: the customers their ids resolve
     to now, every device's own anonymous customer (gone once the device is linked), and the
     user a shared device belonged to before the load (first touch can move it). -#}
-{% macro touched_customers() -%}
-    {%- set new_ids = unprocessed_load_ids() -%}
+{% macro segment_touched_customers() -%}
+    {%- set new_ids = segment_new_load_ids() -%}
     with
 
     new_calls as (
@@ -133,29 +133,26 @@
     select customer_id from previous_owners
 {%- endmacro %}
 
-{#- pre-hook: the side table exists (emptied when every row is rebuilt), and an incremental run
-    deletes the touched customers' rows (and, with history_days, the days that left the
-    window). -#}
-{% macro customer_rebuild_pre_hook(history_days=none) -%}
-    create table if not exists {{ processed_loads_relation() }} (load_id bigint primary key);
+{#- pre-hook: the side table exists (emptied by a full refresh), and an incremental run
+    deletes the touched customers' rows and the days that left the history window. -#}
+{% macro segment_history_pre_hook() -%}
+    create table if not exists {{ segment_loads_relation() }} (load_id bigint primary key);
     {% if is_incremental() and not var('as_of_date') -%}
         delete from {{ this }}
         where
-            customer_id in ({{ touched_customers() }})
-            {% if history_days is not none -%}
-            or day <= {{ as_of_date() }} - {{ history_days }}
-            {%- endif %};
+            customer_id in ({{ segment_touched_customers() }})
+            or day <= {{ as_of_date() }} - {{ var('segment_history_days') }};
     {%- else -%}
-        truncate {{ processed_loads_relation() }};
+        truncate {{ segment_loads_relation() }};
         {% if is_incremental() %}delete from {{ this }};{% endif %}
     {%- endif %}
 {%- endmacro %}
 
 {#- post-hook: the loads this run read are processed. -#}
-{% macro record_processed_loads() -%}
-    insert into {{ processed_loads_relation() }} (load_id)
+{% macro segment_history_post_hook() -%}
+    insert into {{ segment_loads_relation() }} (load_id)
     select distinct calls.load_id
     from {{ ref('stg_events__calls') }} as calls
-    where calls.load_id in ({{ unprocessed_load_ids() }})
+    where calls.load_id in ({{ segment_new_load_ids() }})
     on conflict do nothing
 {%- endmacro %}
