@@ -59,10 +59,11 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- Day-keyed roll-ups of an append-only table: the UTC days the new loads have rows on, and
-    every row of those days (through an index on the timestamp), so a roll-up recomputes
-    whole days and equals a full refresh. -#}
+{#- Day-keyed roll-ups of an append-only table: on an incremental run, the UTC days the new
+    loads have rows on, and every row of those days (through an index on the timestamp), so a
+    roll-up recomputes whole days and equals a full refresh; otherwise every row. -#}
 {% macro rows_of_touched_days(relation, at_column='event_at') -%}
+    {%- if is_incremental() -%}
     select scoped.*
     from (
         select distinct ({{ at_column }} at time zone 'UTC')::date as touched_day
@@ -73,4 +74,7 @@
         on
             scoped.{{ at_column }} >= touched.touched_day::timestamp at time zone 'UTC'
             and scoped.{{ at_column }} < (touched.touched_day + 1)::timestamp at time zone 'UTC'
+    {%- else -%}
+    select * from {{ relation }}
+    {%- endif -%}
 {%- endmacro %}

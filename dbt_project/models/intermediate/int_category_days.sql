@@ -12,23 +12,12 @@
 -- new loads have product events on.
 with
 
-{% if is_incremental() %}
-
 scope as (
 
+    -- incremental runs: every product event of the days the new loads touched
     {{ rows_of_touched_days(ref('stg_events__product_events')) }}
 
 ),
-
-{% else %}
-
-scope as (
-
-    select * from {{ ref('stg_events__product_events') }}
-
-),
-
-{% endif %}
 
 final as (
 

@@ -33,16 +33,7 @@ candidates as (
     select * from priced
     {% if is_incremental() %}
         union all
-        select
-            kept.product_id,
-            kept.sku,
-            kept.product_name,
-            kept.category,
-            kept.brand,
-            kept.price,
-            kept.event_at,
-            kept.message_id,
-            kept.load_id
+        select kept.*
         from {{ this }} as kept
         where kept.product_id in (select priced.product_id from priced)
     {% endif %}

@@ -38,16 +38,7 @@ candidates as (
     select * from token_calls
     {% if is_incremental() %}
         union all
-        select
-            kept.device_id,
-            kept.push_token,
-            kept.platform,
-            kept.anonymous_id,
-            kept.user_id,
-            kept.time_zone,
-            kept.token_seen_at,
-            kept.message_id,
-            kept.load_id
+        select kept.*
         from {{ this }} as kept
         where kept.device_id in (select token_calls.device_id from token_calls)
     {% endif %}
