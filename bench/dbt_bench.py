@@ -54,8 +54,11 @@ def spread_loads(url: str) -> None:
         conn.execute("vacuum (analyze) raw.events")
 
 
-def slowest_nodes(top: int = 8) -> None:
-    results = json.loads((DBT_PROJECT / "target" / "run_results.json").read_text())["results"]
+def slowest_nodes(keep: Path, top: int = 8) -> None:
+    """Print the slowest dbt nodes of the last build and keep its run_results.json."""
+    raw = (DBT_PROJECT / "target" / "run_results.json").read_text()
+    keep.write_text(raw)
+    results = json.loads(raw)["results"]
     results.sort(key=lambda r: -r["execution_time"])
     total = sum(r["execution_time"] for r in results)
     print(f"    node time {total:.1f}s; slowest:", flush=True)
@@ -63,7 +66,7 @@ def slowest_nodes(top: int = 8) -> None:
         print(f"    {r['execution_time']:6.1f}s  {r['unique_id']}", flush=True)
 
 
-def one_size(events: int, work: Path, admin: str) -> dict[str, float]:
+def one_size(events: int, work: Path, admin: str, template: str = "") -> dict[str, float]:
     users = max(100, int(events / (DAYS * EVENTS_PER_USER_DAY)))
     sim = work / f"sim-{users}u-{DAYS + 1}d"
     if not (sim / "manifest.json").exists():
@@ -80,10 +83,15 @@ def one_size(events: int, work: Path, admin: str) -> dict[str, float]:
     loaded = sum(r.loaded for r in res)
     spread_loads(url)
     _, t_full = timed("dbt build --full-refresh", build, full_refresh=True, url=url, capture=True)
-    slowest_nodes()
+    slowest_nodes(work / f"dbt-{events}-full.json")
+    if template:
+        # a copy of the fully built database, to time incremental runs again without rebuilding
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{template}" with (force)')
+            conn.execute(f'create database "{template}" template "bench_dbt_{events}"')
     timed("ingest one more day", ingest_paths, new_day, settings=settings)
     _, t_inc = timed("dbt build (incremental)", build, url=url, capture=True)
-    slowest_nodes()
+    slowest_nodes(work / f"dbt-{events}-incremental.json")
     print(
         f"  -> {loaded:,} events; full build {t_full:.1f}s; one day incremental {t_inc:.1f}s "
         f"= {t_inc / t_full:.2f} of full (target < 0.2)",
@@ -95,12 +103,20 @@ def one_size(events: int, work: Path, admin: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument(
+        "--keep-full-build",
+        action="store_true",
+        help="keep a copy of each fully built database (bench_dbt_<N>_full) to re-time increments",
+    )
     args = ap.parse_args()
     settings = get_settings()
     work = Path(settings.home) / "bench"
     work.mkdir(parents=True, exist_ok=True)
     admin = db.database_url(settings)
-    rows = [one_size(n, work, admin) for n in args.events]
+    rows = [
+        one_size(n, work, admin, f"bench_dbt_{n}_full" if args.keep_full_build else "")
+        for n in args.events
+    ]
     print(f"\n{'events':>12}{'full build s':>14}{'incremental s':>15}{'ratio':>8}")
     for r in rows:
         print(
