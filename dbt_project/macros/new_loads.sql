@@ -78,3 +78,30 @@
     select * from {{ relation }}
     {%- endif -%}
 {%- endmacro %}
+
+{#- Incremental strategy "window_replace", for models that recompute, per key, every row from
+    some instant on (int_events_sessionized: a device's events from the start of its first
+    re-opened session). Each key's rows from its earliest recomputed instant are deleted, then
+    the new rows inserted. The delete reaches the few rows rewritten through the (key, instant)
+    index; delete+insert on a unique key would instead probe the table once per new row.
+    Configure with window_key and window_start. -#}
+{% macro get_incremental_window_replace_sql(arg_dict) -%}
+    {%- set key = config.require('window_key') -%}
+    {%- set start = config.require('window_start') -%}
+    {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+    delete from {{ arg_dict['target_relation'] }} as kept
+    using (
+        select
+            {{ key }},
+            min({{ start }}) as from_at
+        from {{ arg_dict['temp_relation'] }}
+        group by {{ key }}
+    ) as recomputed
+    where
+        kept.{{ key }} = recomputed.{{ key }}
+        and kept.{{ start }} >= recomputed.from_at;
+
+    insert into {{ arg_dict['target_relation'] }} ({{ columns }})
+    select {{ columns }}
+    from {{ arg_dict['temp_relation'] }}
+{%- endmacro %}

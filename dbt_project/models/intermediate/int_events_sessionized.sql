@@ -1,8 +1,9 @@
 {{
   config(
     materialized='incremental',
-    unique_key='message_id',
-    incremental_strategy='delete+insert',
+    incremental_strategy='window_replace',
+    window_key='device_key',
+    window_start='event_at',
     on_schema_change='fail',
     indexes=[
       {'columns': ['device_key', 'event_at']},

@@ -26,7 +26,8 @@ links as (
         anonymous_id as identifier,
         user_id,
         first_event_at as event_at,
-        first_message_id as message_id
+        first_message_id as message_id,
+        load_id
     from identifier_days
     where anonymous_id is not null and user_id is not null
 
@@ -36,7 +37,8 @@ links as (
         previous_id as identifier,
         user_id,
         event_at,
-        message_id
+        message_id,
+        load_id
     from aliases
     where previous_id is not null and previous_id <> user_id
 
@@ -47,7 +49,8 @@ first_links as (
     select distinct on (identifier)
         identifier,
         user_id as customer_id,
-        event_at as linked_at
+        event_at as linked_at,
+        load_id as linked_load_id
     from links
     order by identifier, event_at, message_id
 
@@ -59,7 +62,8 @@ users as (
         user_id as identifier,
         'user_id' as identifier_type,
         user_id as customer_id,
-        min(event_at) as linked_at
+        min(event_at) as linked_at,
+        null::bigint as linked_load_id
     from (
         select
             user_id,
@@ -81,7 +85,8 @@ anonymous_ids as (
         identifier_days.anonymous_id as identifier,
         'anonymous_id' as identifier_type,
         coalesce(first_links.customer_id, 'anon:' || identifier_days.anonymous_id) as customer_id,
-        min(first_links.linked_at) as linked_at
+        min(first_links.linked_at) as linked_at,
+        min(first_links.linked_load_id) as linked_load_id
     from identifier_days
     left join first_links on first_links.identifier = identifier_days.anonymous_id
     where identifier_days.anonymous_id is not null
@@ -96,7 +101,8 @@ alias_only as (
         first_links.identifier,
         'anonymous_id' as identifier_type,
         first_links.customer_id,
-        first_links.linked_at
+        first_links.linked_at,
+        first_links.linked_load_id
     from first_links
     where
         not exists (select 1 from anonymous_ids where anonymous_ids.identifier = first_links.identifier)
@@ -120,5 +126,6 @@ select
     identifier_type,
     customer_id,
     customer_id not like 'anon:%' as is_known,
-    linked_at
+    linked_at,
+    linked_load_id
 from final
