@@ -1,7 +1,9 @@
 {{ config(materialized='view') }}
 -- One row per customer per day since their first visit (over the last
 -- var('segment_history_days') days up to the as-of date): what lifecycle rules need. A view:
--- customer_segments_daily is its only reader and stores the same rows with their segment.
+-- customer_segments_daily is its only reader and stores the same rows with their segment (a
+-- full refresh reads every row of it; incremental runs compute the few customers they must
+-- with the same macro, customer_days_ctes).
 with
 
 activity_hours as (
@@ -34,7 +36,8 @@ activity as (
 
     select
         coalesce(activity_hours.user_id, identities.customer_id) as customer_id,
-        activity_hours.event_date as day
+        activity_hours.event_date as day,
+        max(activity_hours.load_id) as load_id
     from activity_hours
     left join identities on identities.identifier = activity_hours.anonymous_id
     group by 1, 2
@@ -46,95 +49,13 @@ daily_orders as (
     select
         customer_id,
         order_date as day,
-        count(*) as orders
+        count(*) as orders,
+        max(load_id) as load_id
     from orders
     group by 1, 2
 
 ),
 
-customers as (
+{{ customer_days_ctes() }}
 
-    select
-        customer_id,
-        min(day) as first_seen_date
-    from activity
-    group by customer_id
-
-),
-
-grid as (
-
-    select
-        customers.customer_id,
-        customers.first_seen_date,
-        calendar.day::date as day
-    from customers
-    cross join bounds
-    cross join lateral generate_series(
-        greatest(customers.first_seen_date, bounds.first_day), bounds.as_of_date, interval '1 day'
-    ) as calendar (day)
-
-),
-
-activity_before as (
-
-    -- activity and orders before the grid's first day still count
-    select
-        activity.customer_id,
-        max(activity.day) as last_active_before
-    from activity
-    cross join bounds
-    where activity.day < bounds.first_day
-    group by activity.customer_id
-
-),
-
-orders_before as (
-
-    select
-        daily_orders.customer_id,
-        sum(daily_orders.orders) as orders_before
-    from daily_orders
-    cross join bounds
-    where daily_orders.day < bounds.first_day
-    group by daily_orders.customer_id
-
-),
-
-filled as (
-
-    select
-        grid.customer_id,
-        grid.day,
-        grid.first_seen_date,
-        max(activity.day) over running as last_active_in_grid,
-        sum(coalesce(daily_orders.orders, 0)) over running as orders_in_grid
-    from grid
-    left join activity
-        on grid.customer_id = activity.customer_id and grid.day = activity.day
-    left join daily_orders
-        on grid.customer_id = daily_orders.customer_id and grid.day = daily_orders.day
-    window running as (
-        partition by grid.customer_id order by grid.day
-        rows between unbounded preceding and current row
-    )
-
-),
-
-final as (
-
-    select
-        filled.customer_id,
-        filled.day,
-        filled.day - filled.first_seen_date as days_since_first_seen,
-        filled.day - coalesce(filled.last_active_in_grid, activity_before.last_active_before)
-            as days_since_active,
-        (filled.orders_in_grid + coalesce(orders_before.orders_before, 0))::integer
-            as orders_to_date
-    from filled
-    left join activity_before on filled.customer_id = activity_before.customer_id
-    left join orders_before on filled.customer_id = orders_before.customer_id
-
-)
-
-select * from final
+select * from customer_days

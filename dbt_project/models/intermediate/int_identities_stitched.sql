@@ -1,3 +1,12 @@
+{{
+  config(
+    indexes=[
+      {'columns': ['identifier'], 'unique': True},
+      {'columns': ['customer_id']},
+      {'columns': ['linked_load_id']},
+    ],
+  )
+}}
 -- Every user_id and anonymous_id resolved to one customer.
 --
 -- Rule (first touch): an anonymous id belongs to the first user it was seen with, on any call

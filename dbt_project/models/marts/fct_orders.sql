@@ -1,3 +1,12 @@
+{{
+  config(
+    indexes=[
+      {'columns': ['order_id'], 'unique': True},
+      {'columns': ['customer_id', 'order_date']},
+      {'columns': ['load_id']},
+    ],
+  )
+}}
 -- One row per order (the first Order Completed call of each order_id), with its customer and
 -- the session it was placed in.
 with
@@ -59,6 +68,9 @@ final as (
         first_calls.coupon,
         coalesce(item_summary.line_count, 0) as line_count,
         coalesce(item_summary.units, 0) as units,
+
+        ---------- lineage
+        first_calls.load_id,
 
         ---------- timestamps
         first_calls.event_at as ordered_at,
