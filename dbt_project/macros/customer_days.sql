@@ -160,3 +160,55 @@ customer_days as (
             or kept.customer_id in ({{ moved_customers(plan.new_loads) }})
     {%- endif -%}
 {%- endmacro %}
+
+{#- Pre-hook of customer-keyed incremental models: drop the rows of customers whose
+    identifiers new loads moved (the model body recomputes them from every event). -#}
+{% macro delete_moved_customers() -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }}
+        where customer_id in ({{ moved_customers(new_load_ids()) }})
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{#- fct_orders, incremental: the customers whose orders a run rewrites (all of each one's
+    orders, so that their order numbers stay right). Read before anything changes: new loads,
+    and the stored customers of orders that new loads sent again (a re-sent order can change
+    hands). -#}
+{% macro orders_plan() -%}
+    {%- if not execute or not is_incremental() -%}
+        {{ return({'incremental': false}) }}
+    {%- endif -%}
+    {%- set new_loads = new_load_ids() -%}
+    {%- set query -%}
+        select coalesce(string_agg(distinct quote_literal(kept.customer_id), ', '), 'null')
+        from {{ this }} as kept
+        where kept.order_id in (
+            select order_id from {{ ref('stg_events__orders') }} where load_id in ({{ new_loads }})
+        )
+    {%- endset -%}
+    {%- set earlier = run_query(query).columns[0].values()[0] -%}
+    {{ return({'incremental': true, 'new_loads': new_loads, 'earlier_customers': earlier}) }}
+{%- endmacro %}
+
+{% macro order_customers(plan) -%}
+    {{ moved_customers(plan.new_loads) }}
+    union
+    select coalesce(calls.user_id, tied.customer_id)
+    from {{ ref('stg_events__orders') }} as calls
+    left join {{ ref('int_identities_stitched') }} as tied on tied.identifier = calls.anonymous_id
+    where calls.load_id in ({{ plan.new_loads }})
+    union
+    select unnest(array[{{ plan.earlier_customers }}]::text[])
+{%- endmacro %}
+
+{#- Pre-hook of fct_orders: drop every order of the customers the run rewrites. -#}
+{% macro delete_order_customers() -%}
+    {%- set plan = orders_plan() -%}
+    {%- if plan.incremental -%}
+        delete from {{ this }} where customer_id in ({{ order_customers(plan) }})
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}

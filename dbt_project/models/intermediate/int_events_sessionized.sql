@@ -7,7 +7,6 @@
     on_schema_change='fail',
     indexes=[
       {'columns': ['device_key', 'event_at']},
-      {'columns': ['message_id'], 'unique': True},
       {'columns': ['load_id'], 'type': 'brin'},
     ],
   )

@@ -1,10 +1,10 @@
 {{
   config(
     materialized='incremental',
-    unique_key='product_day_key',
-    incremental_strategy='delete+insert',
+    incremental_strategy='replace_days',
+    day_column='event_date',
     on_schema_change='fail',
-    indexes=[{'columns': ['product_day_key'], 'unique': True}, {'columns': ['load_id']}],
+    indexes=[{'columns': ['event_date']}, {'columns': ['load_id']}],
   )
 }}
 -- Product events rolled up per product and UTC day: what dim_products counts views and cart

@@ -1,34 +1,185 @@
+{{
+  config(
+    materialized='incremental',
+    unique_key=['customer_id', 'product_id'],
+    incremental_strategy='delete+insert',
+    on_schema_change='fail',
+    pre_hook="{{ delete_moved_customers() }}",
+    indexes=[
+      {'columns': ['customer_id', 'product_id'], 'unique': True},
+      {'columns': ['load_id'], 'type': 'brin'},
+    ],
+  )
+}}
+-- depends_on: {{ ref('int_identifier_days') }}
+-- depends_on: {{ ref('stg_events__aliases') }}
 -- Customer x product signals for recommendations: views, cart adds and purchases, weighted by
 -- var('weight_view'), var('weight_cart') and var('weight_purchase').
+--
+-- Incremental runs rewrite the (customer, product) pairs new loads touched: browsing counts
+-- are the stored ones plus the new events' (events are only ever appended), purchases are
+-- recounted from fct_order_items. Customers whose identifiers new loads moved (an anonymous
+-- device tied to a user) lose their rows in the pre-hook and are recomputed from every event.
+-- The result equals a full refresh.
 with
 
-product_events as (
+-- not materialized: incremental runs read a few rows of each through indexes
+
+product_events as not materialized (
 
     select * from {{ ref('stg_events__product_events') }}
     where event_name in ('Product Viewed', 'Product Clicked', 'Product Added')
 
 ),
 
-identities as (
+identities as not materialized (
 
     select * from {{ ref('int_identities_stitched') }}
 
 ),
 
-order_items as (
+order_items as not materialized (
 
     select * from {{ ref('fct_order_items') }}
+
+),
+
+{% if is_incremental() %}
+{%- set new_loads = new_load_ids() %}
+
+moved as (
+
+    {{ moved_customers(new_loads) }}
+
+),
+
+new_browsing as (
+
+    select
+        coalesce(product_events.user_id, identities.customer_id) as customer_id,
+        product_events.product_id,
+        count(*) filter (where product_events.event_name <> 'Product Added') as views,
+        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
+        max(product_events.event_at) as last_browsed_at,
+        max(product_events.load_id) as load_id
+    from product_events
+    left join identities on identities.identifier = product_events.anonymous_id
+    where product_events.load_id in ({{ new_loads }})
+    group by 1, 2
+
+),
+
+touched as (
+
+    -- pairs with new events or new orders, of customers whose identifiers stayed put
+    select
+        pairs.customer_id,
+        pairs.product_id
+    from (
+        select
+            customer_id,
+            product_id
+        from new_browsing
+        union
+        select
+            customer_id,
+            product_id
+        from order_items
+        where load_id in ({{ new_loads }})
+    ) as pairs
+    where not exists (select from moved where moved.customer_id = pairs.customer_id)
 
 ),
 
 browsing as (
 
     select
+        touched.customer_id,
+        touched.product_id,
+        coalesce(kept.views, 0) + coalesce(new_browsing.views, 0) as views,
+        coalesce(kept.cart_adds, 0) + coalesce(new_browsing.cart_adds, 0) as cart_adds,
+        greatest(kept.last_browsed_at, new_browsing.last_browsed_at) as last_browsed_at,
+        greatest(kept.load_id, new_browsing.load_id) as load_id
+    from touched
+    left join new_browsing
+        on
+            new_browsing.customer_id = touched.customer_id
+            and new_browsing.product_id = touched.product_id
+    left join lateral (
+        select stored.*
+        from {{ this }} as stored
+        where stored.customer_id = touched.customer_id and stored.product_id = touched.product_id
+        offset 0  -- keeps the planner from flattening it into a hash join over every row
+    ) as kept on true
+
+    union all
+
+    -- customers identifiers moved between: every event of theirs
+    select
         coalesce(product_events.user_id, identities.customer_id) as customer_id,
         product_events.product_id,
-        count(*) filter (where event_name <> 'Product Added') as views,
-        count(*) filter (where event_name = 'Product Added') as cart_adds,
-        max(product_events.event_at) as last_browsed_at
+        count(*) filter (where product_events.event_name <> 'Product Added') as views,
+        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
+        max(product_events.event_at) as last_browsed_at,
+        max(product_events.load_id) as load_id
+    from product_events
+    left join identities on identities.identifier = product_events.anonymous_id
+    where
+        (
+            product_events.user_id in (select customer_id from moved)
+            or product_events.anonymous_id in (
+                select tied.identifier
+                from moved
+                inner join identities as tied on tied.customer_id = moved.customer_id
+            )
+        )
+        and coalesce(product_events.user_id, identities.customer_id) in (select customer_id from moved)
+    group by 1, 2
+
+),
+
+buying as (
+
+    select
+        order_items.customer_id,
+        order_items.product_id,
+        sum(order_items.quantity) as units_bought,
+        count(distinct order_items.order_id) as purchases,
+        max(order_items.ordered_at) as last_bought_at,
+        max(order_items.load_id) as load_id
+    from (
+        select
+            customer_id,
+            product_id
+        from browsing
+        union
+        select
+            moved.customer_id,
+            placed.product_id
+        from moved
+        inner join order_items as placed on placed.customer_id = moved.customer_id
+    ) as pairs
+    cross join lateral (
+        select placed.*
+        from order_items as placed
+        where placed.customer_id = pairs.customer_id and placed.product_id = pairs.product_id
+        offset 0
+    ) as order_items
+    group by 1, 2
+
+),
+
+{% else %}
+
+browsing as (
+
+    select
+        coalesce(product_events.user_id, identities.customer_id) as customer_id,
+        product_events.product_id,
+        count(*) filter (where product_events.event_name <> 'Product Added') as views,
+        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
+        max(product_events.event_at) as last_browsed_at,
+        max(product_events.load_id) as load_id
     from product_events
     left join identities on identities.identifier = product_events.anonymous_id
     group by 1, 2
@@ -42,11 +193,14 @@ buying as (
         product_id,
         sum(quantity) as units_bought,
         count(distinct order_id) as purchases,
-        max(ordered_at) as last_bought_at
+        max(ordered_at) as last_bought_at,
+        max(load_id) as load_id
     from order_items
     group by 1, 2
 
 ),
+
+{% endif %}
 
 final as (
 
@@ -57,13 +211,15 @@ final as (
         coalesce(browsing.cart_adds, 0) as cart_adds,
         coalesce(buying.purchases, 0) as purchases,
         coalesce(buying.units_bought, 0) as units_bought,
+        browsing.last_browsed_at,
         greatest(browsing.last_browsed_at, buying.last_bought_at) as last_interaction_at,
         buying.last_bought_at,
         (
             {{ var('weight_view') }} * coalesce(browsing.views, 0)
             + {{ var('weight_cart') }} * coalesce(browsing.cart_adds, 0)
             + {{ var('weight_purchase') }} * coalesce(buying.purchases, 0)
-        )::numeric as weight
+        )::numeric as weight,
+        greatest(browsing.load_id, buying.load_id) as load_id
     from browsing
     full outer join buying using (customer_id, product_id)
 

@@ -1,3 +1,12 @@
+{{
+  config(
+    indexes=[
+      {'columns': ['order_item_id'], 'unique': True},
+      {'columns': ['customer_id', 'product_id']},
+      {'columns': ['load_id']},
+    ],
+  )
+}}
 -- One row per product line of an order.
 with
 
@@ -27,7 +36,8 @@ final as (
         items.price,
         items.quantity,
         items.price * items.quantity as line_revenue,
-        orders.ordered_at
+        orders.ordered_at,
+        orders.load_id
     from orders
     inner join items on orders.message_id = items.message_id
 

@@ -1,5 +1,9 @@
 {{
   config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ delete_order_customers() }}",
     indexes=[
       {'columns': ['order_id'], 'unique': True},
       {'columns': ['customer_id', 'order_date']},
@@ -7,23 +11,32 @@
     ],
   )
 }}
+-- depends_on: {{ ref('int_identifier_days') }}
+-- depends_on: {{ ref('stg_events__aliases') }}
 -- One row per order (the first Order Completed call of each order_id), with its customer and
 -- the session it was placed in.
+--
+-- Incremental runs rewrite every order of the customers new loads placed or re-sent orders
+-- for, or moved identifiers between (their order numbers depend on all of them); the pre-hook
+-- deletes those customers' rows. The result equals a full refresh.
+{%- set plan = orders_plan() %}
 with
 
-orders as (
+-- not materialized: incremental runs read a few rows of each through indexes
+
+orders as not materialized (
 
     select * from {{ ref('stg_events__orders') }}
 
 ),
 
-items as (
+items as not materialized (
 
     select * from {{ ref('stg_events__order_items') }}
 
 ),
 
-identities as (
+identities as not materialized (
 
     select * from {{ ref('int_identities_stitched') }}
 
@@ -31,20 +44,18 @@ identities as (
 
 first_calls as (
 
-    select distinct on (order_id) *
-    from orders
-    order by order_id, event_at, message_id
-
-),
-
-item_summary as (
-
     select
-        message_id,
-        count(*) as line_count,
-        sum(quantity) as units
-    from items
-    group by message_id
+        calls.*,
+        coalesce(calls.user_id, identities.customer_id) as customer_id
+    from (
+        select distinct on (order_id) *
+        from orders
+        order by order_id, event_at, message_id
+    ) as calls
+    left join identities on identities.identifier = calls.anonymous_id
+    {%- if plan.incremental %}
+    where coalesce(calls.user_id, identities.customer_id) in ({{ order_customers(plan) }})
+    {%- endif %}
 
 ),
 
@@ -53,7 +64,7 @@ final as (
     select
         ---------- ids
         first_calls.order_id,
-        coalesce(first_calls.user_id, identities.customer_id) as customer_id,
+        first_calls.customer_id,
         first_calls.message_id,
         sessions.session_id,
 
@@ -76,18 +87,28 @@ final as (
         first_calls.event_at as ordered_at,
         (first_calls.event_at at time zone 'UTC')::date as order_date,
         row_number() over (
-            partition by coalesce(first_calls.user_id, identities.customer_id)
+            partition by first_calls.customer_id
             order by first_calls.event_at, first_calls.order_id
         ) as customer_order_number
 
     from first_calls
-    left join identities on identities.identifier = first_calls.anonymous_id
-    left join item_summary using (message_id)
+    cross join lateral (
+        -- the order's lines, through the message_id index
+        select
+            count(*) as line_count,
+            sum(items.quantity) as units
+        from items
+        where items.message_id = first_calls.message_id
+    ) as item_summary
     left join lateral (
-        -- the order's own call, through the message_id index (not a scan of every event)
+        -- the order's own call, through the (device_key, event_at) index
         select sessionized.session_id
         from {{ ref('int_events_sessionized') }} as sessionized
-        where sessionized.message_id = first_calls.message_id
+        where
+            sessionized.device_key = first_calls.anonymous_id
+            and sessionized.event_at = first_calls.event_at
+            and sessionized.message_id = first_calls.message_id
+        offset 0  -- keeps the planner from flattening it into a hash join over every event
     ) as sessions on true
 
 )
