@@ -8,10 +8,10 @@ identities as (
 
 ),
 
-identifier_days as (
+identifier_profiles as (
 
-    -- calls rolled up per anonymous id, user id and day
-    select * from {{ ref('int_identifier_days') }}
+    -- calls rolled up per anonymous id and user id
+    select * from {{ ref('int_identifier_profiles') }}
 
 ),
 
@@ -34,50 +34,50 @@ segments as (
 
 ),
 
-resolved_days as (
+resolved_profiles as (
 
     select
-        coalesce(identifier_days.user_id, identities.customer_id) as customer_id,
-        identifier_days.*
-    from identifier_days
-    left join identities on identities.identifier = identifier_days.anonymous_id
+        coalesce(identifier_profiles.user_id, identities.customer_id) as customer_id,
+        identifier_profiles.*
+    from identifier_profiles
+    left join identities on identities.identifier = identifier_profiles.anonymous_id
 
 ),
 
 device_counts as (
 
     select
-        resolved_days.customer_id,
+        resolved_profiles.customer_id,
         count(distinct device.device_id) as devices_count
-    from resolved_days
-    cross join lateral unnest(resolved_days.device_ids) as device (device_id)
-    group by resolved_days.customer_id
+    from resolved_profiles
+    cross join lateral unnest(resolved_profiles.device_ids) as device (device_id)
+    group by resolved_profiles.customer_id
 
 ),
 
 platform_lists as (
 
     select
-        resolved_days.customer_id,
+        resolved_profiles.customer_id,
         array_agg(distinct platform.platform order by platform.platform) as platforms
-    from resolved_days
-    cross join lateral unnest(resolved_days.platforms) as platform (platform)
-    group by resolved_days.customer_id
+    from resolved_profiles
+    cross join lateral unnest(resolved_profiles.platforms) as platform (platform)
+    group by resolved_profiles.customer_id
 
 ),
 
 seen as (
 
     select
-        resolved_days.customer_id,
-        min(resolved_days.first_event_at) as first_seen_at,
-        max(resolved_days.last_event_at) as last_seen_at,
-        (array_agg(resolved_days.time_zone order by resolved_days.time_zone_at desc, resolved_days.time_zone desc)
-        filter (where resolved_days.time_zone is not null))[1] as time_zone,
-        (array_agg(resolved_days.locale order by resolved_days.locale_at desc, resolved_days.locale desc)
-        filter (where resolved_days.locale is not null))[1] as locale
-    from resolved_days
-    group by resolved_days.customer_id
+        resolved_profiles.customer_id,
+        min(resolved_profiles.first_event_at) as first_seen_at,
+        max(resolved_profiles.last_event_at) as last_seen_at,
+        (array_agg(resolved_profiles.time_zone order by resolved_profiles.time_zone_at desc, resolved_profiles.time_zone desc)
+        filter (where resolved_profiles.time_zone is not null))[1] as time_zone,
+        (array_agg(resolved_profiles.locale order by resolved_profiles.locale_at desc, resolved_profiles.locale desc)
+        filter (where resolved_profiles.locale is not null))[1] as locale
+    from resolved_profiles
+    group by resolved_profiles.customer_id
 
 ),
 
