@@ -7,6 +7,7 @@
     indexes=[
       {'columns': ['order_id'], 'unique': True},
       {'columns': ['customer_id', 'order_date']},
+      {'columns': ['session_id']},
       {'columns': ['load_id']},
     ],
   )
