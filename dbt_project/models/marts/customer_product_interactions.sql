@@ -71,23 +71,38 @@ new_browsing as (
 
 touched as (
 
-    -- pairs with new events or new orders, of customers whose identifiers stayed put
+    -- pairs with new events or new orders, of customers whose identifiers stayed put, with
+    -- the new events' counts (one pass: no join between two estimates of new rows, which
+    -- the planner, before statistics know the new loads, may take for one row each)
     select
         pairs.customer_id,
-        pairs.product_id
+        pairs.product_id,
+        sum(pairs.views)::bigint as views,
+        sum(pairs.cart_adds)::bigint as cart_adds,
+        max(pairs.last_browsed_at) as last_browsed_at,
+        max(pairs.load_id) as load_id
     from (
         select
             customer_id,
-            product_id
+            product_id,
+            views,
+            cart_adds,
+            last_browsed_at,
+            load_id
         from new_browsing
-        union
+        union all
         select
             customer_id,
-            product_id
+            product_id,
+            0 as views,
+            0 as cart_adds,
+            null::timestamptz as last_browsed_at,
+            null::bigint as load_id
         from order_items
         where load_id in ({{ new_loads }})
     ) as pairs
     where not exists (select from moved where moved.customer_id = pairs.customer_id)
+    group by pairs.customer_id, pairs.product_id
 
 ),
 
@@ -96,15 +111,11 @@ browsing as (
     select
         touched.customer_id,
         touched.product_id,
-        coalesce(kept.views, 0) + coalesce(new_browsing.views, 0) as views,
-        coalesce(kept.cart_adds, 0) + coalesce(new_browsing.cart_adds, 0) as cart_adds,
-        greatest(kept.last_browsed_at, new_browsing.last_browsed_at) as last_browsed_at,
-        greatest(kept.load_id, new_browsing.load_id) as load_id
+        coalesce(kept.views, 0) + touched.views as views,
+        coalesce(kept.cart_adds, 0) + touched.cart_adds as cart_adds,
+        greatest(kept.last_browsed_at, touched.last_browsed_at) as last_browsed_at,
+        greatest(kept.load_id, touched.load_id) as load_id
     from touched
-    left join new_browsing
-        on
-            new_browsing.customer_id = touched.customer_id
-            and new_browsing.product_id = touched.product_id
     left join lateral (
         select stored.*
         from {{ this }} as stored

@@ -167,13 +167,12 @@ state_changes as (
         ) as kept
         union all
         select
-            new_activity.customer_id,
-            new_activity.day,
+            customer_id,
+            day,
             true as active,
             0 as orders,
-            new_activity.load_id
-        from new_activity
-        inner join state on new_activity.customer_id = state.customer_id
+            load_id
+        from new_activity  -- all of it: only state customers' days are looked up below
         union all
         select
             orders.customer_id,
