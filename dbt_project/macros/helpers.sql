@@ -26,18 +26,15 @@
 
 {#- Post-hook of every model: fresh planner statistics for a table just built (dbt does not
     analyze, and autovacuum comes too late for the next model of the same run). Incremental
-    tables are analyzed in full when rebuilt (--full-refresh). After an incremental run, only
-    load_id is analyzed, from a small sample (a few hundredths of a second at 10M rows): the
-    next models select the new loads' rows by it, and a planner that still believed them to
-    be one row chose nested loops over tens of thousands of rows. -#}
+    tables are analyzed when rebuilt (--full-refresh); after an incremental run their
+    statistics do not know the new loads yet, so the planner takes "rows of the new loads"
+    for a handful: incremental models are written for that (new rows drive index lookups;
+    no join between two sets of new rows). Analyzing load_id after every run, measured at
+    10M events, made the planner scan whole tables instead and the run slower (47 s vs 38 s). -#}
 {% macro analyze_table() -%}
     {%- set materialized = config.get('materialized') -%}
     {%- if materialized == 'table' or (materialized == 'incremental' and flags.FULL_REFRESH) -%}
         analyze {{ this }}
-    {%- elif materialized == 'incremental' and execute
-        and 'load_id' in (adapter.get_columns_in_relation(this) | map(attribute='name') | list) -%}
-        set local default_statistics_target = 10;
-        analyze {{ this }} (load_id)
     {%- else -%}
         select 1
     {%- endif -%}

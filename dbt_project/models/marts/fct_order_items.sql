@@ -1,9 +1,5 @@
 {{
   config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ delete_order_customers() }}",
     indexes=[
       {'columns': ['order_item_id'], 'unique': True},
       {'columns': ['customer_id', 'product_id']},
@@ -11,27 +7,17 @@
     ],
   )
 }}
--- depends_on: {{ ref('int_identifier_days') }}
--- depends_on: {{ ref('stg_events__aliases') }}
--- depends_on: {{ ref('stg_events__orders') }}
--- depends_on: {{ ref('int_identities_stitched') }}
--- One row per product line of an order.
---
--- Incremental runs rewrite the lines of the customers whose orders fct_orders rewrote (the
--- pre-hook deletes them first), through the customer and message_id indexes.
-{%- set plan = orders_plan() %}
+-- One row per product line of an order. A table rebuilt each run: incremental, rewriting the
+-- lines of the customers whose orders changed, measured slower at 10M events (3.0 s vs 1.2 s).
 with
 
 orders as (
 
     select * from {{ ref('fct_orders') }}
-    {%- if plan.incremental %}
-    where customer_id in ({{ order_customers(plan) }})
-    {%- endif %}
 
 ),
 
-items as not materialized (
+items as (
 
     select * from {{ ref('stg_events__order_items') }}
 
