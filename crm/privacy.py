@@ -320,9 +320,15 @@ def apply_retention(conn: psycopg.Connection, keep_days: int, today: date) -> di
 AGE_COLUMNS = ("event_date", "event_at", "started_at", "token_seen_at")
 
 
+# incremental marts with one row per event-like thing (the other marts are rebuilt from
+# staging and intermediate, or, like consent history, must keep old rows)
+INCREMENTAL_MARTS = (("marts", "fct_orders", "ordered_at"), ("marts", "fct_sessions", "started_at"))
+
+
 def derived_event_tables(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
     """dbt's tables in staging and intermediate with a column saying when their rows
-    happened: (schema, table, column). Marts are left out: they are rebuilt from these."""
+    happened, and the incremental marts of orders and sessions: (schema, table, column).
+    The other marts are rebuilt from these."""
     rows = conn.execute(
         "select c.table_schema, c.table_name, c.column_name from information_schema.columns c"
         " join information_schema.tables t using (table_schema, table_name)"
@@ -335,7 +341,12 @@ def derived_event_tables(conn: psycopg.Connection) -> list[tuple[str, str, str]]
         key = (schema, table)
         if key not in best or AGE_COLUMNS.index(column) < AGE_COLUMNS.index(best[key]):
             best[key] = column
-    return [(schema, table, column) for (schema, table), column in sorted(best.items())]
+    marts = [
+        (schema, table, column)
+        for schema, table, column in INCREMENTAL_MARTS
+        if conn.execute("select to_regclass(%s)", (f"{schema}.{table}",)).fetchone()[0]  # type: ignore[index]
+    ]
+    return [(schema, table, column) for (schema, table), column in sorted(best.items())] + marts
 
 
 def submit(conn: psycopg.Connection, kind: str, subject: str, requested_by: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -174,6 +175,18 @@ def test_incremental_run_equals_full_refresh(
     ingest_paths(rest[:-1], settings=settings)
     build(url=db_url, capture=True, dbt_vars=defaults)
     ingest_paths([rest[-1], late], settings=settings)
+    build(url=db_url, capture=True, dbt_vars=defaults)
+    # the device views that product again, in a load of its own, then a run with nothing new:
+    # each load's events count once (customer_product_interactions adds new events to its
+    # stored counts; the late load's only pair now carries the newer load's id)
+    again = tmp_path / "again.jsonl"
+    again.write_bytes(orjson.dumps({
+        "messageId": "late-2", "type": "track", "event": "Product Viewed", "anonymousId": device,
+        "timestamp": (ts + timedelta(minutes=1)).isoformat(),
+        "properties": {"product_id": "p00001"},
+    }) + b"\n")  # fmt: skip
+    ingest_paths([again], settings=settings)
+    build(url=db_url, capture=True, dbt_vars=defaults)
     build(url=db_url, capture=True, dbt_vars=defaults)
     incremental = _table(
         db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized"

@@ -163,10 +163,10 @@ customer_days as (
 
 {#- Pre-hook of customer-keyed incremental models: drop the rows of customers whose
     identifiers new loads moved (the model body recomputes them from every event). -#}
-{% macro delete_moved_customers() -%}
+{% macro delete_moved_customers(new_loads=none) -%}
     {%- if is_incremental() -%}
         delete from {{ this }}
-        where customer_id in ({{ moved_customers(new_load_ids()) }})
+        where customer_id in ({{ moved_customers(new_loads or new_load_ids()) }})
     {%- else -%}
         select 1
     {%- endif -%}

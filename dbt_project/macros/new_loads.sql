@@ -120,3 +120,69 @@
     select {{ columns }}
     from {{ arg_dict['temp_relation'] }}
 {%- endmacro %}
+
+{#- Additive incremental models (customer_product_interactions adds new events' counts to the
+    stored ones) must process each load exactly once, which "loads without a row here" cannot
+    promise: a load whose every row was later rewritten by a newer one would be counted again.
+    They keep the loads they processed in a side table, <model>__loads, filled by
+    record_processed_loads() after each run. -#}
+{% macro processed_loads_relation() -%}
+    {{ return(api.Relation.create(
+        database=this.database, schema=this.schema, identifier=this.identifier ~ '__loads')) }}
+{%- endmacro %}
+
+{#- Loads not processed yet that already have rows in one of `sources` (relations with a
+    load_id column): a load committed after those were built waits for the next run. -#}
+{% macro unprocessed_load_ids(sources) -%}
+    {%- if not execute or not is_incremental() -%}{{ return('null') }}{%- endif -%}
+    {%- set side = processed_loads_relation() -%}
+    {%- if adapter.get_relation(database=side.database, schema=side.schema, identifier=side.identifier) is none -%}
+        {{ exceptions.raise_compiler_error(side ~ " is missing: run a full refresh of " ~ this) }}
+    {%- endif -%}
+    {%- set query -%}
+        select coalesce(string_agg(audit.load_id::text, ', ' order by audit.load_id), 'null')
+        from {{ source('raw', 'load_audit') }} as audit
+        where
+            audit.status in ('loaded', 'partial')
+            and audit.started_at > coalesce(
+                (
+                    select latest.started_at
+                    from {{ source('raw', 'load_audit') }} as latest
+                    where latest.load_id = (select max(done.load_id) from {{ side }} as done)
+                ),
+                '-infinity'
+            ) - interval '{{ var("lookback_hours") }} hours'
+            and not exists (select from {{ side }} as done where done.load_id = audit.load_id)
+            and (
+                {%- for source_relation in sources %}
+                exists (select from {{ source_relation }} as rows where rows.load_id = audit.load_id)
+                {%- if not loop.last %} or {% endif %}
+                {%- endfor %}
+            )
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{%- endmacro %}
+
+{#- Post-hook of additive models: record the loads this run processed (after a full refresh,
+    every load with rows in `sources`). -#}
+{% macro record_processed_loads(sources) -%}
+    {%- set side = processed_loads_relation() -%}
+    create table if not exists {{ side }} (load_id bigint primary key);
+    {%- if is_incremental() %}
+    insert into {{ side }} (load_id)
+    select processed.load_id
+    from unnest(array[{{ unprocessed_load_ids(sources) }}]::bigint[]) as processed (load_id)
+    where processed.load_id is not null
+    on conflict do nothing
+    {%- else %}
+    truncate {{ side }};
+    insert into {{ side }} (load_id)
+    select audit.load_id
+    from {{ source('raw', 'load_audit') }} as audit
+    where
+        {%- for source_relation in sources %}
+        exists (select from {{ source_relation }} as rows where rows.load_id = audit.load_id)
+        {%- if not loop.last %} or {% endif %}
+        {%- endfor %}
+    {%- endif %}
+{%- endmacro %}

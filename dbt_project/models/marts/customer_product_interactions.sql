@@ -4,7 +4,10 @@
     unique_key=['customer_id', 'product_id'],
     incremental_strategy='delete+insert',
     on_schema_change='fail',
-    pre_hook="{{ delete_moved_customers() }}",
+    pre_hook="{{ delete_moved_customers(unprocessed_load_ids(
+        [ref('stg_events__product_events'), ref('fct_order_items')])) }}",
+    post_hook="{{ record_processed_loads(
+        [ref('stg_events__product_events'), ref('fct_order_items')]) }}",
     indexes=[
       {'columns': ['customer_id', 'product_id'], 'unique': True},
       {'columns': ['load_id'], 'type': 'brin'},
@@ -17,7 +20,8 @@
 -- var('weight_view'), var('weight_cart') and var('weight_purchase').
 --
 -- Incremental runs rewrite the (customer, product) pairs new loads touched: browsing counts
--- are the stored ones plus the new events' (events are only ever appended), purchases are
+-- are the stored ones plus the new events' (events are only ever appended, and the side
+-- table customer_product_interactions__loads makes sure each load is added once), purchases are
 -- recounted from fct_order_items. Customers whose identifiers new loads moved (an anonymous
 -- device tied to a user) lose their rows in the pre-hook and are recomputed from every event.
 -- The result equals a full refresh.
@@ -45,7 +49,8 @@ order_items as not materialized (
 ),
 
 {% if is_incremental() %}
-{%- set new_loads = new_load_ids() %}
+{%- set new_loads = unprocessed_load_ids(
+    [ref('stg_events__product_events'), ref('fct_order_items')]) %}
 
 moved as (
 
@@ -55,17 +60,7 @@ moved as (
 
 new_browsing as (
 
-    select
-        coalesce(product_events.user_id, identities.customer_id) as customer_id,
-        product_events.product_id,
-        count(*) filter (where product_events.event_name <> 'Product Added') as views,
-        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
-        max(product_events.event_at) as last_browsed_at,
-        max(product_events.load_id) as load_id
-    from product_events
-    left join identities on identities.identifier = product_events.anonymous_id
-    where product_events.load_id in ({{ new_loads }})
-    group by 1, 2
+    {{ browsing_counts('product_events.load_id in (' ~ new_loads ~ ')') }}
 
 ),
 
@@ -126,16 +121,7 @@ browsing as (
     union all
 
     -- customers identifiers moved between: every event of theirs
-    select
-        coalesce(product_events.user_id, identities.customer_id) as customer_id,
-        product_events.product_id,
-        count(*) filter (where product_events.event_name <> 'Product Added') as views,
-        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
-        max(product_events.event_at) as last_browsed_at,
-        max(product_events.load_id) as load_id
-    from product_events
-    left join identities on identities.identifier = product_events.anonymous_id
-    where
+    {%- set moved_events %}
         (
             product_events.user_id in (select customer_id from moved)
             or product_events.anonymous_id in (
@@ -145,7 +131,8 @@ browsing as (
             )
         )
         and coalesce(product_events.user_id, identities.customer_id) in (select customer_id from moved)
-    group by 1, 2
+    {%- endset %}
+    {{ browsing_counts(moved_events) }}
 
 ),
 
@@ -184,16 +171,7 @@ buying as (
 
 browsing as (
 
-    select
-        coalesce(product_events.user_id, identities.customer_id) as customer_id,
-        product_events.product_id,
-        count(*) filter (where product_events.event_name <> 'Product Added') as views,
-        count(*) filter (where product_events.event_name = 'Product Added') as cart_adds,
-        max(product_events.event_at) as last_browsed_at,
-        max(product_events.load_id) as load_id
-    from product_events
-    left join identities on identities.identifier = product_events.anonymous_id
-    group by 1, 2
+    {{ browsing_counts() }}
 
 ),
 
