@@ -132,7 +132,9 @@
 {%- endmacro %}
 
 {#- Loads not processed yet that already have rows in one of `sources` (relations with a
-    load_id column): a load committed after those were built waits for the next run. -#}
+    load_id column): a load committed after those were built waits for the next run. Two
+    steps, so that the second reads the sources with a literal list of loads (their load_id
+    indexes, BRIN included, then reach only the recent pages). -#}
 {% macro unprocessed_load_ids(sources) -%}
     {%- if not execute or not is_incremental() -%}{{ return('null') }}{%- endif -%}
     {%- set side = processed_loads_relation() -%}
@@ -153,12 +155,17 @@
                 '-infinity'
             ) - interval '{{ var("lookback_hours") }} hours'
             and not exists (select from {{ side }} as done where done.load_id = audit.load_id)
-            and (
-                {%- for source_relation in sources %}
-                exists (select from {{ source_relation }} as rows where rows.load_id = audit.load_id)
-                {%- if not loop.last %} or {% endif %}
-                {%- endfor %}
-            )
+    {%- endset -%}
+    {%- set candidates = run_query(query).columns[0].values()[0] -%}
+    {%- if candidates == 'null' -%}{{ return('null') }}{%- endif -%}
+    {%- set query -%}
+        select coalesce(string_agg(present.load_id::text, ', ' order by present.load_id), 'null')
+        from (
+            {%- for source_relation in sources %}
+            select distinct load_id from {{ source_relation }} where load_id in ({{ candidates }})
+            {%- if not loop.last %} union{% endif %}
+            {%- endfor %}
+        ) as present
     {%- endset -%}
     {{ return(run_query(query).columns[0].values()[0]) }}
 {%- endmacro %}
@@ -177,12 +184,9 @@
     {%- else %}
     truncate {{ side }};
     insert into {{ side }} (load_id)
-    select audit.load_id
-    from {{ source('raw', 'load_audit') }} as audit
-    where
-        {%- for source_relation in sources %}
-        exists (select from {{ source_relation }} as rows where rows.load_id = audit.load_id)
-        {%- if not loop.last %} or {% endif %}
-        {%- endfor %}
+    {%- for source_relation in sources %}
+    select distinct load_id from {{ source_relation }} where load_id is not null
+    {%- if not loop.last %} union{% endif %}
+    {%- endfor %}
     {%- endif %}
 {%- endmacro %}
