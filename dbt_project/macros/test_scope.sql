@@ -33,7 +33,8 @@
 {% macro recent_loads_filter() -%}
     {%- if test_every_row() -%}
         true
-    {%- elif not execute -%}
+    {%- elif not execute or adapter.get_relation(
+        database=target.database, schema='raw', identifier='load_audit') is none -%}
         load_id >= 0
     {%- else -%}
         {%- set query -%}

@@ -115,7 +115,8 @@ browsing as (
         select stored.*
         from {{ this }} as stored
         where stored.customer_id = touched.customer_id and stored.product_id = touched.product_id
-        offset 0  -- keeps the planner from flattening it into a hash join over every row
+        -- keeps the planner from flattening it into a hash join over every row
+        offset 0  -- noqa: AM09
     ) as kept on true
 
     union all
@@ -161,7 +162,7 @@ buying as (
         select placed.*
         from order_items as placed
         where placed.customer_id = pairs.customer_id and placed.product_id = pairs.product_id
-        offset 0
+        offset 0  -- noqa: AM09
     ) as order_items
     group by 1, 2
 

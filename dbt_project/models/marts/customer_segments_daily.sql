@@ -136,7 +136,8 @@ state as (
         select stored.*
         from {{ this }} as stored
         where stored.customer_id = scope.customer_id and stored.day = scope.from_day - 1
-        offset 0  -- keeps the planner from flattening it into a hash join over every row
+        -- keeps the planner from flattening it into a hash join over every row
+        offset 0  -- noqa: AM09
     ) as prev
 
 ),
@@ -163,7 +164,7 @@ state_changes as (
             select stored.*
             from {{ this }} as stored
             where stored.customer_id = state.customer_id and stored.day >= state.from_day
-            offset 0
+            offset 0  -- noqa: AM09
         ) as kept
         union all
         select
@@ -185,7 +186,7 @@ state_changes as (
             select placed.*
             from orders as placed
             where placed.customer_id = state.customer_id and placed.order_date >= state.from_day
-            offset 0
+            offset 0  -- noqa: AM09
         ) as orders
     ) as changes
     group by customer_id, day
@@ -253,7 +254,7 @@ devices as (
         select tied.identifier
         from identities as tied
         where tied.customer_id = recomputed.customer_id and tied.identifier_type = 'anonymous_id'
-        offset 0
+        offset 0  -- noqa: AM09
     ) as identities
     union
     select
@@ -264,7 +265,7 @@ devices as (
         select days.anonymous_id
         from {{ ref('int_identifier_days') }} as days
         where days.user_id = recomputed.customer_id and days.anonymous_id is not null
-        offset 0
+        offset 0  -- noqa: AM09
     ) as seen
 
 ),
@@ -280,7 +281,7 @@ activity as (
         select hours.*
         from activity_hours as hours
         where hours.device_key = devices.device_key
-        offset 0
+        offset 0  -- noqa: AM09
     ) as activity_hours
     left join identities on identities.identifier = activity_hours.anonymous_id
     where coalesce(activity_hours.user_id, identities.customer_id) = devices.customer_id
@@ -300,7 +301,7 @@ daily_orders as (
         select placed.*
         from orders as placed
         where placed.customer_id = recomputed.customer_id
-        offset 0
+        offset 0  -- noqa: AM09
     ) as orders
     group by 1, 2
 

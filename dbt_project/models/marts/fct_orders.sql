@@ -109,7 +109,8 @@ final as (
             sessionized.device_key = first_calls.anonymous_id
             and sessionized.event_at = first_calls.event_at
             and sessionized.message_id = first_calls.message_id
-        offset 0  -- keeps the planner from flattening it into a hash join over every event
+        -- keeps the planner from flattening it into a hash join over every event
+        offset 0  -- noqa: AM09
     ) as sessions on true
 
 )
