@@ -3,7 +3,7 @@
     is one of them); for each, every customer its activity may have belonged to before and
     belongs to now: its own 'anon:' customer, its current customer and every user it was ever
     seen with (a late call can tie it to an earlier user than before). One row per customer;
-    `new_loads` is the list new_load_ids() returned. -#}
+    `new_loads` is a list of new loads (new_load_ids() or unprocessed_load_ids()). -#}
 {% macro moved_customers(new_loads) -%}
     select distinct candidates.customer_id
     from {{ ref('int_identities_stitched') }} as tied
@@ -163,10 +163,10 @@ customer_days as (
 
 {#- Pre-hook of customer-keyed incremental models: drop the rows of customers whose
     identifiers new loads moved (the model body recomputes them from every event). -#}
-{% macro delete_moved_customers(new_loads=none) -%}
+{% macro delete_moved_customers(new_loads) -%}
     {%- if is_incremental() -%}
         delete from {{ this }}
-        where customer_id in ({{ moved_customers(new_loads or new_load_ids()) }})
+        where customer_id in ({{ moved_customers(new_loads) }})
     {%- else -%}
         select 1
     {%- endif -%}

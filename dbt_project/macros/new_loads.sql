@@ -4,9 +4,11 @@
     every committed load ('loaded' or 'partial') whose id is not in {{ this }}. Loads started
     more than var('lookback_hours') before the latest processed one are not looked at again
     (a load that contributed no rows to this model would otherwise be re-listed forever); the
-    window lets a long load that committed after a later one still be found. -#}
-{% macro new_load_ids() -%}
+    window lets a long load that committed after a later one still be found. `processed`
+    names another relation holding the processed load ids (an additive model's side table). -#}
+{% macro new_load_ids(processed=none) -%}
     {%- if not execute -%}{{ return('null') }}{%- endif -%}
+    {%- set done_loads = processed or this -%}
     {%- set query -%}
         select coalesce(string_agg(audit.load_id::text, ', ' order by audit.load_id), 'null')
         from {{ source('raw', 'load_audit') }} as audit
@@ -16,11 +18,11 @@
                 (
                     select latest.started_at
                     from {{ source('raw', 'load_audit') }} as latest
-                    where latest.load_id = (select max(done.load_id) from {{ this }} as done)
+                    where latest.load_id = (select max(done.load_id) from {{ done_loads }} as done)
                 ),
                 '-infinity'
             ) - interval '{{ var("lookback_hours") }} hours'
-            and not exists (select from {{ this }} as done where done.load_id = audit.load_id)
+            and not exists (select from {{ done_loads }} as done where done.load_id = audit.load_id)
     {%- endset -%}
     {{ return(run_query(query).columns[0].values()[0]) }}
 {%- endmacro %}
@@ -141,22 +143,7 @@
     {%- if adapter.get_relation(database=side.database, schema=side.schema, identifier=side.identifier) is none -%}
         {{ exceptions.raise_compiler_error(side ~ " is missing: run a full refresh of " ~ this) }}
     {%- endif -%}
-    {%- set query -%}
-        select coalesce(string_agg(audit.load_id::text, ', ' order by audit.load_id), 'null')
-        from {{ source('raw', 'load_audit') }} as audit
-        where
-            audit.status in ('loaded', 'partial')
-            and audit.started_at > coalesce(
-                (
-                    select latest.started_at
-                    from {{ source('raw', 'load_audit') }} as latest
-                    where latest.load_id = (select max(done.load_id) from {{ side }} as done)
-                ),
-                '-infinity'
-            ) - interval '{{ var("lookback_hours") }} hours'
-            and not exists (select from {{ side }} as done where done.load_id = audit.load_id)
-    {%- endset -%}
-    {%- set candidates = run_query(query).columns[0].values()[0] -%}
+    {%- set candidates = new_load_ids(side) -%}
     {%- if candidates == 'null' -%}{{ return('null') }}{%- endif -%}
     {%- set query -%}
         select coalesce(string_agg(present.load_id::text, ', ' order by present.load_id), 'null')
