@@ -15,6 +15,7 @@ DAY = pd.Timedelta(days=1)
 EVENT_WEIGHTS = {"Product Viewed": 1.0, "Product Clicked": 1.0, "Product Added": 3.0}
 PURCHASE_WEIGHT = 5.0
 HALF_LIFE_DAYS = 14.0
+RECENT_HALF_LIFE_DAYS = 3.0
 # relevance of a held-out interaction, for training labels and evaluation gains
 GAINS = {"view": 1.0, "cart": 2.0, "purchase": 3.0}
 
@@ -66,6 +67,10 @@ class Index:
     last_bought_days: sp.csr_matrix  # customers x products, days before the end (+1)
     price: np.ndarray
     end: pd.Timestamp
+    popularity_recent: np.ndarray  # per product, half-life RECENT_HALF_LIFE_DAYS
+    first_seen_days: np.ndarray  # per product: days since its first interaction (new arrivals)
+    recent_weights: sp.csr_matrix  # customers x products, decayed from each one's last activity
+    idle_days: np.ndarray  # per customer: days since the last interaction
 
 
 def build_index(snap: Snapshot) -> Index:
@@ -112,8 +117,21 @@ def build_index(snap: Snapshot) -> Index:
     repeat_rate = cat_series.map(rate).fillna(0).to_numpy()
     price_map = snap.products.set_index("product_id").price
     price = pd.Series(products.map(price_map)).fillna(0).to_numpy(float)
+    recent = 0.5 ** (age / RECENT_HALF_LIFE_DAYS)
+    popularity_recent = np.bincount(c, weights=inter.weight.to_numpy(float) * recent,
+                                    minlength=len(products))  # fmt: skip
+    first = pd.Series(age).groupby(c).max()
+    first_seen_days = np.full(len(products), 999.0)
+    first_seen_days[first.index.to_numpy()] = first.to_numpy()
+    last_age = pd.Series(age).groupby(r).transform("min").to_numpy()
+    since_last = age - last_age  # 0 on each customer's latest interaction
+    recent_w = sp.csr_matrix(
+        (inter.weight.to_numpy(float) * 0.5 ** (since_last / 1.0), (r, c)), shape=shape
+    )
+    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
     return Index(customers, products, w, covisit, popularity, category_of, categories,
-                 repeat_rate, bought, last_days, price, end)  # fmt: skip
+                 repeat_rate, bought, last_days, price, end, popularity_recent,
+                 first_seen_days, recent_w, idle)  # fmt: skip
 
 
 def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFrame:
@@ -159,9 +177,17 @@ def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFram
     cand["repeat_rate"] = ix.repeat_rate[ii]
     cand["price_ratio"] = np.log1p(ix.price[ii]) - np.log1p(cust_price[rr])
     cand["customer_activity"] = np.log1p(own.sum(axis=1))[rr]
+    share = ix.popularity_recent / max(ix.popularity_recent.sum(), 1e-9)
+    cand["popularity_recent"] = np.log1p(1e6 * share[ii])
+    cand["trend"] = cand.popularity_recent - cand.popularity
+    cand["item_age"] = np.log1p(ix.first_seen_days[ii])
+    covis_recent = (ix.recent_weights[rows] @ ix.covisit).toarray()
+    cand["covisit_recent"] = covis_recent[rr, ii]
+    cand["idle_days"] = ix.idle_days[rows][rr]
     return cand
 
 
 FEATURES = ["covisit", "category_share", "category_popularity", "popularity", "own_weight",
             "bought_before", "days_since_bought", "repeat_rate", "price_ratio",
-            "customer_activity"]  # fmt: skip
+            "customer_activity", "popularity_recent", "trend", "item_age", "covisit_recent",
+            "idle_days"]  # fmt: skip
