@@ -15,7 +15,8 @@ DAY = pd.Timedelta(days=1)
 EVENT_WEIGHTS = {"Product Viewed": 1.0, "Product Clicked": 1.0, "Product Added": 3.0}
 PURCHASE_WEIGHT = 5.0
 HALF_LIFE_DAYS = 14.0
-RECENT_HALF_LIFE_DAYS = 3.0
+RECENT_HALF_LIFE_DAYS = 3.0  # trending: popularity over the last few days
+LATEST_VISIT_HALF_LIFE_DAYS = 1.0  # a customer's latest visit, counted from its last event
 # relevance of a held-out interaction, for training labels and evaluation gains
 GAINS = {"view": 1.0, "cart": 2.0, "purchase": 3.0}
 
@@ -125,9 +126,8 @@ def build_index(snap: Snapshot) -> Index:
     first_seen_days[first.index.to_numpy()] = first.to_numpy()
     last_age = pd.Series(age).groupby(r).transform("min").to_numpy()
     since_last = age - last_age  # 0 on each customer's latest interaction
-    recent_w = sp.csr_matrix(
-        (inter.weight.to_numpy(float) * 0.5 ** (since_last / 1.0), (r, c)), shape=shape
-    )
+    latest = inter.weight.to_numpy(float) * 0.5 ** (since_last / LATEST_VISIT_HALF_LIFE_DAYS)
+    recent_w = sp.csr_matrix((latest, (r, c)), shape=shape)
     idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
     return Index(customers, products, w, covisit, popularity, category_of, categories,
                  repeat_rate, bought, last_days, price, end, popularity_recent,

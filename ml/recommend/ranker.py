@@ -158,8 +158,8 @@ class Recommender:
     def evaluate(
         self, snap: Snapshot, cutoff: pd.Timestamp
     ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-        """Ours against global popularity and ALS on the same split: train history before
-        ``cutoff``, relevant items = interactions in the window after it."""
+        """Ours against global popularity, ALS and (small catalogues) EASE on the same split:
+        train history before ``cutoff``, relevant items = interactions in the window after it."""
         from ml.recommend.baselines import als_lists, ease_lists, popularity_lists
 
         train = snap.before(cutoff)
@@ -183,7 +183,7 @@ class Recommender:
         if ease is not None:
             results["ease"] = evaluate_lists(ease, truth, size)
         metrics = {f"{k}": v for k, v in results["ours"].items()}
-        for name in ("popularity", "als", "ease")[: len(results) - 1]:
+        for name in (n for n in results if n != "ours"):
             for k, v in results[name].items():
                 metrics[f"{name}_{k}"] = v
         table = pd.DataFrame(results).T.reset_index(names="model")
