@@ -185,9 +185,22 @@ def test_incremental_run_equals_full_refresh(
         "timestamp": (ts + timedelta(minutes=1)).isoformat(),
         "properties": {"product_id": "p00001"},
     }) + b"\n")  # fmt: skip
+    # and a late identify call ties a device already tied to one user to an earlier one: the
+    # device's history moves from that user (who brought no new call) to the new one
+    [(moved_device, linked_at)] = rows(db_url, """
+        select identifier, linked_at from intermediate.int_identities_stitched
+        where identifier_type = 'anonymous_id' and is_known
+        order by identifier limit 1
+    """)  # fmt: skip
+    again.write_bytes(again.read_bytes() + orjson.dumps({
+        "messageId": "late-3", "type": "identify", "anonymousId": moved_device,
+        "userId": "u-earlier", "timestamp": (linked_at - timedelta(minutes=1)).isoformat(),
+    }) + b"\n")  # fmt: skip
     ingest_paths([again], settings=settings)
     build(url=db_url, capture=True, dbt_vars=defaults)
     build(url=db_url, capture=True, dbt_vars=defaults)
+    assert rows(db_url, "select customer_id from intermediate.int_identities_stitched"
+                f" where identifier = '{moved_device}'") == [("u-earlier",)]  # fmt: skip
     incremental = _table(
         db_url, f"select {SESSION_COLUMNS} from intermediate.int_events_sessionized"
     )

@@ -64,3 +64,8 @@
     end
     $$
 {%- endmacro %}
+
+{#- In an aggregate: the newest non-null `value` by its time `at` (ties: the greatest value). -#}
+{% macro latest_non_null(value, at) -%}
+    (array_agg({{ value }} order by {{ at }} desc, {{ value }} desc) filter (where {{ value }} is not null))[1]
+{%- endmacro %}

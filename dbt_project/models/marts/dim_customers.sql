@@ -72,10 +72,9 @@ seen as (
         resolved_profiles.customer_id,
         min(resolved_profiles.first_event_at) as first_seen_at,
         max(resolved_profiles.last_event_at) as last_seen_at,
-        (array_agg(resolved_profiles.time_zone order by resolved_profiles.time_zone_at desc, resolved_profiles.time_zone desc)
-        filter (where resolved_profiles.time_zone is not null))[1] as time_zone,
-        (array_agg(resolved_profiles.locale order by resolved_profiles.locale_at desc, resolved_profiles.locale desc)
-        filter (where resolved_profiles.locale is not null))[1] as locale
+        {{ latest_non_null('resolved_profiles.time_zone', 'resolved_profiles.time_zone_at') }}
+            as time_zone,
+        {{ latest_non_null('resolved_profiles.locale', 'resolved_profiles.locale_at') }} as locale
     from resolved_profiles
     group by resolved_profiles.customer_id
 
