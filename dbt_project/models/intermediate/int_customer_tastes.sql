@@ -49,14 +49,6 @@ touched as (
 
 ),
 
-{% else %}
-
-touched as (
-
-    select distinct customer_id from profiles
-
-),
-
 {% endif %}
 
 time_zones as (
@@ -66,7 +58,9 @@ time_zones as (
         {{ latest_non_null('time_zone', 'time_zone_at') }} as time_zone,
         max(load_id) as load_id
     from profiles
+    {%- if is_incremental() %}
     where customer_id in (select customer_id from touched)
+    {%- endif %}
     group by customer_id
 
 ),
@@ -81,7 +75,9 @@ activity as (
         hours.events
     from {{ ref('int_activity_hours') }} as hours
     left join identities on identities.identifier = hours.anonymous_id
+    {%- if is_incremental() %}
     where coalesce(hours.user_id, identities.customer_id) in (select customer_id from touched)
+    {%- endif %}
 
 ),
 
@@ -93,9 +89,11 @@ category_views as (
         sum(category_days.events) as n
     from {{ ref('int_category_days') }} as category_days
     left join identities on identities.identifier = category_days.anonymous_id
+    {%- if is_incremental() %}
     where
         coalesce(category_days.user_id, identities.customer_id)
         in (select customer_id from touched)
+    {%- endif %}
     group by 1, 2
 
 ),
@@ -178,7 +176,9 @@ push_stats as (
         count(*) filter (where push.push_event = 'tapped') as pushes_tapped
     from {{ ref('stg_events__push') }} as push
     left join identities on identities.identifier = push.anonymous_id
+    {%- if is_incremental() %}
     where coalesce(push.user_id, identities.customer_id) in (select customer_id from touched)
+    {%- endif %}
     group by 1
 
 ),
