@@ -58,6 +58,19 @@ touched as (
 
 ),
 
+touched_devices as (
+
+    -- the anonymous ids of those customers: rows are filtered on their own ids before any
+    -- is resolved (a row's customer is its user id, else its anonymous id's customer)
+    select identifier from identities
+    where customer_id in (select customer_id from touched)
+
+),
+{%- set of_touched -%}
+    {0}.user_id in (select customer_id from touched)
+    or ({0}.user_id is null and {0}.anonymous_id in (select identifier from touched_devices))
+{%- endset %}
+
 {% endif %}
 
 time_zones as (
@@ -85,7 +98,7 @@ activity as (
     from {{ ref('int_activity_hours') }} as hours
     left join identities on identities.identifier = hours.anonymous_id
     {%- if is_incremental() %}
-    where coalesce(hours.user_id, identities.customer_id) in (select customer_id from touched)
+    where {{ of_touched.format('hours') }}
     {%- endif %}
 
 ),
@@ -99,9 +112,7 @@ category_views as (
     from {{ ref('int_category_days') }} as category_days
     left join identities on identities.identifier = category_days.anonymous_id
     {%- if is_incremental() %}
-    where
-        coalesce(category_days.user_id, identities.customer_id)
-        in (select customer_id from touched)
+    where {{ of_touched.format('category_days') }}
     {%- endif %}
     group by 1, 2
 
@@ -186,7 +197,7 @@ push_stats as (
     from {{ ref('stg_events__push') }} as push
     left join identities on identities.identifier = push.anonymous_id
     {%- if is_incremental() %}
-    where coalesce(push.user_id, identities.customer_id) in (select customer_id from touched)
+    where {{ of_touched.format('push') }}
     {%- endif %}
     group by 1
 
