@@ -55,14 +55,14 @@ def ease_lists(
     None when the catalogue is too large for its dense inverse."""
     if len(ix.products) > EASE_MAX_ITEMS:
         return None
-    w = ix.weights.toarray()
-    gram = w.T @ w
+    # sparse until the items x items gram: never a dense customers x items matrix
+    gram = (ix.weights.T @ ix.weights).toarray()
     inv = np.linalg.inv(gram + lam * np.eye(len(gram)))
     b = -inv / np.diag(inv)
     np.fill_diagonal(b, 0.0)
-    rows = ix.customers.get_indexer(users)
-    scores = w[rows] @ b
+    seen = ix.weights[ix.customers.get_indexer(users)]
+    scores = np.asarray(seen @ b)
     if exclude_seen:
-        scores[w[rows] > 0] = -np.inf
+        scores[seen.nonzero()] = -np.inf
     top = np.argsort(-scores, axis=1)[:, :n]
     return {u: [str(ix.products[i]) for i in top[k]] for k, u in enumerate(users)}

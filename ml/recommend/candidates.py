@@ -124,11 +124,11 @@ def build_index(snap: Snapshot) -> Index:
     first = pd.Series(age).groupby(c).max()
     first_seen_days = np.full(len(products), 999.0)
     first_seen_days[first.index.to_numpy()] = first.to_numpy()
-    last_age = pd.Series(age).groupby(r).transform("min").to_numpy()
-    since_last = age - last_age  # 0 on each customer's latest interaction
+    # days since each customer's latest interaction (customers come from the interactions)
+    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
+    since_last = age - idle[r]  # 0 on each customer's latest interaction
     latest = inter.weight.to_numpy(float) * 0.5 ** (since_last / LATEST_VISIT_HALF_LIFE_DAYS)
     recent_w = sp.csr_matrix((latest, (r, c)), shape=shape)
-    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
     return Index(customers, products, w, covisit, popularity, category_of, categories,
                  repeat_rate, bought, last_days, price, end, popularity_recent,
                  first_seen_days, recent_w, idle)  # fmt: skip
