@@ -75,6 +75,9 @@ touched_devices as (
 
 time_zones as (
 
+    -- the customer's time zone as dim_customers gives it (the same latest_non_null over the
+    -- resolved profiles), computed here so that this model need not wait for dim_customers,
+    -- one of the last models of a run
     select
         customer_id,
         {{ latest_non_null('time_zone', 'time_zone_at') }} as time_zone,
