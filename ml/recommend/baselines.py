@@ -7,6 +7,8 @@ from threadpoolctl import threadpool_limits
 
 from ml.recommend.candidates import Index
 
+CHUNK = 2000  # customers scored at once
+
 
 def popularity_lists(
     ix: Index, users: list[str], n: int, exclude_seen: bool = False
@@ -60,9 +62,22 @@ def ease_lists(
     inv = np.linalg.inv(gram + lam * np.eye(len(gram)))
     b = -inv / np.diag(inv)
     np.fill_diagonal(b, 0.0)
-    seen = ix.weights[ix.customers.get_indexer(users)]
-    scores = np.asarray(seen @ b)
-    if exclude_seen:
-        scores[seen.nonzero()] = -np.inf
-    top = np.argsort(-scores, axis=1)[:, :n]
-    return {u: [str(ix.products[i]) for i in top[k]] for k, u in enumerate(users)}
+    rows = ix.customers.get_indexer(users)
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(users), CHUNK):  # a chunk's dense scores at a time, not everyone's
+        seen = ix.weights[rows[start : start + CHUNK]]
+        scores = np.asarray(seen @ b)
+        if exclude_seen:
+            scores[seen.nonzero()] = -np.inf
+        top = top_n(scores, n)
+        for k, u in enumerate(users[start : start + CHUNK]):
+            out[u] = [str(ix.products[i]) for i in top[k]]
+    return out
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """Each row's n best columns, best first (a partition, then a sort of those n only)."""
+    n = min(n, scores.shape[1])
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
