@@ -2,6 +2,10 @@
 
 Every time split goes through :meth:`Snapshot.before`, which keeps only what happened strictly
 before the cut-off, so nothing from the future leaks into features (tests check it).
+
+A snapshot keeps each event table sorted by its time, so a time split is a slice: with pandas'
+copy-on-write it shares the parent's memory instead of copying it. At 1M customers one copy of
+the product events alone is ~4 GB, and training takes several splits.
 """
 
 from __future__ import annotations
@@ -57,6 +61,24 @@ TIME_COLUMNS = {
 }
 
 
+def by_time(frame: pd.DataFrame, column: str, in_place: bool = False) -> pd.DataFrame:
+    """``frame`` sorted by ``column`` (stable); unchanged if already sorted or if it has no
+    time (NaT: time splits then filter instead of slicing). ``in_place`` sorts the frame
+    itself a column at a time, so that sorting a frame nothing else refers to costs one
+    column's copy, not the frame's."""
+    times = frame[column]
+    if times.hasnans or times.is_monotonic_increasing:
+        return frame
+    order = times.argsort(kind="stable").to_numpy()
+    del times
+    if not in_place:
+        frame = frame.copy(deep=False)  # copy-on-write: the caller's frame stays as it was
+    frame.index = pd.RangeIndex(len(frame))
+    for col in frame.columns:
+        frame[col] = frame[col].array.take(order)
+    return frame
+
+
 @dataclass(frozen=True)
 class Snapshot:
     customers: pd.DataFrame
@@ -66,6 +88,21 @@ class Snapshot:
     items: pd.DataFrame
     product_events: pd.DataFrame
     messages: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        for t, c in TIME_COLUMNS.items():
+            object.__setattr__(self, t, by_time(getattr(self, t), c))
+
+    def _slice(self, t: str, lo: pd.Timestamp | None, hi: pd.Timestamp) -> pd.DataFrame:
+        """Rows of table ``t`` with lo <= time < hi, as a slice of the sorted table."""
+        frame = getattr(self, t)
+        times = frame[TIME_COLUMNS[t]]
+        if times.hasnans:  # NaT compares false to every bound: never in a window
+            keep = times < hi if lo is None else (times >= lo) & (times < hi)
+            return frame[keep].reset_index(drop=True)
+        start = 0 if lo is None else int(times.searchsorted(lo, side="left"))
+        stop = int(times.searchsorted(hi, side="left"))
+        return frame.iloc[start : max(start, stop)].reset_index(drop=True)
 
     @property
     def end(self) -> pd.Timestamp:
@@ -79,21 +116,13 @@ class Snapshot:
     def before(self, cutoff: datetime | pd.Timestamp) -> Snapshot:
         """Only what happened strictly before ``cutoff``."""
         cut = pd.Timestamp(cutoff)
-        parts = {
-            t: getattr(self, t)[getattr(self, t)[c] < cut].reset_index(drop=True)
-            for t, c in TIME_COLUMNS.items()
-        }
+        parts = {t: self._slice(t, None, cut) for t in TIME_COLUMNS}
         return dataclasses.replace(self, **parts)
 
     def between(self, start: datetime | pd.Timestamp, end: datetime | pd.Timestamp) -> Snapshot:
         """Only what happened in [start, end): the label window of a time split."""
         lo, hi = pd.Timestamp(start), pd.Timestamp(end)
-        parts = {
-            t: getattr(self, t)[
-                (getattr(self, t)[c] >= lo) & (getattr(self, t)[c] < hi)
-            ].reset_index(drop=True)
-            for t, c in TIME_COLUMNS.items()
-        }
+        parts = {t: self._slice(t, lo, hi) for t in TIME_COLUMNS}
         return dataclasses.replace(self, **parts)
 
     def fingerprint(self) -> str:
@@ -136,4 +165,6 @@ def load_snapshot(url: str | None = None) -> Snapshot:
         conn.execute("set timezone to 'UTC'")
         for name, sql in QUERIES.items():
             frames[name] = _read(conn, sql)
+            if name in TIME_COLUMNS:
+                by_time(frames[name], TIME_COLUMNS[name], in_place=True)
     return Snapshot(**frames)

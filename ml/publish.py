@@ -41,6 +41,7 @@ TABLES = {
         "channel_engagement_rate",
     ],
 }
+COPY_ROWS = 200_000  # rows per CSV chunk sent to COPY
 _embedded: dict[str, Any] = {}
 
 
@@ -72,7 +73,8 @@ def replace_tables(
                 sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at"])),
             )
             with conn.cursor().copy(copy) as cp:
-                cp.write(_csv(data))
+                for start in range(0, len(data), COPY_ROWS):  # not one string of every row
+                    cp.write(_csv(data.iloc[start : start + COPY_ROWS]))
             conn.execute(
                 "insert into ml.score_runs (task, table_name, model_name, model_version, rows,"
                 " scored_at) values (%s, %s, %s, %s, %s, %s)",

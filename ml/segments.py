@@ -41,8 +41,11 @@ def customer_profile(snap: Snapshot) -> pd.DataFrame:
     n = g.size()
     out = pd.DataFrame({"sessions": n, "weeks": weeks})
     out = out[out.sessions >= MIN_SESSIONS]
-    pe = snap.product_events[snap.product_events.customer_id.isin(out.index)]
-    views = pe[pe.event_name.isin(["Product Viewed", "Product Clicked"])]
+    pe = snap.product_events
+    views = pe.loc[  # one copy of the three columns used, not two of all six
+        pe.customer_id.isin(out.index) & pe.event_name.isin(["Product Viewed", "Product Clicked"]),
+        ["customer_id", "category", "price"],
+    ]
     out["sessions_per_week"] = np.log1p(out.sessions / out.weeks)
     out["views_per_session"] = np.log1p(views.groupby("customer_id").size() / out.sessions).fillna(
         0

@@ -69,6 +69,29 @@ def test_features_use_nothing_after_the_cutoff(snap: Snapshot) -> None:
     assert len(with_future) > 500
 
 
+def test_time_splits_are_slices_that_share_the_snapshots_memory(snap: Snapshot) -> None:
+    """before / between keep exactly the rows a filter on time keeps, whatever order the
+    frames came in, without copying them (one copy of 1M customers' events is ~4 GB)."""
+    import numpy as np
+
+    shuffled = Snapshot(**{t: getattr(snap, t).sample(frac=1, random_state=0)
+                           for t in ("customers", "products", "sessions", "orders", "items",
+                                     "product_events", "messages")})  # fmt: skip
+    lo, hi = snap.end - 10 * DAY, snap.end - 3 * DAY
+    for part, keep in (
+        (shuffled.before(hi), lambda t: t < hi),
+        (shuffled.between(lo, hi), lambda t: (t >= lo) & (t < hi)),
+    ):
+        for table, col in (("product_events", "event_at"), ("orders", "ordered_at")):
+            raw = getattr(snap, table)
+            want = raw[keep(raw[col])].sort_values([col, *raw.columns.drop(col)])
+            got = getattr(part, table).sort_values([col, *raw.columns.drop(col)])
+            assert 0 < len(got) < len(raw)
+            pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    sliced = shuffled.before(hi).product_events.price.to_numpy()
+    assert np.shares_memory(sliced, shuffled.product_events.price.to_numpy())
+
+
 def test_churn_model_is_calibrated_and_beats_recency(snap: Snapshot) -> None:
     cut = snap.end - 14 * DAY
     model = ChurnModel(window_days=14).fit(snap, cut)

@@ -7,6 +7,7 @@ inner cut-off, labels (view 1, cart 2, purchase 3) from the window after it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -154,8 +155,15 @@ class Recommender:
         """Every customer of the snapshot; those with no product history (new, anonymous)
         get the popular items (cold start)."""
         lists = self.recommend(snap, customers=list(snap.customers.customer_id))
-        rows = [(c, rank + 1, p) for c, items in lists.items() for rank, p in enumerate(items)]
-        frame = pd.DataFrame(rows, columns=["customer_id", "rank", "product_id"])
+        sizes = np.fromiter((len(v) for v in lists.values()), dtype=np.int64, count=len(lists))
+        rank = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
+        frame = pd.DataFrame(  # columns, not a tuple per row (22M rows at 1M customers)
+            {
+                "customer_id": np.repeat(np.array(list(lists), dtype=object), sizes),
+                "rank": rank,
+                "product_id": np.fromiter(chain.from_iterable(lists.values()), dtype=object),
+            }
+        )
         frame["score"] = (1.0 / frame["rank"]).round(4)
         return frame
 
