@@ -106,12 +106,14 @@ test-fast: env superset-env  ## tests without lint
 	$(RUN) pytest -q -x --timeout=900
 
 BENCH_ML_CUSTOMERS ?= 100000 1000000
+BENCH_ML_SCALE_FROM ?= 100000  # larger sizes copy this size's marts (bench/ml_bench.py)
 BENCH_DBT_EVENTS ?= 1000000 10000000
 
 bench: env  ## ingest vs COPY and pandas; dbt full and incremental builds; ML train/score (1 h+)
 	$(RUN) python bench/ingest_bench.py
 	$(RUN) python bench/dbt_bench.py --events $(BENCH_DBT_EVENTS)
-	$(RUN) python bench/ml_bench.py --customers $(BENCH_ML_CUSTOMERS)
+	$(RUN) python bench/ml_bench.py --customers $(BENCH_ML_CUSTOMERS) \
+	  --scale-from $(BENCH_ML_SCALE_FROM)
 	$(RUN) python bench/deliver_bench.py
 
 clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)

@@ -78,7 +78,7 @@ def _built(admin: str, name: str) -> str | None:
     url = db.with_database(admin, name)
     try:
         with psycopg.connect(url) as conn:
-            ok = conn.execute("select to_regclass('marts.customer_features')").fetchone()
+            ok = conn.execute("select to_regclass('marts.dim_customers')").fetchone()
     except psycopg.OperationalError:
         return None
     return url if ok and ok[0] else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -137,25 +137,48 @@ INTEGERS = {"events", "product_views", "quantity"}
 
 
 def _read(conn: Any, query: str) -> pd.DataFrame:
-    """One mart as a DataFrame through COPY (CSV): no Python object per value on the way, so
-    memory peaks near the frame's own size (fetching tuples peaked at seven times it)."""
-    buf = io.BytesIO()
-    with conn.cursor() as cur, cur.copy(f"copy ({query}) to stdout (format csv, header)") as cp:
-        for chunk in cp:
-            buf.write(chunk)
-    buf.seek(0)
-    header = buf.readline().decode().strip().split(",")
-    buf.seek(0)
-    dtype = {c: "float64" if c in FLOATS else "str" for c in header
-             if c not in INTEGERS and not c.endswith("_at")}  # fmt: skip
-    frame = pd.read_csv(buf, dtype=dtype, keep_default_na=False, na_values=[""])
-    del buf
-    for col in frame.columns:
-        if col in BOOLEANS:
-            frame[col] = frame[col].eq("t")
-        elif col.endswith("_at"):
-            frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
-    return frame
+    """One mart as a DataFrame through COPY (CSV), spooled to a temporary file and parsed by
+    pyarrow: no Python object per value, no copy of the whole CSV in memory, and text columns
+    stay in Arrow buffers (pandas' own str dtype) rather than being parsed twice. At 1M customers
+    the product events' CSV alone is ~4.7 GB."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    with tempfile.TemporaryFile() as buf:
+        with conn.cursor() as cur, cur.copy(f"copy ({query}) to stdout (format csv, header)") as cp:
+            for chunk in cp:
+                buf.write(chunk)
+        buf.seek(0)
+        header = buf.readline().decode().strip().split(",")
+        buf.seek(0)
+        types = {c: _arrow_type(c) for c in header}
+        table = pcsv.read_csv(
+            buf,
+            convert_options=pcsv.ConvertOptions(
+                column_types=types,
+                null_values=[""],
+                strings_can_be_null=True,
+                true_values=["t"],
+                false_values=["f"],
+            ),
+        )
+    for i, name in enumerate(table.column_names):
+        if name in BOOLEANS:  # unknown is false, as in the marts' own reading of a flag
+            table = table.set_column(i, name, pc.fill_null(table.column(i), False))
+    # text stays in Arrow buffers: pandas' str dtype is Arrow-backed
+    mapper = {pa.string(): pd.StringDtype("pyarrow", na_value=float("nan"))}
+    return table.to_pandas(types_mapper=mapper.get, self_destruct=True)
+
+
+def _arrow_type(column: str) -> Any:
+    import pyarrow as pa
+
+    if column.endswith("_at"):
+        return pa.timestamp("us", tz="UTC")  # Arrow reads PostgreSQL's "+00" offsets
+    if column in BOOLEANS:
+        return pa.bool_()
+    return pa.float64() if column in FLOATS else pa.int64() if column in INTEGERS else pa.string()
 
 
 def load_snapshot(url: str | None = None) -> Snapshot:
