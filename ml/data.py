@@ -137,7 +137,7 @@ INTEGERS = {"events", "product_views", "quantity"}
 
 
 def _read(conn: Any, query: str) -> pd.DataFrame:
-    """One mart as a DataFrame through COPY (CSV), spooled to a temporary file and parsed by
+    """One mart as a DataFrame through COPY (CSV), spooled to a temporary file (TMPDIR), parsed by
     pyarrow: no Python object per value, no copy of the whole CSV in memory, and text columns
     stay in Arrow buffers (pandas' own str dtype) rather than being parsed twice. At 1M customers
     the product events' CSV alone is ~4.7 GB."""
