@@ -185,13 +185,12 @@ def test_ease_scores_in_chunks_as_it_would_at_once(
     6.5 GB); the lists are those of one dense product, and top_n is a full sort's head."""
     import numpy as np
 
-    from ml.recommend import baselines
-    from ml.recommend.candidates import build_index
+    from ml.recommend import baselines, candidates
 
-    ix = build_index(snap)
+    ix = candidates.build_index(snap)
     users = list(ix.customers[:500])
     at_once = baselines.ease_lists(ix, users, 20)
-    monkeypatch.setattr(baselines, "CHUNK", 7)
+    monkeypatch.setattr(candidates, "CHUNK", 7)
     assert baselines.ease_lists(ix, users, 20) == at_once
     scores = np.random.default_rng(0).random((50, 300))
     assert (baselines.top_n(scores, 10) == np.argsort(-scores, axis=1)[:, :10]).all()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ml.recommend import candidates
 from ml.recommend.candidates import Index
-
-CHUNK = 2000  # customers scored at once
 
 
 def popularity_lists(
@@ -64,13 +63,14 @@ def ease_lists(
     np.fill_diagonal(b, 0.0)
     rows = ix.customers.get_indexer(users)
     out: dict[str, list[str]] = {}
-    for start in range(0, len(users), CHUNK):  # a chunk's dense scores at a time, not everyone's
-        seen = ix.weights[rows[start : start + CHUNK]]
+    chunk = candidates.CHUNK
+    for start in range(0, len(users), chunk):  # a chunk's dense scores at a time, not everyone's
+        seen = ix.weights[rows[start : start + chunk]]
         scores = np.asarray(seen @ b)
         if exclude_seen:
             scores[seen.nonzero()] = -np.inf
         top = top_n(scores, n)
-        for k, u in enumerate(users[start : start + CHUNK]):
+        for k, u in enumerate(users[start : start + chunk]):
             out[u] = [str(ix.products[i]) for i in top[k]]
     return out
 

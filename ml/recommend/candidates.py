@@ -19,6 +19,14 @@ RECENT_HALF_LIFE_DAYS = 3.0  # trending: popularity over the last few days
 LATEST_VISIT_HALF_LIFE_DAYS = 1.0  # a customer's latest visit, counted from its last event
 # relevance of a held-out interaction, for training labels and evaluation gains
 GAINS = {"view": 1.0, "cart": 2.0, "purchase": 3.0}
+CHUNK = 2000  # customers whose dense scores are held at once (the ranker's, EASE's)
+
+
+def sample_customers(customers: list[str], k: int, seed: int) -> list[str]:
+    """At most ``k`` of ``customers``, a seeded random sample (sorted) when there are more."""
+    if len(customers) <= k:
+        return customers
+    return sorted(str(u) for u in np.random.default_rng(seed).choice(customers, k, replace=False))
 
 
 def interactions(snap: Snapshot) -> pd.DataFrame:

@@ -14,14 +14,21 @@ import pandas as pd
 from lightgbm import LGBMRanker
 
 from ml.data import NotEnoughHistory, Snapshot
-from ml.recommend.candidates import FEATURES, Index, build_index, candidates, heldout_gains
+from ml.recommend.candidates import (
+    CHUNK,
+    FEATURES,
+    Index,
+    build_index,
+    candidates,
+    heldout_gains,
+    sample_customers,
+)
 from ml.recommend.metrics import evaluate_lists
 
 DAY = pd.Timedelta(days=1)
 DURABLE_REPEAT_RATE = 0.1  # categories where fewer buyers repurchase are durables
 RECENT_DURABLE_DAYS = 90
 MAX_PER_CATEGORY = 4  # in the top 10
-CHUNK = 2000  # customers whose candidates are scored at once
 
 
 def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
@@ -81,9 +88,7 @@ class Recommender:
         users = [u for u in gains if u in ix.customers]
         if not users:
             return pd.DataFrame()
-        if len(users) > self.max_groups:
-            rng = np.random.default_rng(self.seed + offset)
-            users = sorted(str(u) for u in rng.choice(users, self.max_groups, replace=False))
+        users = sample_customers(users, self.max_groups, self.seed + offset)
         items = ix.products.to_numpy()
         parts = []
         for start in range(0, len(users), CHUNK):  # bounded memory: dense scores per chunk
@@ -178,9 +183,7 @@ class Recommender:
         truth = heldout_gains(snap.between(cutoff, cutoff + self.horizon_days * DAY))
         ix = build_index(train)
         users = [u for u in truth if u in ix.customers]
-        if len(users) > self.max_eval_customers:
-            pick = np.random.default_rng(self.seed).choice(users, self.max_eval_customers, False)
-            users = sorted(str(u) for u in pick)
+        users = sample_customers(users, self.max_eval_customers, self.seed)
         truth = {u: truth[u] for u in users}
         size = len(ix.products)
         results = {
