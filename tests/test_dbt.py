@@ -4,6 +4,10 @@ identities, keeps personal data out of reach, and incremental runs equal full re
 from __future__ import annotations
 
 import csv
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 from crm import db
 from crm.ingest.load import ingest_paths
 from crm.settings import Settings
-from crm.transform import DBT_PROJECT, TransformError, build, run_dbt
+from crm.transform import DBT_PROJECT, TransformError, build, dbt_env, dbt_executable, run_dbt
 from tests.conftest import insert_out_of_contract_event
 
 pytestmark = pytest.mark.slow
@@ -234,3 +238,28 @@ def test_a_failing_test_stops_downstream_and_names_itself(
         build(url=db_url, capture=True)
     [(exists,)] = rows(db_url, "select to_regclass('marts.dim_customers') is not null")
     assert not exists  # never built: everything downstream of the failed test was skipped
+
+
+def test_partial_parsing_keeps_every_test(tmp_path: Path, pg_server_url: str) -> None:
+    """dbt re-parses only what changed. With a YAML snapshot defined beside a model's
+    properties (dbt-core #10903), editing any macro silently dropped that file's five data
+    tests from every later partial parse; the snapshot now has its own file in snapshots/."""
+    project = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs"))
+    env = {**os.environ, **dbt_env(url=pg_server_url), "DBT_PROFILES_DIR": str(project),
+           "DBT_PROJECT_DIR": str(project), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}  # fmt: skip
+
+    def data_tests(*flags: str) -> set[str]:
+        out = subprocess.run(
+            [dbt_executable(), *flags, "ls", "--resource-type", "test", "--output", "name"],
+            cwd=project, env=env, text=True, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        return set(re.findall(r"^[a-z0-9_]+$", out, flags=re.MULTILINE))
+
+    full = data_tests("--no-partial-parse")
+    assert any(name.startswith("unique_consent_history") for name in full)
+    for edited in ("macros/helpers.sql", "models/marts/fct_orders.yml"):
+        path = project / edited
+        path.write_text(path.read_text() + "\n# edited\n" if edited.endswith("yml")
+                        else path.read_text() + "\n{# edited #}\n")  # fmt: skip
+        assert data_tests() == full, edited
