@@ -16,9 +16,14 @@
             audit.status in ('loaded', 'partial')
             and audit.started_at > coalesce(
                 (
+                    -- the newest load with rows here, probing loads newest first: a few index
+                    -- lookups, where max(load_id) scanned a BRIN-indexed table whole (0.5 s
+                    -- at 10M events)
                     select latest.started_at
                     from {{ source('raw', 'load_audit') }} as latest
-                    where latest.load_id = (select max(done.load_id) from {{ done_loads }} as done)
+                    where exists (select from {{ done_loads }} as done where done.load_id = latest.load_id)
+                    order by latest.load_id desc
+                    limit 1
                 ),
                 '-infinity'
             ) - interval '{{ var("lookback_hours") }} hours'

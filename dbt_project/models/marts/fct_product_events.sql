@@ -25,7 +25,8 @@ final as (
         product_events.event_name,
         product_events.category,
         product_events.price,
-        product_events.event_at
+        product_events.event_at,
+        product_events.load_id
     from product_events
     left join identities on identities.identifier = product_events.anonymous_id
     where product_events.user_id is not null or product_events.anonymous_id is not null
