@@ -16,9 +16,8 @@
             audit.status in ('loaded', 'partial')
             and audit.started_at > coalesce(
                 (
-                    -- the newest load with rows here, probing loads newest first: a few index
-                    -- lookups, where max(load_id) scanned a BRIN-indexed table whole (0.5 s
-                    -- at 10M events)
+                    -- the newest load with rows here: loads probed newest first, each a
+                    -- lookup in the model's load_id index (any table works, indexed or not)
                     select latest.started_at
                     from {{ source('raw', 'load_audit') }} as latest
                     where exists (select from {{ done_loads }} as done where done.load_id = latest.load_id)
@@ -141,7 +140,7 @@
 {#- Loads not processed yet that already have rows in one of `sources` (relations with a
     load_id column): a load committed after those were built waits for the next run. Two
     steps, so that the second reads the sources with a literal list of loads (their load_id
-    indexes, BRIN included, then reach only the recent pages). -#}
+    indexes then reach only the recent rows). -#}
 {% macro unprocessed_load_ids(sources) -%}
     {%- if not execute or not is_incremental() -%}{{ return('null') }}{%- endif -%}
     {%- set side = processed_loads_relation() -%}

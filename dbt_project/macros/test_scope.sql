@@ -28,8 +28,8 @@
 {%- endmacro %}
 
 {#- The first recent load is looked up when the test compiles and written in as a constant:
-    compared with a subquery, the planner could not use the BRIN index on load_id and
-    scanned every row. -#}
+    compared with a subquery, the planner could not use the index on load_id and scanned
+    every row. -#}
 {% macro recent_loads_filter() -%}
     {%- if test_every_row() -%}
         true

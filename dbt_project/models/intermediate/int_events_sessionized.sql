@@ -7,7 +7,7 @@
     on_schema_change='fail',
     indexes=[
       {'columns': ['device_key', 'event_at']},
-      {'columns': ['load_id'], 'type': 'brin'},
+      {'columns': ['load_id']},
     ],
   )
 }}

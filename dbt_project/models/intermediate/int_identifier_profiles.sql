@@ -6,7 +6,7 @@
     on_schema_change='fail',
     indexes=[
       {'columns': ['identifier_key'], 'unique': True},
-      {'columns': ['load_id'], 'type': 'brin'},
+      {'columns': ['load_id']},
     ],
   )
 }}

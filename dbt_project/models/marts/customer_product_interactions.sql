@@ -10,7 +10,7 @@
         [ref('stg_events__product_events'), ref('fct_order_items')]) }}",
     indexes=[
       {'columns': ['customer_id', 'product_id'], 'unique': True},
-      {'columns': ['load_id'], 'type': 'brin'},
+      {'columns': ['load_id']},
     ],
   )
 }}

@@ -9,7 +9,7 @@
     indexes=[
       {'columns': ['customer_id', 'day'], 'unique': True},
       {'columns': ['day']},
-      {'columns': ['load_id'], 'type': 'brin'},
+      {'columns': ['load_id']},
     ],
   )
 }}

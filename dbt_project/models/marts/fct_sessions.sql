@@ -8,7 +8,7 @@
     indexes=[
       {'columns': ['session_id'], 'unique': True},
       {'columns': ['customer_id']},
-      {'columns': ['load_id'], 'type': 'brin'},
+      {'columns': ['load_id']},
     ],
   )
 }}

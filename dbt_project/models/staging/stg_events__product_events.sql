@@ -3,7 +3,7 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    indexes=[{'columns': ['load_id'], 'type': 'brin'}, {'columns': ['event_at']}],
+    indexes=[{'columns': ['load_id']}, {'columns': ['event_at']}],
   )
 }}
 -- Product interactions from the E-commerce v2 spec, one row per call. Event-sized, so a
