@@ -200,9 +200,40 @@ def test_incremental_run_equals_full_refresh(
         "messageId": "late-3", "type": "identify", "anonymousId": moved_device,
         "userId": "u-earlier", "timestamp": (linked_at - timedelta(minutes=1)).isoformat(),
     }) + b"\n")  # fmt: skip
+    # orders: one placed before a customer's stored orders (all of theirs are renumbered), one
+    # after another customer's (appended, numbered on from the stored count), and a stored
+    # order sent again by someone else (it stays its first caller's)
+    [(early_buyer, first_at, _), (next_buyer, _, last_at)] = rows(db_url, """
+        select customer_id, min(ordered_at), max(ordered_at) from marts.fct_orders
+        where customer_id not like 'anon:%' group by customer_id having count(*) >= 2
+        order by customer_id limit 2
+    """)  # fmt: skip
+    [(resent_order, resent_at)] = rows(db_url, f"""
+        select order_id, ordered_at from marts.fct_orders
+        where customer_id not in ('{early_buyer}', '{next_buyer}') order by order_id limit 1
+    """)  # fmt: skip
+    for message_id, order_id, user_id, at in [
+        ("late-order", "o-late", early_buyer, first_at - timedelta(hours=1)),
+        ("next-order", "o-next", next_buyer, last_at + timedelta(hours=1)),
+        ("resent-order", resent_order, "u-resender", resent_at + timedelta(hours=1)),
+    ]:
+        again.write_bytes(again.read_bytes() + orjson.dumps({
+            "messageId": message_id, "type": "track", "event": "Order Completed",
+            "userId": user_id, "timestamp": at.isoformat(),
+            "properties": {"order_id": order_id, "revenue": 10.0, "total": 10.0,
+                           "currency": "USD",
+                           "products": [{"product_id": "p00001", "price": 10.0}]},
+        }) + b"\n")  # fmt: skip
     ingest_paths([again], settings=settings)
     build(url=db_url, capture=True, dbt_vars=defaults)
     build(url=db_url, capture=True, dbt_vars=defaults)
+    numbers = dict(rows(db_url, "select order_id, customer_order_number from marts.fct_orders"
+                               " where order_id in ('o-late', 'o-next')"))  # fmt: skip
+    assert numbers["o-late"] == 1 and numbers["o-next"] > 2, numbers
+    [(resent_owner,)] = rows(
+        db_url, f"select customer_id from marts.fct_orders where order_id = '{resent_order}'"
+    )
+    assert resent_owner != "u-resender"
     assert rows(db_url, "select customer_id from intermediate.int_identities_stitched"
                 f" where identifier = '{moved_device}'") == [("u-earlier",)]  # fmt: skip
     incremental = _table(

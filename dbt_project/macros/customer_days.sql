@@ -172,38 +172,74 @@ customer_days as (
     {%- endif -%}
 {%- endmacro %}
 
-{#- fct_orders, incremental: the customers whose orders a run rewrites (all of each one's
-    orders, so that their order numbers stay right). Read before anything changes: new loads,
-    and the stored customers of orders that new loads sent again (a re-sent order can change
-    hands). -#}
+{#- fct_orders, incremental. Most customers who ordered just add orders after their stored
+    ones: those are appended, numbered on from the customer's stored count. All orders of the
+    others are rewritten (order numbers follow the order time): customers whose identifiers
+    new loads moved, the stored customers of orders new loads sent again (a re-sent order can
+    change hands), and customers with a new order placed before one already stored (a late
+    call). Read before anything changes (the pre-hook deletes the rewritten customers' rows);
+    the lists are literals. -#}
 {% macro orders_plan() -%}
     {%- if not execute or not is_incremental() -%}
         {{ return({'incremental': false}) }}
     {%- endif -%}
     {%- set new_loads = new_load_ids() -%}
     {%- set query -%}
-        select coalesce(string_agg(distinct quote_literal(kept.customer_id), ', '), 'null')
-        from {{ this }} as kept
-        where kept.order_id in (
-            select order_id from {{ ref('stg_events__orders') }} where load_id in ({{ new_loads }})
+        with
+
+        new_calls as (
+
+            select distinct on (calls.order_id)
+                calls.order_id,
+                calls.event_at,
+                coalesce(calls.user_id, tied.customer_id) as customer_id
+            from {{ ref('stg_events__orders') }} as calls
+            left join {{ ref('int_identities_stitched') }} as tied
+                on tied.identifier = calls.anonymous_id
+            where calls.load_id in ({{ new_loads }})
+            order by calls.order_id, calls.event_at, calls.message_id
+
+        ),
+
+        resent as (
+
+            select kept.order_id, kept.customer_id
+            from {{ this }} as kept
+            where kept.order_id in (select order_id from new_calls)
+
+        ),
+
+        late as (
+
+            select distinct new_calls.customer_id
+            from new_calls
+            where exists (
+                select from {{ this }} as kept
+                where kept.customer_id = new_calls.customer_id and kept.ordered_at >= new_calls.event_at
+            )
+
         )
+
+        select
+            (select coalesce(string_agg(distinct quote_literal(customer_id), ', '), 'null') from resent),
+            (select coalesce(string_agg(quote_literal(order_id), ', '), 'null') from resent),
+            (select coalesce(string_agg(quote_literal(customer_id), ', '), 'null') from late)
     {%- endset -%}
-    {%- set earlier = run_query(query).columns[0].values()[0] -%}
-    {{ return({'incremental': true, 'new_loads': new_loads, 'earlier_customers': earlier}) }}
+    {%- set row = run_query(query).rows[0] -%}
+    {{ return({'incremental': true, 'new_loads': new_loads, 'earlier_customers': row[0],
+               'resent_orders': row[1], 'late_customers': row[2]}) }}
 {%- endmacro %}
 
+{#- The customers whose orders fct_orders rewrites whole (see orders_plan); never null. -#}
 {% macro order_customers(plan) -%}
     {{ moved_customers(plan.new_loads) }}
     union
-    select coalesce(calls.user_id, tied.customer_id)
-    from {{ ref('stg_events__orders') }} as calls
-    left join {{ ref('int_identities_stitched') }} as tied on tied.identifier = calls.anonymous_id
-    where calls.load_id in ({{ plan.new_loads }})
-    union
-    select unnest(array[{{ plan.earlier_customers }}]::text[])
+    select customer_id
+    from unnest(array[{{ plan.earlier_customers }}, {{ plan.late_customers }}]::text[]) as listed (customer_id)
+    where customer_id is not null
 {%- endmacro %}
 
-{#- Pre-hook of fct_orders: drop every order of the customers the run rewrites. -#}
+{#- Pre-hook of fct_orders: drop every order of the customers whose orders the run rewrites. -#}
 {% macro delete_order_customers() -%}
     {%- set plan = orders_plan() -%}
     {%- if plan.incremental -%}

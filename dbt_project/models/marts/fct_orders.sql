@@ -17,9 +17,11 @@
 -- One row per order (the first Order Completed call of each order_id), with its customer and
 -- the session it was placed in.
 --
--- Incremental runs rewrite every order of the customers new loads placed or re-sent orders
--- for, or moved identifiers between (their order numbers depend on all of them); the pre-hook
--- deletes those customers' rows. The result equals a full refresh.
+-- Incremental runs append the new orders of customers whose new orders all come after their
+-- stored ones, numbered on from their stored count (most customers who order). They rewrite
+-- every order of the customers new loads moved identifiers between, re-sent an order of, or
+-- brought an order placed before a stored one (macro orders_plan); the pre-hook deletes
+-- those customers' rows. The result equals a full refresh.
 {%- set plan = orders_plan() %}
 with
 
@@ -56,6 +58,29 @@ first_calls as (
     left join identities on identities.identifier = calls.anonymous_id
     {%- if plan.incremental %}
     where coalesce(calls.user_id, identities.customer_id) in ({{ order_customers(plan) }})
+
+    union all
+
+    -- the new orders of everyone else who ordered: appended
+    select
+        calls.*,
+        coalesce(calls.user_id, identities.customer_id) as customer_id
+    from (
+        select distinct on (order_id) *
+        from orders
+        where load_id in ({{ plan.new_loads }})
+        order by order_id, event_at, message_id
+    ) as calls
+    left join identities on identities.identifier = calls.anonymous_id
+    where
+        not exists (
+            select from unnest(array[{{ plan.resent_orders }}]::text[]) as resent (order_id)
+            where resent.order_id = calls.order_id
+        )
+        and not exists (
+            select from ({{ order_customers(plan) }}) as rewritten (customer_id)
+            where rewritten.customer_id = coalesce(calls.user_id, identities.customer_id)
+        )
     {%- endif %}
 
 ),
@@ -90,7 +115,7 @@ final as (
         row_number() over (
             partition by first_calls.customer_id
             order by first_calls.event_at, first_calls.order_id
-        ) as customer_order_number
+        ){% if plan.incremental %} + stored.orders{% endif %} as customer_order_number
 
     from first_calls
     cross join lateral (
@@ -112,6 +137,14 @@ final as (
         -- keeps the planner from flattening it into a hash join over every event
         offset 0  -- noqa: AM09
     ) as sessions on true
+    {%- if plan.incremental %}
+    cross join lateral (
+        -- orders stored before this run: none for the rewritten customers (deleted)
+        select count(*) as orders
+        from {{ this }} as kept
+        where kept.customer_id = first_calls.customer_id
+    ) as stored
+    {%- endif %}
 
 )
 
