@@ -203,7 +203,7 @@ customer_days as (
 
         resent as (
 
-            select kept.order_id, kept.customer_id
+            select kept.customer_id
             from {{ this }} as kept
             where kept.order_id in (select order_id from new_calls)
 
@@ -222,12 +222,11 @@ customer_days as (
 
         select
             (select coalesce(string_agg(distinct quote_literal(customer_id), ', '), 'null') from resent),
-            (select coalesce(string_agg(quote_literal(order_id), ', '), 'null') from resent),
             (select coalesce(string_agg(quote_literal(customer_id), ', '), 'null') from late)
     {%- endset -%}
     {%- set row = run_query(query).rows[0] -%}
     {{ return({'incremental': true, 'new_loads': new_loads, 'earlier_customers': row[0],
-               'resent_orders': row[1], 'late_customers': row[2]}) }}
+               'late_customers': row[1]}) }}
 {%- endmacro %}
 
 {#- The customers whose orders fct_orders rewrites whole (see orders_plan); never null. -#}

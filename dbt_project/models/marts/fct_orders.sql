@@ -57,30 +57,11 @@ first_calls as (
     ) as calls
     left join identities on identities.identifier = calls.anonymous_id
     {%- if plan.incremental %}
-    where coalesce(calls.user_id, identities.customer_id) in ({{ order_customers(plan) }})
-
-    union all
-
-    -- the new orders of everyone else who ordered: appended
-    select
-        calls.*,
-        coalesce(calls.user_id, identities.customer_id) as customer_id
-    from (
-        select distinct on (order_id) *
-        from orders
-        where load_id in ({{ plan.new_loads }})
-        order by order_id, event_at, message_id
-    ) as calls
-    left join identities on identities.identifier = calls.anonymous_id
     where
-        not exists (
-            select from unnest(array[{{ plan.resent_orders }}]::text[]) as resent (order_id)
-            where resent.order_id = calls.order_id
-        )
-        and not exists (
-            select from ({{ order_customers(plan) }}) as rewritten (customer_id)
-            where rewritten.customer_id = coalesce(calls.user_id, identities.customer_id)
-        )
+        -- every order of the customers rewritten whole, and the new orders of everyone else
+        -- (an order is new when its first call is: a re-sent order keeps its first call)
+        coalesce(calls.user_id, identities.customer_id) in ({{ order_customers(plan) }})
+        or calls.load_id in ({{ plan.new_loads }})
     {%- endif %}
 
 ),
