@@ -192,15 +192,18 @@ def test_every_dashboard_opens_with_no_chart_in_error_and_erasure_empties_their_
         for slug in DASHBOARDS:
             page.goto(f"{superset_url}/superset/dashboard/{slug}/", wait_until="networkidle",
                       timeout=90_000)  # fmt: skip
-            page.wait_for_selector(".dashboard-component-chart-holder", timeout=60_000)
-            # every chart done: no spinner left
-            page.wait_for_function(
-                "document.querySelectorAll('.dashboard-component-chart-holder .loading')"
-                ".length === 0",
+            # charts laid out and every one done (no spinner left), checked in one condition:
+            # the grid can re-mount after its first charts appear (seen once on a loaded
+            # machine: the count that followed found none), so wait for both at once
+            ready = page.wait_for_function(
+                "(() => { const holders = document.querySelectorAll("
+                "'.dashboard-component-chart-holder').length; return holders > 0 && document"
+                ".querySelectorAll('.dashboard-component-chart-holder .loading').length === 0"
+                " ? holders : 0; })()",
                 timeout=90_000,
             )
+            holders = ready.json_value()
             page.screenshot(path=str(out / f"{slug}.png"), full_page=True)
-            holders = page.locator(".dashboard-component-chart-holder").count()
             errors = page.locator(
                 ".dashboard-component-chart-holder [role=alert],"
                 " .dashboard-component-chart-holder .ant-alert-error"
