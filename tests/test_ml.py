@@ -147,6 +147,7 @@ def test_recommender_beats_popularity_als_and_ease(snap: Snapshot) -> None:
     model = Recommender(horizon_days=7).fit(snap.before(cut))
     m, _ = model.evaluate(snap, cut)
     assert m["ndcg@10"] >= 1.5 * m["popularity_ndcg@10"], m
+    assert m["ndcg@10"] >= 1.5 * m["popularity_all_time_ndcg@10"], m
     assert m["ndcg@10"] > m["als_ndcg@10"], m
     assert m["ndcg@10"] > m["ease_ndcg@10"], m
     assert m["coverage@10"] > m["popularity_coverage@10"]
@@ -194,6 +195,59 @@ def test_ease_scores_in_chunks_as_it_would_at_once(
     assert baselines.ease_lists(ix, users, 20) == at_once
     scores = np.random.default_rng(0).random((50, 300))
     assert (baselines.top_n(scores, 10) == np.argsort(-scores, axis=1)[:, :10]).all()
+
+
+def test_ease_weights_are_each_items_ridge_regression_on_the_others() -> None:
+    """EASE's closed form (used by the ranker's feature and the baseline): column j of B is
+    the ridge regression of item j on every other item, with a zero diagonal."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from ml.recommend.candidates import ease_weights
+
+    x = np.random.default_rng(3).poisson(0.6, size=(80, 12)).astype(float)
+    lam = 5.0
+    b = ease_weights(sp.csr_matrix(x.T @ x), lam)
+    assert (np.diag(b) == 0).all()
+    for j in (0, 5, 11):
+        others = np.delete(np.arange(12), j)
+        a = x[:, others]
+        ridge = np.linalg.solve(a.T @ a + lam * np.eye(11), a.T @ x[:, j])
+        assert np.allclose(b[others, j], ridge, atol=1e-8), j
+
+
+def test_holdout_latest_holds_out_each_customers_latest_products() -> None:
+    """The per-customer split: each customer's latest 20% of products (by first interaction)
+    with every event on them; nothing lost, at least one product kept, re-visits of an early
+    product stay in the history."""
+    from ml.datasets import COLUMNS, empty
+    from ml.recommend.candidates import holdout_latest
+
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    rows = [("a", f"p{i}", "Product Viewed", t0 + i * DAY) for i in range(10)]
+    rows += [
+        ("a", "p9", "Product Added", t0 + 11 * DAY),
+        ("a", "p0", "Product Viewed", t0 + 12 * DAY),
+    ]
+    rows += [("b", f"p{i}", "Product Viewed", t0 + i * DAY) for i in range(3)]
+    events = pd.DataFrame(rows, columns=["customer_id", "product_id", "event_name", "event_at"])
+    events = events.assign(category="c", price=1.0)[COLUMNS["product_events"]]
+    snap = Snapshot(
+        customers=empty("customers"), products=empty("products"), sessions=empty("sessions"),
+        orders=empty("orders"), items=empty("items"), product_events=events,
+        messages=empty("messages"),
+    )  # fmt: skip
+    history, held = holdout_latest(snap, 0.2)
+    assert len(history.product_events) + len(held.product_events) == len(events)
+    out = held.product_events
+    assert sorted(zip(out.customer_id, out.product_id, out.event_name, strict=True)) == [
+        ("a", "p8", "Product Viewed"), ("a", "p9", "Product Added"), ("a", "p9", "Product Viewed"),
+    ]  # fmt: skip
+    kept = history.product_events
+    assert set(kept[kept.customer_id == "b"].product_id) == {"p0", "p1", "p2"}  # 20% of 3 = 0
+    assert (kept[kept.product_id == "p0"].customer_id == "a").sum() == 2
+    with pytest.raises(ValueError, match="protocol"):
+        Recommender(protocol="random").fit(snap)
 
 
 # ---------- MLflow, ml.* and Redis
@@ -266,12 +320,18 @@ def test_evaluate_writes_a_reproducible_report(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["project"]["segments"]["adjusted_rand_index"] >= 0.6
     ml100k = metrics["movielens"]
-    assert 0 < ml100k["ndcg@10"] < 1 and ml100k["users"] == ml100k["popularity_users"] > 20
+    assert 0 < ml100k["ndcg@10"] < 1 and ml100k["users"] == ml100k["popularity_users"] > 300
     assert ml100k["coverage@10"] > ml100k["popularity_coverage@10"]
-    # a time split of a film log: decayed popularity is hard to beat (EASE and ALS lose to
-    # it); ours must be on a par with it (0.145 = 0.84x before the trend features) and beat both
-    assert ml100k["ndcg@10"] >= 0.95 * ml100k["popularity_ndcg@10"], ml100k
-    assert ml100k["ndcg@10"] > max(ml100k["als_ndcg@10"], ml100k["ease_ndcg@10"]), ml100k
+    latest = ml100k["latest"]
+    assert latest["users"] == latest["als_users"] == 943
+    baselines = ("als", "ease", "als_all_time", "ease_all_time")
+    for split, factor in ((ml100k, 1.05), (latest, 1.5)):
+        # the time split (seven cut-offs pooled): decayed popularity is hard to beat there
+        # (0.99x before EASE joined the ranker, 0.84x before the trend features); the
+        # per-user split meets the issue's 1.5x. Both beat ALS and EASE on either input.
+        best_popularity = max(split["popularity_ndcg@10"], split["popularity_all_time_ndcg@10"])
+        assert split["ndcg@10"] >= factor * best_popularity, split
+        assert split["ndcg@10"] > max(split[f"{b}_ndcg@10"] for b in baselines), split
     for png in ("churn_calibration.png", "send_time_profile.png", "recommendations.png"):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"]({png})" in text

@@ -6,13 +6,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ml.recommend import candidates
-from ml.recommend.candidates import Index
+from ml.recommend.candidates import EASE_MAX_ITEMS, Index, ease_weights
 
 
 def popularity_lists(
-    ix: Index, users: list[str], n: int, exclude_seen: bool = False
+    ix: Index, users: list[str], n: int, exclude_seen: bool = False, all_time: bool = False
 ) -> dict[str, list[str]]:
-    order = np.argsort(-ix.popularity)
+    """The most popular items: decayed (HALF_LIFE_DAYS, what serving's cold start uses) or
+    counted over all time."""
+    order = np.argsort(-(ix.popularity_all_time if all_time else ix.popularity), kind="stable")
     if not exclude_seen:
         top = [str(p) for p in ix.products[order[:n]]]
         return {u: top for u in users}
@@ -46,9 +48,6 @@ def als_lists(
     return {u: [str(ix.products[i]) for i in ids[k] if i >= 0] for k, u in enumerate(users)}
 
 
-EASE_MAX_ITEMS = 5000  # a dense items x items inverse: 200 MB at this size
-
-
 def ease_lists(
     ix: Index, users: list[str], n: int, lam: float = 1000.0, exclude_seen: bool = False
 ) -> dict[str, list[str]] | None:
@@ -57,10 +56,7 @@ def ease_lists(
     if len(ix.products) > EASE_MAX_ITEMS:
         return None
     # sparse until the items x items gram: never a dense customers x items matrix
-    gram = (ix.weights.T @ ix.weights).toarray()
-    inv = np.linalg.inv(gram + lam * np.eye(len(gram)))
-    b = -inv / np.diag(inv)
-    np.fill_diagonal(b, 0.0)
+    b = ease_weights(ix.weights.T @ ix.weights, lam)
     rows = ix.customers.get_indexer(users)
     out: dict[str, list[str]] = {}
     chunk = candidates.CHUNK

@@ -3,6 +3,7 @@ consumables and global popularity (the cold-start fallback), as sparse matrix al
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +16,21 @@ DAY = pd.Timedelta(days=1)
 EVENT_WEIGHTS = {"Product Viewed": 1.0, "Product Clicked": 1.0, "Product Added": 3.0}
 PURCHASE_WEIGHT = 5.0
 HALF_LIFE_DAYS = 14.0
+# co-visitation counts each customer's interactions by their age from that customer's own
+# latest one, not from today: what a customer did together two months ago still relates the
+# items, whether the customer is still active or not (14 days from today kept mostly the
+# customers of the last weeks)
+COVISIT_HALF_LIFE_DAYS = 60.0
 RECENT_HALF_LIFE_DAYS = 3.0  # trending: popularity over the last few days
 LATEST_VISIT_HALF_LIFE_DAYS = 1.0  # a customer's latest visit, counted from its last event
 # relevance of a held-out interaction, for training labels and evaluation gains
 GAINS = {"view": 1.0, "cart": 2.0, "purchase": 3.0}
 CHUNK = 2000  # customers whose dense scores are held at once (the ranker's, EASE's)
+EASE_MAX_ITEMS = 5000  # a dense items x items inverse: 200 MB at this size
+# EASE's L2 penalty on the co-visitation input (log of decayed weights; the baseline's
+# larger one is on raw weights). 100 / 300 / 1000 scored 0.177 / 0.184 / 0.167 on the
+# MovieLens time split, the simulator the same for each
+EASE_LAMBDA = 300.0
 
 
 def sample_customers(customers: list[str], k: int, seed: int) -> list[str]:
@@ -60,6 +71,37 @@ def heldout_gains(snap: Snapshot) -> dict[str, dict[str, float]]:
     return out
 
 
+def holdout_latest(snap: Snapshot, share: float) -> tuple[Snapshot, Snapshot]:
+    """(history, held out): each customer's latest ``share`` of the products they interacted
+    with (by first interaction; at least one kept) held out with every event on them; the
+    per-customer time split of the recommender literature (RecBole's ordered split by user).
+    Other customers' later events stay in the history: it is not a global time split."""
+    pe, it = snap.product_events, snap.items
+    pairs = pd.concat([
+        pd.DataFrame({"customer_id": pe.customer_id, "product_id": pe.product_id,
+                      "at": pe.event_at}),
+        pd.DataFrame({"customer_id": it.customer_id, "product_id": it.product_id,
+                      "at": it.ordered_at}),
+    ], ignore_index=True)  # fmt: skip
+    first = pairs.groupby(["customer_id", "product_id"], as_index=False)["at"].min()
+    first = first.sort_values(["customer_id", "at", "product_id"], kind="stable")
+    order = first.groupby("customer_id").cumcount()
+    size = first.groupby("customer_id").product_id.transform("size")
+    held = first[order >= size - np.floor(share * size).astype(int)][["customer_id", "product_id"]]
+    keys = pd.MultiIndex.from_frame(held)
+
+    def is_held(frame: pd.DataFrame) -> np.ndarray:
+        idx = pd.MultiIndex.from_arrays([frame.customer_id, frame.product_id])
+        return np.asarray(idx.isin(keys))
+
+    pe_held, it_held = is_held(pe), is_held(it)
+    history = dataclasses.replace(snap, product_events=pe[~pe_held].reset_index(drop=True),
+                                  items=it[~it_held].reset_index(drop=True))  # fmt: skip
+    heldout = dataclasses.replace(snap, product_events=pe[pe_held].reset_index(drop=True),
+                                  items=it[it_held].reset_index(drop=True))  # fmt: skip
+    return history, heldout
+
+
 @dataclass
 class Index:
     """What candidate generation learned from the training history."""
@@ -80,6 +122,30 @@ class Index:
     first_seen_days: np.ndarray  # per product: days since its first interaction (new arrivals)
     recent_weights: sp.csr_matrix  # customers x products, decayed from each one's last activity
     idle_days: np.ndarray  # per customer: days since the last interaction
+    popularity_all_time: np.ndarray  # per product, undecayed (a baseline's, not a feature)
+    history: sp.csr_matrix  # customers x products, the input of co-visitation and EASE
+    ease: np.ndarray | None  # products x products EASE weights; None above EASE_MAX_ITEMS
+
+
+def undecayed_weights(snap: Snapshot, ix: Index) -> sp.csr_matrix:
+    """``ix``'s customers x products interaction weights without time decay."""
+    inter = interactions(snap)
+    inter = inter[inter.customer_id.isin(ix.customers)]
+    rows, cols = (
+        ix.customers.get_indexer(inter.customer_id),
+        ix.products.get_indexer(inter.product_id),
+    )
+    shape = (len(ix.customers), len(ix.products))
+    return sp.csr_matrix((inter.weight.to_numpy(float), (rows, cols)), shape=shape)
+
+
+def ease_weights(gram: sp.spmatrix, lam: float) -> np.ndarray:
+    """EASE's closed form from the items x items gram matrix X'X: B = -P / diag(P) with
+    P = (X'X + lam I)^-1, and a zero diagonal (an item does not predict itself)."""
+    inv = np.linalg.inv(gram.toarray() + lam * np.eye(gram.shape[0]))
+    b = -inv / np.diag(inv)
+    np.fill_diagonal(b, 0.0)
+    return b
 
 
 def build_index(snap: Snapshot) -> Index:
@@ -95,15 +161,26 @@ def build_index(snap: Snapshot) -> Index:
     c = products.get_indexer(inter.product_id)
     shape = (len(customers), len(products))
     w = sp.csr_matrix((inter.weight.to_numpy(float) * decay, (r, c)), shape=shape)
+    # days since each customer's latest interaction (customers come from the interactions)
+    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
+    since_last = age - idle[r]  # 0 on each customer's latest interaction
     # co-visitation: items interacted with by the same customer, weighted by how strongly
-    binary = w.copy()
+    binary = sp.csr_matrix(
+        (inter.weight.to_numpy(float) * 0.5 ** (since_last / COVISIT_HALF_LIFE_DAYS), (r, c)),
+        shape=shape,
+    )
     binary.data = np.log1p(binary.data)
-    covisit = (binary.T @ binary).tocsr()
+    gram = (binary.T @ binary).tocsr()
+    covisit = gram.copy()
     covisit.setdiag(0)
     covisit.eliminate_zeros()
     # normalise by item popularity so blockbusters do not swamp everything (cosine-like)
-    norm = np.sqrt(np.asarray(binary.power(2).sum(axis=0)).ravel()) + 1e-9
+    norm = np.sqrt(gram.diagonal()) + 1e-9
     covisit = sp.diags(1 / norm) @ covisit @ sp.diags(1 / norm)
+    # EASE (Steck 2019) on the same input: the item-to-item weights a ridge regression of
+    # each item on all the others learns; a ranker feature and a candidate source
+    ease = ease_weights(gram, EASE_LAMBDA) if len(products) <= EASE_MAX_ITEMS else None
+    del gram
     popularity = np.asarray(w.sum(axis=0)).ravel()
     cat_map = snap.products.set_index("product_id").category
     cat_series = pd.Series(products.map(cat_map), index=products).fillna("unknown")
@@ -132,18 +209,21 @@ def build_index(snap: Snapshot) -> Index:
     first = pd.Series(age).groupby(c).max()
     first_seen_days = np.full(len(products), 999.0)
     first_seen_days[first.index.to_numpy()] = first.to_numpy()
-    # days since each customer's latest interaction (customers come from the interactions)
-    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
-    since_last = age - idle[r]  # 0 on each customer's latest interaction
     latest = inter.weight.to_numpy(float) * 0.5 ** (since_last / LATEST_VISIT_HALF_LIFE_DAYS)
     recent_w = sp.csr_matrix((latest, (r, c)), shape=shape)
+    all_time = np.bincount(c, weights=inter.weight.to_numpy(float), minlength=len(products))
     return Index(customers, products, w, covisit, popularity, category_of, categories,
                  repeat_rate, bought, last_days, price, end, popularity_recent,
-                 first_seen_days, recent_w, idle)  # fmt: skip
+                 first_seen_days, recent_w, idle, all_time, binary, ease)  # fmt: skip
 
 
-def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFrame:
-    """Candidate (row, item) pairs with their source scores for customer rows ``rows``."""
+def candidates(
+    ix: Index, rows: np.ndarray, per_source: int = 50, exclude_seen: bool = False
+) -> pd.DataFrame:
+    """Candidate (row, item) pairs with their source scores for customer rows ``rows``;
+    ``exclude_seen``: none the customer has interacted with, and co-visitation's
+    ``per_source`` taken among the unseen (the items most co-visited with what a customer
+    saw are mostly what they saw: cut afterwards, few were left)."""
     w = ix.weights[rows]
     covis = (w @ ix.covisit).toarray()
     ncat = len(ix.categories)
@@ -158,19 +238,26 @@ def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFram
     own = w.toarray()
     bought = ix.bought[rows].toarray()
     repurchase = bought * ix.repeat_rate[None, :]
+    ease = np.asarray(ix.history[rows] @ ix.ease) if ix.ease is not None else np.zeros_like(own)
     frames = []
     top_pop = np.argsort(-pop)[:per_source]
-    for _source, scores in (("covisit", covis), ("category", catpop), ("own", own),
-                           ("repurchase", repurchase)):  # fmt: skip
+    # (scores, the floor a candidate must beat): EASE's scores can be negative
+    sources = [(np.where(own > 0, 0.0, covis), 0.0), (catpop, 0.0)] if exclude_seen else [
+        (covis, 0.0), (catpop, 0.0), (own, 0.0), (repurchase, 0.0)]  # fmt: skip
+    if ix.ease is not None:
+        sources.append((np.where(own > 0, -np.inf, ease) if exclude_seen else ease, -np.inf))
+    for scores, floor in sources:
         k = min(per_source, scores.shape[1])
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         r = np.repeat(np.arange(len(rows)), k)
         c = part.ravel()
-        keep = scores[r, c] > 0
+        keep = scores[r, c] > floor
         frames.append(pd.DataFrame({"r": r[keep], "item": c[keep]}))
     r = np.repeat(np.arange(len(rows)), len(top_pop))
     frames.append(pd.DataFrame({"r": r, "item": np.tile(top_pop, len(rows))}))
     cand = pd.concat(frames, ignore_index=True).drop_duplicates()
+    if exclude_seen:
+        cand = cand[own[cand.r.to_numpy(), cand.item.to_numpy()] == 0]
     rr, ii = cand.r.to_numpy(), cand.item.to_numpy()
     cust_price = (own * ix.price[None, :]).sum(axis=1) / np.maximum(own.sum(axis=1), 1e-9)
     last_days = ix.last_bought_days[rows].toarray()
@@ -192,10 +279,18 @@ def candidates(ix: Index, rows: np.ndarray, per_source: int = 50) -> pd.DataFram
     covis_recent = (ix.recent_weights[rows] @ ix.covisit).toarray()
     cand["covisit_recent"] = covis_recent[rr, ii]
     cand["idle_days"] = ix.idle_days[rows][rr]
+    # relative to the customer's best candidate: scale-free across customers and windows (a
+    # raw co-visitation score grows with the customer's history)
+    best = cand.groupby("r").covisit.transform("max").to_numpy()
+    cand["covisit_rel"] = cand.covisit.to_numpy() / np.maximum(best, 1e-12)
+    cand["ease"] = ease[rr, ii]
+    cand["ease_rank"] = (
+        cand.groupby("r").ease.rank(ascending=False, method="first") if ix.ease is not None else 0.0
+    )
     return cand
 
 
 FEATURES = ["covisit", "category_share", "category_popularity", "popularity", "own_weight",
             "bought_before", "days_since_bought", "repeat_rate", "price_ratio",
             "customer_activity", "popularity_recent", "trend", "item_age", "covisit_recent",
-            "idle_days"]  # fmt: skip
+            "idle_days", "covisit_rel", "ease", "ease_rank"]  # fmt: skip

@@ -6,6 +6,7 @@ inner cut-off, labels (view 1, cart 2, purchase 3) from the window after it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -21,7 +22,9 @@ from ml.recommend.candidates import (
     build_index,
     candidates,
     heldout_gains,
+    holdout_latest,
     sample_customers,
+    undecayed_weights,
 )
 from ml.recommend.metrics import evaluate_lists
 
@@ -65,7 +68,16 @@ class Recommender:
     seed: int = 0
     # catalogues where nobody consumes an item twice (films, books): never re-recommend
     exclude_seen: bool = False
-    splits: int = 2  # training horizons stacked (more groups for the ranker)
+    splits: int = 2  # inner splits stacked (more groups for the ranker)
+    # how the ranker's training groups are cut from the training data, as the model is
+    # evaluated: "time" (history before an inner cut-off, labels from the ``horizon_days``
+    # after it: what serving does) or "latest" (each customer's latest ``holdout_share`` of
+    # products held out, ``holdout_latest``: the per-customer split of the literature)
+    protocol: str = "time"
+    holdout_share: float = 0.2
+    # evaluations also run ALS and EASE on undecayed weights (the offline report: a per-user
+    # split has no common "now" to decay from); training jobs skip the extra fits
+    all_time_baselines: bool = False
     # customers (ranking groups) per horizon the ranker learns from: a random sample beyond
     # this, so training memory stays flat as the shop grows (~250 candidates x 12 features
     # each: 100k customers would hold 2.4 GB of candidates per horizon)
@@ -81,10 +93,10 @@ class Recommender:
     task = "recommendations"
     key_metric = "ndcg@10"
 
-    def _training_groups(self, snap: Snapshot, inner: pd.Timestamp, offset: int) -> pd.DataFrame:
-        """Candidates from history before ``inner`` labelled by the horizon after it."""
-        ix = build_index(snap.before(inner))
-        gains = heldout_gains(snap.between(inner, inner + self.horizon_days * DAY))
+    def _training_groups(self, history: Snapshot, labels: Snapshot, offset: int) -> pd.DataFrame:
+        """Candidates from ``history`` labelled by what each customer did in ``labels``."""
+        ix = build_index(history)
+        gains = heldout_gains(labels)
         users = [u for u in gains if u in ix.customers]
         if not users:
             return pd.DataFrame()
@@ -93,9 +105,7 @@ class Recommender:
         parts = []
         for start in range(0, len(users), CHUNK):  # bounded memory: dense scores per chunk
             chunk = users[start : start + CHUNK]
-            cand = candidates(ix, ix.customers.get_indexer(chunk))
-            if self.exclude_seen:
-                cand = cand[cand.own_weight == 0]
+            cand = candidates(ix, ix.customers.get_indexer(chunk), exclude_seen=self.exclude_seen)
             cand["label"] = [
                 gains[chunk[r]].get(items[i], 0.0) for r, i in zip(cand.r, cand.item, strict=True)
             ]
@@ -103,11 +113,25 @@ class Recommender:
             parts.append(cand.assign(r=cand.r + offset + start))
         return pd.concat(parts, ignore_index=True)
 
+    def _inner_splits(self, snap: Snapshot) -> list[tuple[Snapshot, Snapshot]]:
+        """(history, labels) pairs inside the training data, the last ``splits`` of them."""
+        if self.protocol == "latest":
+            out, rest = [], snap
+            for _ in range(self.splits):
+                rest, held = holdout_latest(rest, self.holdout_share)
+                out.append((rest, held))
+            return out
+        if self.protocol != "time":
+            raise ValueError(f"protocol must be 'time' or 'latest', not {self.protocol!r}")
+        h = self.horizon_days * DAY
+        cuts = [snap.end - k * h for k in range(1, self.splits + 1)]
+        return [(snap.before(c), snap.between(c, c + h)) for c in cuts]
+
     def fit(self, snap: Snapshot) -> Recommender:
-        """Stack the last ``splits`` horizons of the training data as ranking groups."""
+        """Stack ``splits`` inner splits of the training data as ranking groups."""
         frames = []
-        for k in range(1, self.splits + 1):
-            part = self._training_groups(snap, snap.end - k * self.horizon_days * DAY, k * 10**7)
+        for k, (history, labels) in enumerate(self._inner_splits(snap), start=1):
+            part = self._training_groups(history, labels, k * 10**7)
             if len(part):
                 frames.append(part)
         if not frames:
@@ -144,9 +168,7 @@ class Recommender:
         items = ix.products.to_numpy()
         for start in range(0, len(known), CHUNK):
             chunk = known[start : start + CHUNK]
-            cand = candidates(ix, ix.customers.get_indexer(chunk))
-            if self.exclude_seen:
-                cand = cand[cand.own_weight == 0]
+            cand = candidates(ix, ix.customers.get_indexer(chunk), exclude_seen=self.exclude_seen)
             cand["score"] = self.ranker.predict(cand[FEATURES])
             for r, picked in apply_rules(cand, ix, self.n).items():
                 out[chunk[r]] = [str(items[i]) for i in picked]
@@ -175,12 +197,24 @@ class Recommender:
     def evaluate(
         self, snap: Snapshot, cutoff: pd.Timestamp
     ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-        """Ours against global popularity, ALS and (small catalogues) EASE on the same split:
+        """Ours against global popularity (decayed and all-time), ALS and (small catalogues)
+        EASE on the same split:
         train history before ``cutoff``, relevant items = interactions in the window after it."""
+        truth = heldout_gains(snap.between(cutoff, cutoff + self.horizon_days * DAY))
+        return self.compare(snap.before(cutoff), truth)
+
+    def evaluate_latest(
+        self, history: Snapshot, heldout: Snapshot
+    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+        """The same comparison on a per-customer split (``holdout_latest``)."""
+        return self.compare(history, heldout_gains(heldout))
+
+    def compare(
+        self, train: Snapshot, truth: dict[str, dict[str, float]]
+    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+        """Every model ranks for the customers of ``truth`` known in ``train``."""
         from ml.recommend.baselines import als_lists, ease_lists, popularity_lists
 
-        train = snap.before(cutoff)
-        truth = heldout_gains(snap.between(cutoff, cutoff + self.horizon_days * DAY))
         ix = build_index(train)
         users = [u for u in truth if u in ix.customers]
         users = sample_customers(users, self.max_eval_customers, self.seed)
@@ -191,6 +225,9 @@ class Recommender:
             "popularity": evaluate_lists(
                 popularity_lists(ix, users, self.n, self.exclude_seen), truth, size
             ),
+            "popularity_all_time": evaluate_lists(
+                popularity_lists(ix, users, self.n, self.exclude_seen, all_time=True), truth, size
+            ),
             "als": evaluate_lists(
                 als_lists(ix, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen),
                 truth,
@@ -200,6 +237,16 @@ class Recommender:
         ease = ease_lists(ix, users, self.n, exclude_seen=self.exclude_seen)
         if ease is not None:
             results["ease"] = evaluate_lists(ease, truth, size)
+        if self.all_time_baselines:
+            flat = dataclasses.replace(ix, weights=undecayed_weights(train, ix))
+            results["als_all_time"] = evaluate_lists(
+                als_lists(flat, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen),
+                truth,
+                size,
+            )
+            ease = ease_lists(flat, users, self.n, exclude_seen=self.exclude_seen)
+            if ease is not None:
+                results["ease_all_time"] = evaluate_lists(ease, truth, size)
         metrics = {f"{k}": v for k, v in results["ours"].items()}
         for name in (n for n in results if n != "ours"):
             for k, v in results[name].items():
