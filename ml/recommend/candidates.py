@@ -1,5 +1,6 @@
-"""Candidate generation: item-to-item co-visitation, category popularity, repurchase of
-consumables and global popularity (the cold-start fallback), as sparse matrix algebra."""
+"""Candidate generation: item-to-item co-visitation, EASE (catalogues up to EASE_MAX_ITEMS),
+category popularity, repurchase of consumables and global popularity (the cold-start
+fallback), as sparse matrix algebra; and the per-customer split (``holdout_latest``)."""
 
 from __future__ import annotations
 

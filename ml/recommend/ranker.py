@@ -252,5 +252,5 @@ class Recommender:
             for k, v in results[name].items():
                 metrics[f"{name}_{k}"] = v
         metrics["customers_evaluated"] = float(len(users))
-        table = pd.DataFrame(results).T.reset_index(names="model")
+        table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
         return metrics, {"comparison": table}
