@@ -55,18 +55,20 @@ def run_dbt(
     settings: Settings | None = None,
     url: str | None = None,
     capture: bool = False,
+    project_dir: Path = DBT_PROJECT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one dbt command against the project; raise TransformError when it fails."""
+    """Run one dbt command against the project (``project_dir``: a copy of it); raise
+    TransformError when it fails."""
     env = {
         **os.environ,
         **dbt_env(settings, url),
-        "DBT_PROFILES_DIR": str(DBT_PROJECT),
-        "DBT_PROJECT_DIR": str(DBT_PROJECT),
+        "DBT_PROFILES_DIR": str(project_dir),
+        "DBT_PROJECT_DIR": str(project_dir),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
     proc = subprocess.run(
         [dbt_executable(), *args],
-        cwd=DBT_PROJECT,
+        cwd=project_dir,
         env=env,
         text=True,
         capture_output=capture,

@@ -4,10 +4,8 @@ identities, keeps personal data out of reach, and incremental runs equal full re
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from crm import db
 from crm.ingest.load import ingest_paths
 from crm.settings import Settings
-from crm.transform import DBT_PROJECT, TransformError, build, dbt_env, dbt_executable, run_dbt
+from crm.transform import DBT_PROJECT, TransformError, build, run_dbt
 from tests.conftest import insert_out_of_contract_event
 
 pytestmark = pytest.mark.slow
@@ -278,14 +276,10 @@ def test_partial_parsing_keeps_every_test(tmp_path: Path, pg_server_url: str) ->
     tests from every later partial parse; the snapshot now has its own file in snapshots/."""
     project = tmp_path / "dbt_project"
     shutil.copytree(DBT_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs"))
-    env = {**os.environ, **dbt_env(url=pg_server_url), "DBT_PROFILES_DIR": str(project),
-           "DBT_PROJECT_DIR": str(project), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}  # fmt: skip
 
     def data_tests(*flags: str) -> set[str]:
-        out = subprocess.run(
-            [dbt_executable(), *flags, "ls", "--resource-type", "test", "--output", "name"],
-            cwd=project, env=env, text=True, capture_output=True, check=True,
-        ).stdout  # fmt: skip
+        out = run_dbt([*flags, "ls", "--resource-type", "test", "--output", "name"],
+                      url=pg_server_url, capture=True, project_dir=project).stdout  # fmt: skip
         return set(re.findall(r"^[a-z0-9_]+$", out, flags=re.MULTILINE))
 
     full = data_tests("--no-partial-parse")

@@ -53,6 +53,8 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
     with temp_database(pg_server_url, "crm_test_superset", ML_DB) as url:
         db.upgrade(url)
         home = PROJECT_ROOT / ".crm" / "test-superset"
+        # a previous run's Redis keeps that day's frequency caps: this run would send nothing
+        shutil.rmtree(home / "redis", ignore_errors=True)
         with FakeFcm() as fake:
             settings = Settings(_env_file=None, database_url=url, home=home,  # type: ignore[call-arg]
                                 fcm_endpoint=fake.endpoint, fcm_ca_file=fake.ca_file,

@@ -228,25 +228,16 @@ class Recommender:
             "popularity_all_time": evaluate_lists(
                 popularity_lists(ix, users, self.n, self.exclude_seen, all_time=True), truth, size
             ),
-            "als": evaluate_lists(
-                als_lists(ix, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen),
-                truth,
-                size,
-            ),
         }
-        ease = ease_lists(ix, users, self.n, exclude_seen=self.exclude_seen)
-        if ease is not None:
-            results["ease"] = evaluate_lists(ease, truth, size)
+        inputs = {"": ix}  # the baselines on decayed weights, and on undecayed ones if asked
         if self.all_time_baselines:
-            flat = dataclasses.replace(ix, weights=undecayed_weights(train, ix))
-            results["als_all_time"] = evaluate_lists(
-                als_lists(flat, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen),
-                truth,
-                size,
-            )
-            ease = ease_lists(flat, users, self.n, exclude_seen=self.exclude_seen)
+            inputs["_all_time"] = dataclasses.replace(ix, weights=undecayed_weights(train, ix))
+        for suffix, data in inputs.items():
+            als = als_lists(data, users, self.n, seed=self.seed, exclude_seen=self.exclude_seen)
+            results[f"als{suffix}"] = evaluate_lists(als, truth, size)
+            ease = ease_lists(data, users, self.n, exclude_seen=self.exclude_seen)
             if ease is not None:
-                results["ease_all_time"] = evaluate_lists(ease, truth, size)
+                results[f"ease{suffix}"] = evaluate_lists(ease, truth, size)
         metrics = {f"{k}": v for k, v in results["ours"].items()}
         for name in (n for n in results if n != "ours"):
             for k, v in results[name].items():
