@@ -21,7 +21,7 @@ from ml.churn import ChurnModel
 from ml.data import Snapshot
 from ml.datasets import movielens_snapshot
 from ml.recommend.candidates import holdout_latest
-from ml.recommend.ranker import Recommender
+from ml.recommend.ranker import Recommender, comparison_metrics
 from ml.repeat import compare_on_cdnow, read_cdnow
 from ml.segments import SegmentModel
 from ml.sendtime import SendTimeModel
@@ -143,15 +143,6 @@ def pooled(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return out.reset_index().astype({"users": int})
 
 
-def flat(table: pd.DataFrame) -> dict[str, float]:
-    """A comparison table as metrics: ours unprefixed, each baseline prefixed by its name."""
-    out: dict[str, float] = {}
-    for row in table.to_dict("records"):
-        prefix = "" if row["model"] == "ours" else f"{row['model']}_"
-        out.update({f"{prefix}{k}": float(v) for k, v in row.items() if k != "model"})
-    return out
-
-
 def evaluate_movielens(folder: Path) -> tuple[dict[str, Any], list[str]]:
     """Two protocols: the time split serving faces (train before a cut-off, relevant = the
     next 30 days), pooled over seven cut-offs; and the per-customer split of the literature
@@ -168,7 +159,7 @@ def evaluate_movielens(folder: Path) -> tuple[dict[str, Any], list[str]]:
     rec = Recommender(horizon_days=30, exclude_seen=True, protocol="latest",
                       all_time_baselines=True).fit(history)  # fmt: skip
     latest = rec.evaluate_latest(history, heldout)[1]["comparison"]
-    time_metrics, latest_metrics = flat(by_time), flat(latest)
+    time_metrics, latest_metrics = comparison_metrics(by_time), comparison_metrics(latest)
 
     def verdict(m: dict[str, float]) -> str:
         pop = max(m["popularity_ndcg@10"], m["popularity_all_time_ndcg@10"])

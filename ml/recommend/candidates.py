@@ -78,13 +78,7 @@ def holdout_latest(snap: Snapshot, share: float) -> tuple[Snapshot, Snapshot]:
     per-customer time split of the recommender literature (RecBole's ordered split by user).
     Other customers' later events stay in the history: it is not a global time split."""
     pe, it = snap.product_events, snap.items
-    pairs = pd.concat([
-        pd.DataFrame({"customer_id": pe.customer_id, "product_id": pe.product_id,
-                      "at": pe.event_at}),
-        pd.DataFrame({"customer_id": it.customer_id, "product_id": it.product_id,
-                      "at": it.ordered_at}),
-    ], ignore_index=True)  # fmt: skip
-    first = pairs.groupby(["customer_id", "product_id"], as_index=False)["at"].min()
+    first = interactions(snap).groupby(["customer_id", "product_id"], as_index=False)["at"].min()
     first = first.sort_values(["customer_id", "at", "product_id"], kind="stable")
     order = first.groupby("customer_id").cumcount()
     size = first.groupby("customer_id").product_id.transform("size")
@@ -239,13 +233,13 @@ def candidates(
     own = w.toarray()
     bought = ix.bought[rows].toarray()
     repurchase = bought * ix.repeat_rate[None, :]
-    ease = np.asarray(ix.history[rows] @ ix.ease) if ix.ease is not None else np.zeros_like(own)
+    ease = np.asarray(ix.history[rows] @ ix.ease) if ix.ease is not None else None
     frames = []
     top_pop = np.argsort(-pop)[:per_source]
     # (scores, the floor a candidate must beat): EASE's scores can be negative
     sources = [(np.where(own > 0, 0.0, covis), 0.0), (catpop, 0.0)] if exclude_seen else [
         (covis, 0.0), (catpop, 0.0), (own, 0.0), (repurchase, 0.0)]  # fmt: skip
-    if ix.ease is not None:
+    if ease is not None:
         sources.append((np.where(own > 0, -np.inf, ease) if exclude_seen else ease, -np.inf))
     for scores, floor in sources:
         k = min(per_source, scores.shape[1])
@@ -284,10 +278,11 @@ def candidates(
     # raw co-visitation score grows with the customer's history)
     best = cand.groupby("r").covisit.transform("max").to_numpy()
     cand["covisit_rel"] = cand.covisit.to_numpy() / np.maximum(best, 1e-12)
-    cand["ease"] = ease[rr, ii]
-    cand["ease_rank"] = (
-        cand.groupby("r").ease.rank(ascending=False, method="first") if ix.ease is not None else 0.0
-    )
+    if ease is None:  # a catalogue too large for EASE: constant features
+        cand["ease"] = cand["ease_rank"] = 0.0
+    else:
+        cand["ease"] = ease[rr, ii]
+        cand["ease_rank"] = cand.groupby("r").ease.rank(ascending=False, method="first")
     return cand
 
 

@@ -34,6 +34,16 @@ RECENT_DURABLE_DAYS = 90
 MAX_PER_CATEGORY = 4  # in the top 10
 
 
+def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """A comparison table (one row per model) as flat metrics: ours unprefixed, each
+    baseline's prefixed by its name (``als_ndcg@10``)."""
+    out: dict[str, float] = {}
+    for row in table.to_dict("records"):
+        prefix = "" if row["model"] == "ours" else f"{row['model']}_"
+        out.update({f"{prefix}{k}": float(v) for k, v in row.items() if k != "model"})
+    return out
+
+
 def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
     """Per customer row: drop durables bought recently, then keep at most MAX_PER_CATEGORY
     of one category in the first 10, in score order."""
@@ -198,8 +208,8 @@ class Recommender:
         self, snap: Snapshot, cutoff: pd.Timestamp
     ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
         """Ours against global popularity (decayed and all-time), ALS and (small catalogues)
-        EASE on the same split:
-        train history before ``cutoff``, relevant items = interactions in the window after it."""
+        EASE on the same split: train history before ``cutoff``, relevant items =
+        interactions in the window after it."""
         truth = heldout_gains(snap.between(cutoff, cutoff + self.horizon_days * DAY))
         return self.compare(snap.before(cutoff), truth)
 
@@ -238,10 +248,7 @@ class Recommender:
             ease = ease_lists(data, users, self.n, exclude_seen=self.exclude_seen)
             if ease is not None:
                 results[f"ease{suffix}"] = evaluate_lists(ease, truth, size)
-        metrics = {f"{k}": v for k, v in results["ours"].items()}
-        for name in (n for n in results if n != "ours"):
-            for k, v in results[name].items():
-                metrics[f"{name}_{k}"] = v
-        metrics["customers_evaluated"] = float(len(users))
         table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
+        metrics = comparison_metrics(table)
+        metrics["customers_evaluated"] = float(len(users))
         return metrics, {"comparison": table}
