@@ -89,7 +89,7 @@ mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0
 lint: env  ## ruff (lint + format check), mypy, sqlfluff (dbt templater) on dbt_project/
 	$(RUN) ruff check crm ml notify dags tests bench superset
 	$(RUN) ruff format --check crm ml notify dags tests bench superset
-	$(RUN) mypy crm ml notify
+	$(RUN) mypy crm ml notify tests
 	$(RUN) python -m crm.transform sqlfluff
 
 format: env  ## apply ruff's fixes and formatting

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from psycopg import sql
+
 from crm import db
 from crm.errors import CrmError
 from crm.settings import PROJECT_ROOT, Settings, get_settings
@@ -108,15 +110,59 @@ def build(
     return run_dbt(args, settings=settings, url=url, capture=capture)
 
 
-def sqlfluff_lint() -> int:
-    """sqlfluff with the dbt templater over the project (``make lint``)."""
-    env = {**os.environ, **dbt_env()}
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("sqlfluff")), "lint", "models", "tests"],
+def lint_database_url(settings: Settings | None = None) -> str:
+    """A database of its own for ``make lint``, dropped and created anew on each run, on the
+    same server as the pipeline's: what sqlfluff's dbt templater compiles against never
+    depends on what the pipeline's database holds."""
+    url = db.database_url(settings)
+    name = db.conn_info(url).dbname + "_lint"
+    with db.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    lint_url = db.with_database(url, name)
+    db.upgrade(lint_url)
+    return lint_url
+
+
+def sqlfluff_lint(settings: Settings | None = None) -> int:
+    """sqlfluff with the dbt templater over the project (``make lint``), once per branch of
+    the incremental models, each against a known state of a database of its own:
+
+    1. nothing built: ``is_incremental()`` is false, every model's full-build SQL is linted;
+    2. every model built (on empty raw tables): ``is_incremental()`` is true, the incremental
+       SQL is linted.
+    """
+    lint_url = lint_database_url(settings)
+    env = {**os.environ, **dbt_env(url=lint_url), "DBT_PROFILES_DIR": str(DBT_PROJECT)}
+    sqlfluff = [str(Path(sys.executable).with_name("sqlfluff")), "lint", "models", "tests"]
+    print(
+        f"== sqlfluff, full builds: no model built in {db.conn_info(lint_url).dbname}", flush=True
+    )
+    full = subprocess.run(sqlfluff, cwd=DBT_PROJECT, env=env).returncode
+    print("== dbt build (models, snapshots) on the lint database's empty tables", flush=True)
+    built = subprocess.run(
+        [
+            dbt_executable(),
+            "--quiet",
+            "build",
+            "--resource-type",
+            "model",
+            "--resource-type",
+            "snapshot",
+        ],
         cwd=DBT_PROJECT,
         env=env,
-    )
-    return proc.returncode
+    ).returncode
+    if built != 0:
+        print(
+            "dbt failed to build the project on empty tables: see the model above", file=sys.stderr
+        )
+        return built
+    print("== sqlfluff, incremental runs: every model built", flush=True)
+    incremental = subprocess.run(sqlfluff, cwd=DBT_PROJECT, env=env).returncode
+    return full or incremental
 
 
 if __name__ == "__main__":

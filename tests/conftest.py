@@ -7,9 +7,10 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -24,13 +25,20 @@ from notify.fcm import FcmSender
 TEMPLATE = "crm_test_template"
 
 
+def scalar(conn: psycopg.Connection, query: LiteralString, params: Sequence[Any] = ()) -> Any:
+    """The first column of the one row a query returns."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
     """A URL on the server tests may create databases on."""
     url = os.environ.get("CRM_TEST_DATABASE_URL") or os.environ.get("CRM_DATABASE_URL")
     if url:
         return url
-    return db.embedded_url(Settings(_env_file=None))  # type: ignore[call-arg]
+    return db.embedded_url(Settings(_env_file=None))
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +80,7 @@ def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         database_url=db_url,
         home=tmp_path / "home",
@@ -159,7 +167,7 @@ def build_ml_shop(server_url: str, out: Path, users: int = 1500, days: int = 56)
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(ML_DB)))
     url = db.with_database(server_url, ML_DB)
     db.upgrade(url)
-    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url)
     ingest_paths(sorted((out / "events").iterdir()), settings=settings)
     build(url=url, capture=True)
     return url
@@ -223,13 +231,13 @@ def sender(fake: FakeFcm) -> Iterator[FcmSender]:
 
 
 @pytest.fixture
-def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:  # type: ignore[type-arg]
+def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
     """A local webhook receiver: (base URL, [(path, JSON body)]); paths under /down fail."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    got: list[tuple[str, dict]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -248,3 +256,17 @@ def hook() -> Iterator[tuple[str, list[tuple[str, dict]]]]:  # type: ignore[type
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{server.server_port}", got
     server.shutdown()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
+    """Say last what was not checked and how to check it: a skip reason alone scrolls by in
+    a long run (this wraps the terminal reporter's summary, so it prints after it)."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.section("not checked in this run", sep="=", yellow=True, bold=True)
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")

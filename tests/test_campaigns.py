@@ -20,11 +20,12 @@ from notify.campaigns import (
     pick_message,
     render,
 )
+from tests.conftest import scalar
 
 EXAMPLES = PROJECT_ROOT / "campaigns"
 
 
-def example(name: str = "winback_inactive") -> dict:  # type: ignore[type-arg]
+def example(name: str = "winback_inactive") -> dict:
     return yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
 
 
@@ -53,7 +54,7 @@ def test_the_playbook_examples_are_valid() -> None:
         (lambda d: d.update(colour="red"), "colour: Extra inputs are not permitted"),
     ],
 )  # fmt: skip
-def test_each_mistake_is_reported_with_its_place(change, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_mistake_is_reported_with_its_place(change, expected: str) -> None:
     data = example()
     change(data)
     with pytest.raises(CampaignError) as err:
@@ -109,7 +110,7 @@ def test_audience_filters_are_bound_values_not_sql(ml_shop: tuple[str, Path]) ->
             {"field": "top_category", "op": "eq", "value": "x'; drop table marts.dim_customers; --"}
         ]}  # fmt: skip
         assert len(select_audience(conn, parse_campaign(evil))) == 0
-        assert conn.execute("select count(*) from marts.dim_customers").fetchone()[0] > 0
+        assert scalar(conn, "select count(*) from marts.dim_customers") > 0
         # churn bands come from ml.churn_scores
         conn.execute("delete from ml.churn_scores")
         conn.execute(
@@ -136,17 +137,17 @@ def test_audience_snapshot_is_taken_once(ml_shop: tuple[str, Path]) -> None:
             assert snapshot_audience(conn, campaign, hour) == first
         # the next occurrence is its own snapshot, with the same people held out
         with conn.transaction():
-            only = ["nobody", *conn.execute(
+            only = ["nobody", *(row[0] for row in conn.execute(
                 "select customer_id from crm.campaign_audiences where campaign_id = %s"
-                " order by customer_id limit 20", (campaign.id,)).fetchall()]  # fmt: skip
-            only = [o if isinstance(o, str) else o[0] for o in only]
+                " order by customer_id limit 20", (campaign.id,)))]  # fmt: skip
             nxt = snapshot_audience(conn, campaign, hour + timedelta(hours=1), only)
-            same = conn.execute(
+            same = scalar(
+                conn,
                 "select count(*) from crm.campaign_audiences a join crm.campaign_audiences b"
                 " using (campaign_id, customer_id) where a.occurrence = %s and b.occurrence = %s"
                 " and a.held_out = b.held_out",
                 (hour, hour + timedelta(hours=1)),
-            ).fetchone()[0]
+            )
         assert nxt[0] == 20 and same == 20
         conn.execute("delete from crm.campaign_audiences where campaign_id = %s", (campaign.id,))
         conn.commit()

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent.parent
 GENERATED = ("./landing", "./secrets", "./docker/certs")
 
 
-def compose() -> dict:  # type: ignore[type-arg]
+def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 

@@ -17,7 +17,7 @@ from tests.conftest import insert_out_of_contract_event
 DAGS = PROJECT_ROOT / "dags"
 
 
-def without_deadline(dag):  # type: ignore[no-untyped-def]
+def without_deadline(dag):
     """dag.test() in Airflow 3.3.2 looks deadline alerts up by id before anything stored them
     (AttributeError: 'dict' object has no attribute 'hex'); the scheduler stores them first.
     In-process test runs go without the deadline (its presence is checked above, its callback
@@ -28,18 +28,18 @@ def without_deadline(dag):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_home: Path):  # type: ignore[no-untyped-def]
+def dagbag(airflow_home: Path):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS))
 
 
-def test_dagbag_imports_without_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_dagbag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert "ingest_events" in dagbag.dags
 
 
-def test_every_dag_is_documented_owned_tagged_and_retried(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_every_dag_is_documented_owned_tagged_and_retried(dagbag) -> None:
     for dag_id, dag in dagbag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
         assert dag.tags and "shop-crm" in dag.tags, dag_id
@@ -49,14 +49,14 @@ def test_every_dag_is_documented_owned_tagged_and_retried(dagbag) -> None:  # ty
             assert task.retries >= 1, (dag_id, task.task_id)
 
 
-def test_ingest_dag_produces_the_raw_events_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_ingest_dag_produces_the_raw_events_asset(dagbag) -> None:
     dag = dagbag.dags["ingest_events"]
     outlets = [o for t in dag.tasks for o in t.outlets]
     assert len(outlets) == 1
     assert outlets[0].uri.startswith("postgres://") and outlets[0].uri.endswith("/raw/events")
 
 
-def test_build_dag_runs_each_model_after_the_ingest_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_build_dag_runs_each_model_after_the_ingest_asset(dagbag) -> None:
     dag = dagbag.dags["build_customer_models"]
     ingest = dagbag.dags["ingest_events"]
     [produced] = [o for t in ingest.tasks for o in t.outlets]
@@ -156,7 +156,7 @@ def test_build_dag_builds_the_marts_and_stops_at_a_failing_test(
     assert states["dbt.dim_customers.run"] == "upstream_failed"
 
 
-def test_ml_dags_chain_on_the_marts_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_ml_dags_chain_on_the_marts_asset(dagbag) -> None:
     score = dagbag.dags["score_customers"]
     assert "marts/dim_customers" in str(score.timetable.asset_condition)
     (task,) = score.tasks
@@ -275,7 +275,7 @@ def _no_customer_in_mlflow_runs(url: str, artifacts: Path) -> None:
     assert not leaked, sorted(leaked)[:5]
 
 
-def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> None:  # type: ignore[no-untyped-def]
+def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> None:
     dag = dagbag.dags["send_campaigns"]
     assert "ml/churn_scores" in str(dag.timetable.asset_condition)
     assert {"campaigns", "launch", "adhoc", "dry_run"} <= set(dag.params.keys())
@@ -289,7 +289,7 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
     pg_server_url: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    fake,  # type: ignore[no-untyped-def]
+    fake,
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -343,7 +343,7 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
             get_settings.cache_clear()
 
 
-def test_a_missed_deadline_warns_ops_through_apprise(hook, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_missed_deadline_warns_ops_through_apprise(hook, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     from crm.alerts import deadline_missed

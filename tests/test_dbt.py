@@ -26,14 +26,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(
     pg_server_url: str, template_url: str, small_shop: Path, tmp_path_factory
-) -> Iterator[str]:  # type: ignore[no-untyped-def]
+) -> Iterator[str]:
     """One database with the small shop ingested and the whole project built."""
     name = "crm_test_dbt_built"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(f"drop database if exists {name} with (force)")
         conn.execute(f"create database {name} template crm_test_template")
     url = db.with_database(pg_server_url, name)
-    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url)
     ingest_paths([small_shop / "events"], settings=settings)
     build(url=url, capture=True)
     yield url
@@ -43,7 +43,7 @@ def built(
 
 def rows(url: str, sql: str) -> list[tuple]:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def test_stitching_recovers_the_simulated_people(built: str, small_shop: Path) -> None:

@@ -15,30 +15,29 @@ from notify.campaigns import Schedule, SendTime, load_campaign
 from notify.deliver import CLAIM, due_occurrence, plan, send_due, zone
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender
+from tests.conftest import scalar
 
 NOW = datetime(2026, 2, 27, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def settings(shop: str, tmp_path: Path) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=shop, home=tmp_path / "home", push_cap_per_day=5
-    )
+    return Settings(_env_file=None, database_url=shop, home=tmp_path / "home", push_cap_per_day=5)
 
 
 @pytest.fixture
-def redis_(settings: Settings):  # type: ignore[no-untyped-def]
+def redis_(settings: Settings):
     from ml.publish import redis_client
 
     return redis_client(settings)
 
 
-def campaign(name: str = "active_recommendations", **change: object):  # type: ignore[no-untyped-def]
+def campaign(name: str = "active_recommendations", **change: object):
     c = load_campaign(PROJECT_ROOT / "campaigns" / f"{name}.yaml")
     return c.model_copy(update={"channels": ["push"], **change})
 
 
-def rows(url: str, where: str = "true") -> list[tuple]:  # type: ignore[type-arg]
+def rows(url: str, where: str = "true") -> list[tuple]:
     with psycopg.connect(url) as conn:
         return conn.execute(
             f"select delivery_id, customer_id, state, slot, reason, attempts from crm.deliveries"
@@ -48,12 +47,12 @@ def rows(url: str, where: str = "true") -> list[tuple]:  # type: ignore[type-arg
 
 def test_each_planned_push_is_sent_once_at_an_allowed_local_hour(
     shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     c = campaign()
     with psycopg.connect(shop) as conn:
         counts = plan(conn, c, NOW, settings)
         conn.commit()
-        zones = dict(
+        zones: dict[str, str] = dict(
             conn.execute("select customer_id, time_zone from marts.dim_customers").fetchall()
         )
     assert counts["planned"] > 50 and counts["held_out"] > 0
@@ -77,7 +76,7 @@ def test_each_planned_push_is_sent_once_at_an_allowed_local_hour(
 
 def test_several_sender_processes_share_the_work_and_never_a_delivery(
     shop: str, settings: Settings, fake: FakeFcm, redis_, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from notify import run
 
     with psycopg.connect(shop) as conn:
@@ -98,7 +97,7 @@ def test_several_sender_processes_share_the_work_and_never_a_delivery(
 
 def test_a_worker_that_died_after_claiming_is_taken_over_after_its_lease(
     shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     c = campaign()
     with psycopg.connect(shop) as conn:
         plan(conn, c, NOW, settings)
@@ -120,13 +119,13 @@ def test_a_worker_that_died_after_claiming_is_taken_over_after_its_lease(
 
 def test_fcm_errors_unregistered_tokens_and_quota_retries(
     shop: str, settings: Settings, redis_
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     c = campaign()
     with psycopg.connect(shop) as conn:
         plan(conn, c, NOW, settings)
-        victim = conn.execute(
-            "select customer_id from crm.deliveries where state = 'planned' limit 1"
-        ).fetchone()[0]
+        victim = scalar(
+            conn, "select customer_id from crm.deliveries where state = 'planned' limit 1"
+        )
         conn.execute(
             "update marts.push_devices set push_token = 'unregistered-' || device_id"
             " where customer_id = %s",
@@ -155,7 +154,7 @@ def test_fcm_errors_unregistered_tokens_and_quota_retries(
     assert second["sent"] == len(ok.sent) > 0
     assert failed[0][2] == "failed" and "Unregistered" in failed[0][4]
     with psycopg.connect(shop) as conn:
-        assert conn.execute("select count(*) from crm.invalid_tokens").fetchone()[0] >= 1
+        assert scalar(conn, "select count(*) from crm.invalid_tokens") >= 1
 
 
 def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
@@ -163,17 +162,15 @@ def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
 ) -> None:
     from ml.publish import redis_client
 
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=shop, home=tmp_path / "h", push_cap_per_day=1
-    )
+    settings = Settings(_env_file=None, database_url=shop, home=tmp_path / "h", push_cap_per_day=1)
     r = redis_client(settings)
     a, b = campaign(), campaign("buyer_offers", audience=campaign().audience)
     with psycopg.connect(shop) as conn:
         plan(conn, a, NOW, settings)
         plan(conn, b, NOW, settings)
-        withdrawn = conn.execute(
-            "select customer_id from crm.deliveries where state = 'planned' limit 1"
-        ).fetchone()[0]
+        withdrawn = scalar(
+            conn, "select customer_id from crm.deliveries where state = 'planned' limit 1"
+        )
         conn.execute(
             "update marts.dim_customers set push_consent = false where customer_id = %s",
             (withdrawn,),
@@ -187,10 +184,11 @@ def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
     capped = rows(shop, "reason = 'frequency cap'")
     assert capped  # customers in both audiences got one push that day, not two
     with psycopg.connect(shop) as conn:
-        twice = conn.execute(
+        twice = scalar(
+            conn,
             "select count(*) from (select customer_id from crm.deliveries where state = 'sent'"
-            " group by customer_id having count(*) > 1) t"
-        ).fetchone()[0]
+            " group by customer_id having count(*) > 1) t",
+        )
     assert twice == 0
 
 
@@ -214,12 +212,13 @@ def test_a_recurring_campaign_plans_each_occurrence_up_to_its_cap(
             " group by 1 order by 1",
             (weekly.id,),
         ).fetchall()
-        held = conn.execute(
+        held = scalar(
+            conn,
             "select count(*) from crm.deliveries a join crm.deliveries b using (campaign_id,"
             " customer_id) where a.campaign_id = %s and a.occurrence < b.occurrence"
             " and (a.state = 'held_out') <> (b.state = 'held_out')",
             (weekly.id,),
-        ).fetchone()[0]
+        )
     assert sum(first.values()) > 50 and not again and sum(nxt.values()) == sum(first.values())
     assert [o for o, _ in occurrences] == [
         datetime(2026, 2, 26, 6, tzinfo=UTC),
@@ -242,7 +241,9 @@ def test_the_end_date_stops_occurrences_and_slots_after_it(shop: str, settings: 
     with psycopg.connect(shop) as conn:
         counts = plan(conn, late, NOW.replace(hour=22), settings)  # 20:00 UTC has passed
         conn.commit()
-        zones = dict(conn.execute("select customer_id, time_zone from marts.dim_customers"))
+        zones: dict[str, str] = dict(
+            conn.execute("select customer_id, time_zone from marts.dim_customers")
+        )
     assert counts["suppressed"] > 0
     reachable = "state <> 'held_out' and coalesce(reason, '') not like 'no consent%'"
     for _, customer, state, slot, reason, _ in rows(shop, reachable):
@@ -291,7 +292,7 @@ def test_triggers_fire_for_exactly_the_customers_their_rule_names(shop: str) -> 
 
 def test_webhook_channel_through_apprise_and_an_unconfigured_channel_is_never_chosen(
     shop: str, settings: Settings, sender: FcmSender, redis_, hook
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from notify.channels import AppriseSender
 
     host, got = hook
@@ -310,7 +311,7 @@ def test_webhook_channel_through_apprise_and_an_unconfigured_channel_is_never_ch
     with psycopg.connect(shop) as conn:
         plan(conn, both, NOW, configured)  # e-mail has no URL: never chosen
         conn.commit()
-        chosen = dict(conn.execute(
+        chosen: dict[str, int] = dict(conn.execute(
             "select channel, count(*) from crm.deliveries where state = 'planned' group by 1"
         ).fetchall())  # fmt: skip
     assert chosen == {"webhook": len(people)}
@@ -341,7 +342,7 @@ send_due(url, FcmSender("test", endpoint=endpoint, name="doomed", ca_file=ca_fil
 
 def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(
     shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import signal
     import subprocess
     import sys
@@ -382,7 +383,7 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(
 
 def test_the_suppression_list_stops_planning_and_a_send_already_planned(
     shop: str, settings: Settings, fake: FakeFcm, sender: FcmSender, redis_
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from notify import suppressions
 
     c = campaign(holdout_percent=0)
@@ -409,7 +410,7 @@ def test_the_suppression_list_stops_planning_and_a_send_already_planned(
 
 def test_without_fcm_credentials_pushes_wait_and_nothing_goes_to_google(
     shop: str, settings: Settings, redis_
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from notify.deliver import NOT_CONFIGURED
 
     c = campaign()

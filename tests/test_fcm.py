@@ -54,7 +54,7 @@ def test_quota_errors_are_retryable_with_retry_after() -> None:
 def test_sender_from_settings_reaches_the_configured_endpoint(fake: FakeFcm) -> None:
     from crm.settings import Settings
 
-    settings = Settings(_env_file=None, fcm_project_id="p1", fcm_endpoint=fake.endpoint,  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, fcm_project_id="p1", fcm_endpoint=fake.endpoint,
                         fcm_ca_file=fake.ca_file)  # fmt: skip
     s = FcmSender.from_settings(settings)
     try:

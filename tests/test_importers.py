@@ -41,7 +41,7 @@ C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Aust
 """
 
 
-def events_in(folder: Path) -> list[dict]:  # type: ignore[type-arg]
+def events_in(folder: Path) -> list[dict]:
     out = []
     for f in sorted(folder.rglob("*.jsonl.gz")):
         out += [orjson.loads(line) for line in gzip.decompress(f.read_bytes()).splitlines()]
@@ -95,7 +95,7 @@ def test_importers_refuse_a_file_in_another_format(tmp_path: Path) -> None:
 def test_cdnow_import_loads_every_purchase(real_data: Path, tmp_path: Path, db_url: str) -> None:
     s = import_cdnow(real_data / "CDNOW_master.txt", tmp_path)
     assert s.events == 69659 and not s.skipped
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, database_url=db_url, ingest_min_timestamp="1990-01-01T00:00:00Z"
     )
     results = ingest_paths(sorted((tmp_path / "events").iterdir()), settings=settings)

@@ -241,4 +241,4 @@ def test_unmigrated_database_gives_a_clear_error(tmp_path: Path, pg_server_url: 
     url = with_database(pg_server_url, "crm_test_empty")
     path = write(tmp_path / "x.jsonl", [ev(1)])
     with pytest.raises(DatabaseError, match="crm db upgrade"):
-        ingest_file(path, url=url, settings=Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
+        ingest_file(path, url=url, settings=Settings(_env_file=None, database_url=url))

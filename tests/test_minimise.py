@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -133,13 +134,15 @@ def test_loader_keeps_personal_data_in_pii_only(
     with psycopg.connect(db_url) as conn:
         for needle in (EMAIL, "Ann", "1234567", "203.0.113.77", "2001:db8:abcd:12", "1990-01"):
             assert _all_text(conn, needle, "pii") == [], needle
-        traits = dict(conn.execute(
+        traits: dict[str, Any] = dict(conn.execute(
             "select message_id, traits from pii.contact_traits order by 1").fetchall())  # fmt: skip
         assert traits["m-5"]["email"] == f" {EMAIL} " and traits["m-7"] == {
             "birthday": "1990-01-01"
         }
         assert set(traits) == {"m-5", "m-6", "m-7"}
-        ips = dict(conn.execute("select message_id, payload #>> '{context,ip}' from raw.events"))
+        ips: dict[str, str | None] = dict(
+            conn.execute("select message_id, payload #>> '{context,ip}' from raw.events")
+        )
         assert ips["m-1"] == "203.0.113.0" and ips["m-2"] == "2001:db8:abcd::"
         assert ips["m-3"] is None
     # loading the same calls again (a renamed copy) adds no second contact row
@@ -165,10 +168,14 @@ def test_the_migration_minimised_rows_stored_before_it(db_url: str) -> None:
                 (payload["messageId"], payload["type"], payload.get("userId"),
                  payload["anonymousId"], orjson.dumps(payload).decode(), i),
             )  # fmt: skip
-        conn.execute(migration)  # type: ignore[arg-type]
-        conn.execute(migration)  # type: ignore[arg-type]
-        stored = dict(conn.execute("select message_id, payload from raw.events").fetchall())
-        moved = dict(conn.execute("select message_id, traits from pii.contact_traits").fetchall())
+        conn.execute(migration)
+        conn.execute(migration)
+        stored: dict[object, Any] = dict(
+            conn.execute("select message_id, payload from raw.events").fetchall()
+        )
+        moved: dict[object, Any] = dict(
+            conn.execute("select message_id, traits from pii.contact_traits").fetchall()
+        )
     for payload in PAYLOADS:
         kept, personal = minimise(orjson.dumps(payload))
         assert stored[payload["messageId"]] == orjson.loads(kept)

@@ -252,12 +252,12 @@ def test_holdout_latest_holds_out_each_customers_latest_products() -> None:
 
 # ---------- MLflow, ml.* and Redis
 @pytest.fixture
-def ml_settings(ml_shop: tuple[str, Path], pg_server_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def ml_settings(ml_shop: tuple[str, Path], pg_server_url: str, tmp_path: Path):
     from ml.tracking import sqlalchemy_url
 
     db.upgrade(ml_shop[0])
     with temp_database(pg_server_url, "crm_test_mlflow") as tracking:
-        yield Settings(  # type: ignore[call-arg]
+        yield Settings(
             _env_file=None,
             database_url=ml_shop[0],
             home=tmp_path / "home",
@@ -285,7 +285,9 @@ def test_train_registers_champions_and_score_publishes_them(
 
     result = jobs.score(ml_settings, snapshot=snap)
     with db.connect(ml_settings.database_url) as conn:
-        n = dict(conn.execute("select table_name, rows from ml.score_runs").fetchall())
+        n: dict[str, int] = dict(
+            conn.execute("select table_name, rows from ml.score_runs").fetchall()
+        )
         versions = {
             v for (v,) in conn.execute("select distinct model_version from ml.churn_scores")
         }
@@ -297,11 +299,11 @@ def test_train_registers_champions_and_score_publishes_them(
     assert per_customer == (20,)
     r = publish.redis_client(ml_settings)
     key = f"crm:customer:{snap.customers.customer_id.iloc[0]}"
-    doc = json.loads(r.get(key))
+    doc = json.loads(r.get(key) or "null")
     assert {"send_time", "recommendations"} <= set(doc)
     assert 0 < r.ttl(key) <= ml_settings.redis_ttl_seconds
     assert result["redis_keys"] == len(snap.customers)
-    assert len(json.loads(r.get("crm:recommendations:popular"))) == 20
+    assert len(json.loads(r.get("crm:recommendations:popular") or "[]")) == 20
     # every customer has recommendations, cold ones the popular items
     assert n["recommendations"] == 20 * len(snap.customers)
 

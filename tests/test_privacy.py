@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import pytest
 
 from crm import privacy
 from crm.settings import Settings
+from tests.conftest import scalar
 
 
 @pytest.fixture
 def settings(shop: str, tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, database_url=shop, home=tmp_path / "home")  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=shop, home=tmp_path / "home")
 
 
 def _someone(conn: psycopg.Connection) -> str:
@@ -114,7 +116,7 @@ def test_export_then_erase_leaves_no_trace_and_nothing_comes_back(
         # idempotent: a second run finds nothing more to remove
         again = privacy.erase(conn, who, r)
         assert not again.rows and again.redis_keys == 0
-    assert not any(person_id in (k.decode()) for k in r.keys("*") for person_id in
+    assert not any(person_id in os.fsdecode(k) for k in r.keys("*") for person_id in
                    person.identifiers)  # fmt: skip
     assert r.get(f"crm:customer:{other}") is not None
 
@@ -162,10 +164,11 @@ def test_retention_drops_whole_old_day_partitions_and_keeps_the_rest(shop: str) 
                     table for _, table, _ in derived}  # fmt: skip
 
         def aged() -> int:  # rows of dbt's incremental tables older than kept_from
-            return sum(conn.execute(
+            return sum(scalar(
+conn,
                 f'select count(*) from "{schema}"."{table}" where "{column}" < %s::date'
                 + ("" if column == "event_date" else "::timestamp at time zone 'UTC'"),
-                (kept_from,)).fetchone()[0] for schema, table, column in derived)  # fmt: skip
+                (kept_from,)) for schema, table, column in derived)  # fmt: skip
 
         before = aged()
         done = privacy.apply_retention(conn, 30, today)

@@ -34,7 +34,11 @@ def _need(path: str, what: str) -> None:
     if not Path(path).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{what} missing at {path} (.ci/run installs it)")
-        pytest.skip(f"{what} missing at {path}: `make superset-env`, apt install chromium")
+        pytest.skip(
+            f"the Superset browser test did not run: {what} missing at {path}. To run it:"
+            " `apt-get install chromium` (Debian's; test tools cannot download browsers),"
+            " `make superset-env`, then `make test` again"
+        )
 
 
 def _free_port() -> int:
@@ -56,7 +60,7 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
         # a previous run's Redis keeps that day's frequency caps: this run would send nothing
         shutil.rmtree(home / "redis", ignore_errors=True)
         with FakeFcm() as fake:
-            settings = Settings(_env_file=None, database_url=url, home=home,  # type: ignore[call-arg]
+            settings = Settings(_env_file=None, database_url=url, home=home,
                                 fcm_endpoint=fake.endpoint, fcm_ca_file=fake.ca_file,
                                 push_cap_per_day=10)  # fmt: skip
             now = datetime(2026, 2, 26, 7, tzinfo=UTC)

@@ -136,11 +136,11 @@ def test_size_and_depth_limits() -> None:
     deep: object = "bottom"
     for _ in range(40):
         deep = {"d": deep}
-    assert "nested deeper than 32" in reason(line(good(properties=deep)))  # type: ignore[arg-type]
+    assert "nested deeper than 32" in reason(line(good(properties=deep)))
     shallow: object = "bottom"
     for _ in range(20):
         shallow = {"d": shallow}
-    parse_line(line(good(properties=shallow)), LIMITS)  # type: ignore[arg-type]
+    parse_line(line(good(properties=shallow)), LIMITS)
 
 
 def test_numeric_ids_are_coerced_to_strings() -> None:

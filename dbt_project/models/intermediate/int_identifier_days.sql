@@ -39,7 +39,7 @@ touched as (
         user_id,
         event_date
     from calls
-    where true {{ new_loads_only('calls.load_id') }}
+    where true {{ new_loads_only('load_id') }}
 
 ),
 
