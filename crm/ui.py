@@ -7,24 +7,53 @@
 - Superset on http://127.0.0.1:8088 with the dashboards imported, user ``admin``, a password
   generated once into ``CRM_HOME/superset/admin.password``.
 
-Logs go to ``CRM_HOME/ui/``. Ctrl-C stops them all.
+Everything listens on 127.0.0.1 only. The scheduler and triggerer run without their log
+servers (which would listen on every interface): the API server reads finished tasks' logs
+from ``$AIRFLOW_HOME/logs`` itself. Logs of the services go to ``CRM_HOME/ui/``.
+
+Ctrl-C, SIGTERM, SIGHUP, or any one service stopping, stops them all, with every process
+they started; if this supervisor is killed outright, the kernel sends each service SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from crm import db
+from crm.errors import CrmError
 from crm.settings import PROJECT_ROOT, get_settings
 
 SUPERSET_PY = PROJECT_ROOT / "superset" / ".venv" / "bin" / "python"
+HOST = "127.0.0.1"
+STOP_GRACE_SECONDS = 15.0
+
+
+class PortTaken(CrmError):
+    """A port a screen needs is in use; the message names the process holding it."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running command, the ports it listens on, and where to check it is up."""
+
+    name: str
+    command: Sequence[str]
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    ports: tuple[int, ...] = ()
+    health: str | None = None
 
 
 def wait_for(url: str, seconds: float = 120) -> bool:
@@ -39,19 +68,153 @@ def wait_for(url: str, seconds: float = 120) -> bool:
     return False
 
 
-def _stop(*_: object) -> None:
+def port_owner(port: int) -> str:
+    """Who listens on a TCP port: 'pid N (command line)', or what is known."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return "another process (not allowed to see which)"
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return "a process of another user"
+            try:
+                cmdline = " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:
+                cmdline = "?"
+            return f"pid {conn.pid} ({cmdline[:120]})"
+    return "a socket not listening yet (try again in a minute)"
+
+
+def check_ports(services: Sequence[Service], host: str = HOST) -> None:
+    """Raise PortTaken, naming the holder, when a port the services need is in use."""
+    taken = []
+    for service in services:
+        for port in service.ports:
+            with socket.socket() as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    taken.append(f"  port {port} ({service.name}) is taken by {port_owner(port)}")
+    if taken:
+        raise PortTaken(
+            "cannot start the screens:\n" + "\n".join(taken) + "\nStop what holds them (a "
+            "previous `make ui`? press Ctrl-C in its terminal, or kill the pid), then retry."
+        )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: its own session (Ctrl-C in the terminal reaches only the
+    supervisor, which stops every service in order), and SIGTERM when the supervisor dies."""
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _tree(pids: Sequence[int]) -> list[psutil.Process]:
+    """Every live process in the given processes' trees and process groups."""
+    found: dict[int, psutil.Process] = {}
+    groups = set()
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            groups.add(os.getpgid(pid))
+            for p in [proc, *proc.children(recursive=True)]:
+                found[p.pid] = p
+        except (psutil.Error, ProcessLookupError):
+            groups.add(pid)  # a leader gone: its group (pgid = its pid) may live on
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) in groups:
+                found[p.pid] = p
+        except (ProcessLookupError, psutil.Error):
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_all(pids: Sequence[int], grace: float | None = None) -> list[int]:
+    """SIGTERM every process the services started, SIGKILL what is left after ``grace``
+    seconds (default STOP_GRACE_SECONDS); return the pids that had to be killed."""
+    grace = STOP_GRACE_SECONDS if grace is None else grace
+    procs = _tree(pids)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive += [p for p in _tree(pids) if p not in alive]  # started while stopping
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in alive]
+
+
+def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def supervise(
+    services: Sequence[Service],
+    logs: Path,
+    *,
+    on_up: Callable[[], None] | None = None,
+    poll: float = 1.0,
+) -> int:
+    """Start the services, report them up, and run until one stops or a signal arrives;
+    then stop them all. Returns 0 when stopped by a signal, 1 when a service stopped."""
+    check_ports(services)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for s in services:
+            with (logs / f"{s.name}.log").open("wb") as log:
+                procs[s.name] = subprocess.Popen(
+                    list(s.command), env=s.env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                )  # fmt: skip
+        for s in services:
+            if s.health:
+                up = wait_for(s.health)
+                print(
+                    f"{s.name}: {'up' if up else f'NOT UP (see {logs / s.name}.log)'}", flush=True
+                )
+        if on_up:
+            on_up()
+        while True:
+            stopped = [name for name, p in procs.items() if p.poll() is not None]
+            if stopped:
+                print(f"{', '.join(stopped)} stopped; stopping the others. Its log: "
+                      f"{logs / stopped[0]}.log", flush=True)  # fmt: skip
+                code = 1
+                break
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        killed = stop_all([p.pid for p in procs.values()])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if killed:
+            print(f"killed {len(killed)} process(es) that ignored SIGTERM", flush=True)
+        print("every service stopped", flush=True)
+    return code
+
+
 def main() -> None:
-    signal.signal(signal.SIGTERM, _stop)  # stop the services on kill as on Ctrl-C
     settings = get_settings()
     home = Path(settings.home).resolve()
     logs = home / "ui"
     logs.mkdir(parents=True, exist_ok=True)
-    url = db.database_url()
-    db.upgrade(url)
     bin_dir = Path(sys.executable).parent
+    from ml.tracking import tracking_uri
+
     env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"}
     superset_env = {
         **os.environ,
@@ -60,58 +223,47 @@ def main() -> None:
         "SUPERSET_SECRET_KEY": db.kept_secret(home / "superset" / "secret_key"),
         "SUPERSET_ADMIN_PASSWORD": db.kept_secret(home / "superset" / "admin.password"),
     }
-    reader = db.ensure_reader(url, "crm_superset", db.reader_password("crm_superset", settings))
-    print("importing the Superset dashboards ...", flush=True)
-    subprocess.run([str(SUPERSET_PY), str(PROJECT_ROOT / "superset" / "bootstrap.py"),
-                    "--database-url", reader], env=superset_env, check=True,
-                   stdout=(logs / "superset-bootstrap.log").open("w"),
-                   stderr=subprocess.STDOUT)  # fmt: skip
-    from ml.tracking import tracking_uri
-
-    commands = {
-        "airflow-api-server": ([str(bin_dir / "airflow"), "api-server", "-p", "8080"], env),
-        "airflow-scheduler": ([str(bin_dir / "airflow"), "scheduler"], env),
-        "airflow-dag-processor": ([str(bin_dir / "airflow"), "dag-processor"], env),
-        "airflow-triggerer": ([str(bin_dir / "airflow"), "triggerer"], env),
-        "mlflow": ([str(bin_dir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", "5000",
-                    "--backend-store-uri", tracking_uri()], env),
-        "superset": ([str(SUPERSET_PY.with_name("superset")), "run", "-h", "127.0.0.1", "-p",
-                      "8088", "--with-threads"], superset_env),
-    }  # fmt: skip
-    procs = [
-        subprocess.Popen(cmd, env=e, stdout=(logs / f"{name}.log").open("w"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
-        for name, (cmd, e) in commands.items()
+    airflow = str(bin_dir / "airflow")
+    services = [
+        Service("airflow-api-server", [airflow, "api-server", "-H", HOST, "-p", "8080"], env,
+                (8080,), f"http://{HOST}:8080/api/v2/version"),
+        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env),
+        Service("airflow-dag-processor", [airflow, "dag-processor"], env),
+        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env),
+        Service("mlflow", [str(bin_dir / "mlflow"), "ui", "--host", HOST, "--port", "5000",
+                           "--backend-store-uri", tracking_uri()], env,
+                (5000,), f"http://{HOST}:5000/health"),
+        Service("superset", [str(SUPERSET_PY.with_name("superset")), "run", "-h", HOST, "-p",
+                             "8088", "--with-threads"], superset_env,
+                (8088,), f"http://{HOST}:8088/health"),
     ]  # fmt: skip
     try:
-        checks = {
-            "Airflow": "http://127.0.0.1:8080/api/v2/version",
-            "MLflow": "http://127.0.0.1:5000/health",
-            "Superset": "http://127.0.0.1:8088/health",
-        }
-        for name, check in checks.items():
-            print(f"{name}: {'up' if wait_for(check) else f'NOT UP (see {logs})'}", flush=True)
-        airflow_pw = Path(os.environ.get("AIRFLOW_HOME", home / "airflow"))
-        airflow_pw = airflow_pw / "simple_auth_manager_passwords.json.generated"
+        check_ports(services)
+    except PortTaken as exc:
+        sys.exit(str(exc))
+    url = db.database_url()
+    db.upgrade(url)
+    reader = db.ensure_reader(url, "crm_superset", db.reader_password("crm_superset", settings))
+    print("importing the Superset dashboards ...", flush=True)
+    with (logs / "superset-bootstrap.log").open("w") as log:
+        subprocess.run([str(SUPERSET_PY), str(PROJECT_ROOT / "superset" / "bootstrap.py"),
+                        "--database-url", reader], env=superset_env, check=True,
+                       stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    airflow_pw = Path(os.environ.get("AIRFLOW_HOME", home / "airflow"))
+    airflow_pw = airflow_pw / "simple_auth_manager_passwords.json.generated"
+
+    def banner() -> None:
         print(f"""
-  Airflow   http://127.0.0.1:8080   user admin, password in {airflow_pw}
-  MLflow    http://127.0.0.1:5000
-  Superset  http://127.0.0.1:8088   user admin, password in {home / "superset" / "admin.password"}
+  Airflow   http://{HOST}:8080   user admin, password in {airflow_pw}
+  MLflow    http://{HOST}:5000
+  Superset  http://{HOST}:8088   user admin, password in {home / "superset" / "admin.password"}
 Logs in {logs}. Ctrl-C stops everything.""", flush=True)  # fmt: skip
-        while all(p.poll() is None for p in procs):
-            time.sleep(2)
-        print("a service stopped; see its log in", logs)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+
+    try:
+        code = supervise(services, logs, on_up=banner)
+    except PortTaken as exc:  # taken between the check above and the start
+        sys.exit(str(exc))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
