@@ -213,11 +213,13 @@ def train(
                          seed=seed)  # fmt: skip
     with console.status("training (segments, churn, send time, recommendations)"):
         results = run(tuple(task or TASKS), params)
-    table = Table("task", "version", "champion", "why", "held-out metrics", title="MLflow")
-    for r in results:
-        shown = ", ".join(f"{k}={v:.3f}" for k, v in list(r.metrics.items())[:4])
-        table.add_row(r.task, r.version, "yes" if r.promoted else "no", r.reason, shown)
-    out.print(table)
+    from crm.display import training_tables
+
+    for heading, table in training_tables(results):
+        out.print(heading)
+        if table.row_count:
+            out.print(table)
+    out.print("* decides the champion: a new version replaces it only if it does better")
 
 
 @app.command()
@@ -227,11 +229,13 @@ def score() -> None:
 
     with console.status("scoring customers"):
         result = run()
-    table = Table("table", "rows", title=f"published {result['scored_at']}")
+    scored_at = datetime.fromisoformat(str(result["scored_at"])).astimezone(UTC)
+    table = Table("table", "rows", title=f"scores published {scored_at:%Y-%m-%d %H:%M} UTC")
     for name, n in result["rows"].items():
         table.add_row(f"ml.{name}", f"{n:,}")
     out.print(table)
-    out.print(f"Redis: {result['redis_keys']:,} customer keys; models {result['models']}")
+    models = ", ".join(f"{task} {ref}" for task, ref in result["models"].items())
+    out.print(f"Redis: {result['redis_keys']:,} customer keys. Champions used: {models}")
 
 
 @app.command()
@@ -421,7 +425,7 @@ def campaigns_run(
             out.print(f"[bold]{cid}[/bold] {s['variant']} via {s['channel']} at "
                       f"{s['slot']:%Y-%m-%d %H:%M} UTC: {s['title']} / {s['body']}")  # fmt: skip
     if report.sent:
-        out.print("sent: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.sent.items())))
+        out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(report.sent.items())))
 
 
 @campaigns_app.command("suppress")
@@ -524,11 +528,11 @@ def db_upgrade() -> None:
     from crm import db
 
     applied = db.upgrade()
-    out.print(
-        f"applied {len(applied)} migration(s): {', '.join(applied)}"
-        if applied
-        else "schema up to date"
-    )
+    if not applied:
+        out.print("schema up to date")
+    else:
+        span = applied[0] if len(applied) == 1 else f"{applied[0]} ... {applied[-1]}"
+        out.print(f"applied {len(applied)} migration(s): {span}")
 
 
 @db_app.command("reader-url")

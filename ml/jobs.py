@@ -45,6 +45,7 @@ class TaskResult:
     promoted: bool
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
+    key_metric: str = ""  # the metric that decides the champion
 
 
 def code_version() -> str:
@@ -167,7 +168,9 @@ def train(
                     champion_value = float("-inf")
             reg = tracking.log_and_register(task, model, model.key_metric,
                                             metrics[model.key_metric], champion_value)  # fmt: skip
-            results.append(TaskResult(task, reg.version, reg.promoted, reg.reason, metrics))
+            results.append(
+                TaskResult(task, reg.version, reg.promoted, reg.reason, metrics, model.key_metric)
+            )
     return results
 
 

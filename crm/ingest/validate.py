@@ -222,8 +222,9 @@ def _fast(raw: bytes, limits: Limits) -> Row | None:
 def _format_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "event"
-        parts.append(f"{loc}: {err['msg']}")
+        # a rule of the whole call (ids, track needs event, alias needs previousId) has no field
+        loc = ".".join(str(p) for p in err["loc"]) or "call"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     return "contract: " + "; ".join(parts)
 
 
