@@ -22,14 +22,15 @@ DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
 LANDING := $(CRM_HOME)/landing
 
-.PHONY: help env superset-env demo test test-fast lint format docs bench airflow-db clean clean-db mlflow-ui ui
+.PHONY: help env superset-env demo test test-fast lint format docs dbt-docs bench airflow-db clean clean-db mlflow-ui ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# uv alone (no venv, so no pip or setuptools sources) in CRM_HOME/bootstrap
 $(BOOT)/bin/uv:
-	$(PYTHON) -m venv $(BOOT)
-	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check \
+	  --target $(BOOT) uv==0.13.9
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
@@ -81,6 +82,9 @@ demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflo
 
 ui: env airflow-db superset-env  ## Airflow, the MLflow UI and Superset on the embedded defaults (Ctrl-C stops)
 	$(RUN) python -m crm.ui
+
+dbt-docs: env  ## dbt's documentation site for the built project (http://127.0.0.1:8081)
+	$(RUN) python -m crm.transform docs
 
 mlflow-ui: env  ## the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -165,7 +166,20 @@ def sqlfluff_lint(settings: Settings | None = None) -> int:
     return full or incremental
 
 
+def serve_docs(port: int = 8081) -> None:
+    """``make dbt-docs``: generate dbt's documentation site (every model, column, test and
+    exposure, with the lineage graph and the database's own column types) and serve it on
+    the loopback."""
+    run_dbt(["docs", "generate"])
+    print(f"dbt docs on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_dbt(["docs", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-browser"])
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["sqlfluff"]:
         sys.exit(sqlfluff_lint())
-    sys.exit("usage: python -m crm.transform sqlfluff")
+    if sys.argv[1:] == ["docs"]:
+        serve_docs()
+        sys.exit(0)
+    sys.exit("usage: python -m crm.transform sqlfluff|docs")
