@@ -87,6 +87,9 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")],
     source: Annotated[str, typer.Option(help="Recorded in the load audit.")] = "cli",
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print the totals only, not a row per file.")
+    ] = False,
 ) -> None:
     """Load event files (JSON Lines, optionally gzip) into raw.events."""
     from crm.ingest.files import expand
@@ -107,14 +110,15 @@ def ingest(
         )
     else:
         table = Table("file", "status", "lines", "loaded", "duplicates", "rejected", "seconds")
-        for r in results:
+        for r in [] if summary and len(results) > 1 else results:
             status = f"skipped (load {r.skipped_as})" if r.skipped else r.status
             counts = (f"{getattr(r, k):,}" for k in COUNTS)
             table.add_row(
                 f"{r.path.parent.name}/{r.path.name}", status, *counts, f"{r.seconds:.2f}"
             )
         if len(results) > 1:
-            table.add_section()
+            if table.row_count:
+                table.add_section()
             table.add_row(
                 f"{len(results)} files", f"{sum(r.skipped for r in results)} skipped",
                 *(f"{sum(getattr(r, k) for r in results):,}" for k in COUNTS),

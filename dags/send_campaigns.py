@@ -11,8 +11,10 @@ Hourly, and again whenever `score_customers` publishes new scores. Each run:
 2. **send**: claim every delivery whose slot has come and send it (push through FCM, e-mail /
    Telegram / Slack / webhooks through apprise), re-checking consent and frequency caps.
 
-Re-running a run, or two runs at once, never sends twice (`crm.deliveries` has one row per
-campaign, customer, channel and slot, claimed before it is sent).
+A run plans and sends as of the hour it stands for (its logical date), so clearing a run
+re-plans that hour. Re-running a run, or two runs at once, never sends twice
+(`crm.deliveries` has one row per campaign, customer, channel and slot, claimed before it is
+sent).
 
 **Trigger form** (all optional): `campaigns` limits the run to some campaign files;
 `launch` sends campaign files now whatever their schedule; `adhoc` is a whole campaign
@@ -93,6 +95,12 @@ ADHOC_EXAMPLE = {
     },
 )
 def send_campaigns() -> None:
+    def instant() -> pendulum.DateTime:
+        """The hour a run stands for: its logical date (an asset-triggered run has none: the
+        time it was queued). Re-running or clearing a run plans and sends as of that hour."""
+        ctx = get_current_context()
+        return ctx.get("logical_date") or ctx["dag_run"].run_after
+
     @task
     def plan() -> dict[str, object]:
         from crm import db
@@ -105,7 +113,7 @@ def send_campaigns() -> None:
             launched.append(adhoc_campaign(p["adhoc"]))
         url = db.database_url()
         db.upgrade(url)
-        report = run(url, pendulum.now("UTC"), files, launched, dry_run=bool(p["dry_run"]),
+        report = run(url, instant(), files, launched, dry_run=bool(p["dry_run"]),
                      send=False)  # fmt: skip
         for cid, samples in report.samples.items():
             for s in samples[:3]:
@@ -120,7 +128,7 @@ def send_campaigns() -> None:
 
         if planned.get("dry_run"):
             return {}
-        return send_now(db.database_url(), get_settings())
+        return send_now(db.database_url(), get_settings(), instant())
 
     send(plan())
 

@@ -327,15 +327,18 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
             assert dry.state == "success"
             assert count(url, "crm.deliveries") == count(url, "crm.campaign_runs") == 0
             # dag.test() keeps the previous run's conf as the params' defaults: say each one
+            at = pendulum.datetime(2026, 2, 26, 7, 5, tz="UTC")  # the hour the run stands for
             real = dag.test(
-                run_conf={"adhoc": adhoc, "launch": ["welcome_new_users"], "dry_run": False}
+                logical_date=at,
+                run_conf={"adhoc": adhoc, "launch": ["welcome_new_users"], "dry_run": False},
             )
             assert real.state == "success"
             with psycopg.connect(url) as conn:
                 runs = conn.execute(
-                    "select campaign_id, source from crm.campaign_runs order by 1"
+                    "select campaign_id, source, occurrence from crm.campaign_runs order by 1"
                 ).fetchall()
-            assert runs == [("flash-sale", "trigger form"), ("welcome_new_users", "trigger form")]
+            assert runs == [("flash-sale", "trigger form", at),
+                            ("welcome_new_users", "trigger form", at)]  # fmt: skip
             assert count(url, "crm.deliveries") > 0
             broken = dag.test(run_conf={"adhoc": {**adhoc, "channels": ["pigeon"]}, "launch": []})
             assert broken.state == "failed"
