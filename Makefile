@@ -51,34 +51,39 @@ $(AIRFLOW_HOME)/airflow.db: .venv/.synced
 
 airflow-db: $(AIRFLOW_HOME)/airflow.db  ## migrate Airflow's SQLite metadata database
 
-demo: env airflow-db  ## simulate a shop, load it through the CLI and the Airflow DAG, report
+# The simulated shop's clock: its last day of events is DEMO_LAST; the pipeline then runs as an
+# install would on the next days: ingest at midnight, build, score, campaigns at 08:05 and a
+# day later. Dates are computed by python (portable across GNU and BSD date).
+DATE = $(RUN) python -c "import datetime as d, sys; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1 + int(sys.argv[1])))"
+
+demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it one after another, report
 	$(RUN) crm db upgrade
 	$(RUN) crm simulate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --start $(DEMO_START) --out $(LANDING)
-	@day=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))"); \
-	  next=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$$day') + d.timedelta(days=1))"); \
-	  echo "== crm ingest: every landed day but $$day"; \
-	  $(RUN) crm ingest $$(ls -d $(LANDING)/events/dt=* | grep -v "dt=$$day") | tail -n 3; \
-	  echo "== Airflow: ingest_events for the UTC day $$day (airflow dags test ingest_events $$next)"; \
-	  CRM_LANDING_DIR=$(LANDING) CRM_DAG_DEADLINES=false $(RUN) airflow dags test ingest_events $$next > $(CRM_HOME)/demo-airflow.log 2>&1 \
-	    && grep -o "Returned value was: .*}" $(CRM_HOME)/demo-airflow.log | head -n 1 \
-	    || (tail -n 40 $(CRM_HOME)/demo-airflow.log; exit 1)
-	@echo "== what landed (crm status)"
-	$(RUN) crm status
-	@echo "== dbt: customer tables (crm transform)"
-	$(RUN) crm transform > $(CRM_HOME)/demo-dbt.log 2>&1 && grep -E "Done\\. PASS" $(CRM_HOME)/demo-dbt.log \
-	  || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1)
-	$(RUN) crm segments
-	@echo "== ML: train (MLflow runs, champions) and score every customer (ml.* and Redis)"
-	$(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1)
-	$(RUN) crm score 2> $(CRM_HOME)/demo-score.log || (tail -n 40 $(CRM_HOME)/demo-score.log; exit 1)
-	@day=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1))"); \
-	  next=$$($(RUN) python -c "import datetime as d; print(d.date.fromisoformat('$$day') + d.timedelta(days=1))"); \
-	  echo "== Campaigns (the send_campaigns DAG's run, by hand): plan on $$day, send through the firebase-admin SDK to a local fake FCM"; \
-	  $(RUN) crm campaigns run --at $${day}T08:00:00 --fake-fcm && \
-	  echo "== ... and a day later, when every planned slot has come" && \
-	  $(RUN) crm campaigns run --at $${next}T08:00:00 --fake-fcm
+	@last=$$($(DATE) 0); next=$$($(DATE) 1); after=$$($(DATE) 2); set -e; \
+	  echo "== crm ingest: every landed day but the last, $$last"; \
+	  $(RUN) crm ingest --summary $$(ls -d $(LANDING)/events/dt=* | grep -v "dt=$$last"); \
+	  echo "== Airflow ingest_events: the day $$last, loaded when it has ended"; \
+	  CRM_LANDING_DIR=$(LANDING) $(RUN) python -m crm.demo ingest_events $${next}T00:00:00+00:00; \
+	  echo "== what landed (crm status)"; \
+	  $(RUN) crm status; \
+	  echo "== Airflow build_customer_models: dbt builds and tests the customer tables (a task per model)"; \
+	  $(RUN) python -m crm.demo build_customer_models $${next}T00:30:00+00:00; \
+	  $(RUN) crm segments; \
+	  echo "== crm train: the weekly training (MLflow runs; a version becomes champion only if it does better)"; \
+	  $(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1); \
+	  echo "== Airflow score_customers: every customer scored with the champions (ml.* and Redis)"; \
+	  $(RUN) python -m crm.demo score_customers $${next}T01:00:00+00:00; \
+	  echo "== Airflow send_campaigns at $$next 08:05 UTC: plan, send what is due (pushes through the firebase-admin SDK to a local fake FCM)"; \
+	  $(RUN) python -m crm.demo send_campaigns $${next}T08:05:00+00:00 --fake-fcm; \
+	  echo "== Airflow send_campaigns a day later, when every planned slot has come"; \
+	  $(RUN) python -m crm.demo send_campaigns $${after}T08:05:00+00:00 --fake-fcm; \
+	  echo "== dbt: what the campaigns earned so far (the next day's build would do it)"; \
+	  $(RUN) crm transform --select campaign_performance > $(CRM_HOME)/demo-dbt.log 2>&1 \
+	    || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1); \
+	  $(RUN) crm db clock --at $${after}T08:30:00+00:00
+	@echo "The dashboards count 'the last hour' from the shop's clock above; 'crm db clock --reset' returns to the wall clock."
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
-	@echo "The screens: make ui (Airflow on :8080, MLflow on :5000, Superset dashboards on :8088; it prints the logins)"
+	@echo "The screens: make ui (Airflow :8080 with these runs, MLflow :5000, Superset :8088; it prints the logins)"
 
 ui: env airflow-db superset-env  ## Airflow, the MLflow UI and Superset on the embedded defaults (Ctrl-C stops)
 	$(RUN) python -m crm.ui

@@ -539,6 +539,31 @@ def db_upgrade() -> None:
         out.print(f"applied {len(applied)} migration(s): {span}")
 
 
+@db_app.command("clock")
+def db_clock(
+    at: Annotated[
+        datetime | None,
+        typer.Option(help="Set the pipeline's 'now' to this instant (UTC if no zone)."),
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Return to the wall clock.")] = False,
+) -> None:
+    """The pipeline's 'now' for dashboards and marts (crm.now()): the wall clock, or an
+    instant of a simulated shop or a restored backup."""
+    from crm import db
+
+    url = db.database_url()
+    db.upgrade(url)
+    if reset:
+        db.set_clock(url, None)
+    elif at is not None:
+        db.set_clock(url, at if at.tzinfo else at.replace(tzinfo=UTC))
+    with db.connect(url) as conn:
+        row = conn.execute("select crm.now(), current_setting('crm.now', true)").fetchone()
+    assert row is not None
+    source = "set with crm db clock --at" if row[1] else "the wall clock"
+    out.print(f"the pipeline's now: {row[0].astimezone(UTC):%Y-%m-%d %H:%M} UTC ({source})")
+
+
 @db_app.command("reader-url")
 def db_reader_url(
     user: Annotated[str, typer.Option(help="The login role to create or update.")] = "crm_superset",

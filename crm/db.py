@@ -7,6 +7,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -208,6 +209,21 @@ def upgrade(url: str | None = None) -> list[str]:
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now
+
+
+def set_clock(url: str, at: datetime | None) -> None:
+    """Make ``at`` the database's "now" for crm.now() in every new session (None: the wall
+    clock again). Sessions already open keep the clock they started with."""
+    name = conn_info(url).dbname
+    with connect(url, autocommit=True) as conn:
+        if at is None:
+            conn.execute(sql.SQL("alter database {} reset crm.now").format(sql.Identifier(name)))
+        else:
+            conn.execute(
+                sql.SQL("alter database {} set crm.now = {}").format(
+                    sql.Identifier(name), sql.Literal(at.isoformat())
+                )
+            )
 
 
 def require_migrated(conn: psycopg.Connection) -> None:

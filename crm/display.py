@@ -31,6 +31,8 @@ class Trained(Protocol):
 
 def number(value: float) -> str:
     """Counts as integers with thousands separators, other figures to three decimals."""
+    if isinstance(value, int):
+        return f"{value:,}"
     if value == value and float(value).is_integer() and abs(value) >= 1:
         return f"{int(value):,}"
     return f"{value:.3f}"

@@ -70,3 +70,21 @@ def test_contract_schema_is_the_documented_one() -> None:
         (Path(__file__).parent.parent / "docs" / "event.schema.json").read_text()
     )
     assert json.loads(r.output) == documented, "run `make docs` to refresh docs/event.schema.json"
+
+
+def test_db_clock_sets_the_pipelines_now_for_new_sessions_and_resets_it(
+    crm_env: Settings, db_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    r = runner.invoke(app, ["db", "clock", "--at", "2026-02-13T08:30:00+00:00"])
+    assert r.exit_code == 0, r.output
+    assert "2026-02-13 08:30 UTC (set with crm db clock --at)" in r.output
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("select crm.now(), now()").fetchone()
+    assert row is not None and row[0] == datetime(2026, 2, 13, 8, 30, tzinfo=UTC) != row[1]
+    r = runner.invoke(app, ["db", "clock", "--reset"])
+    assert r.exit_code == 0 and "(the wall clock)" in r.output
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("select crm.now(), now()").fetchone()
+    assert row is not None and row[0] == row[1]

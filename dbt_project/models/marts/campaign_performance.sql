@@ -15,7 +15,7 @@ with
 deliveries as (
 
     select * from {{ source('crm', 'deliveries') }}
-    where slot <= now()
+    where slot <= crm.now()
 
 ),
 
