@@ -51,7 +51,7 @@ $(AIRFLOW_HOME)/airflow.db: .venv/.synced
 
 airflow-db: $(AIRFLOW_HOME)/airflow.db  ## migrate Airflow's SQLite metadata database
 
-# The simulated shop's clock: its last day of events is DEMO_LAST; the pipeline then runs as an
+# The simulated shop's clock: after its last day of events, the pipeline runs as an
 # install would on the next days: ingest at midnight, build, score, campaigns at 08:05 and a
 # day later. Dates are computed by python (portable across GNU and BSD date).
 DATE = $(RUN) python -c "import datetime as d, sys; print(d.date.fromisoformat('$(DEMO_START)') + d.timedelta(days=$(DEMO_DAYS) - 1 + int(sys.argv[1])))"
@@ -63,6 +63,7 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	  echo "== crm ingest: every landed day but the last, $$last"; \
 	  $(RUN) crm ingest --summary $$(ls -d $(LANDING)/events/dt=* | grep -v "dt=$$last"); \
 	  echo "== Airflow ingest_events: the day $$last, loaded when it has ended"; \
+	  $(RUN) crm db clock --at $${next}T00:10:00+00:00 >/dev/null; \
 	  CRM_LANDING_DIR=$(LANDING) $(RUN) python -m crm.demo ingest_events $${next}T00:00:00+00:00; \
 	  echo "== what landed (crm status)"; \
 	  $(RUN) crm status; \
@@ -70,12 +71,15 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	  $(RUN) python -m crm.demo build_customer_models $${next}T00:30:00+00:00; \
 	  $(RUN) crm segments; \
 	  echo "== crm train: the weekly training (MLflow runs; a version becomes champion only if it does better)"; \
+	  $(RUN) crm db clock --at $${next}T00:55:00+00:00 >/dev/null; \
 	  $(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1); \
 	  echo "== Airflow score_customers: every customer scored with the champions (ml.* and Redis)"; \
 	  $(RUN) python -m crm.demo score_customers $${next}T01:00:00+00:00; \
 	  echo "== Airflow send_campaigns at $$next 08:05 UTC: plan, send what is due (pushes through the firebase-admin SDK to a local fake FCM)"; \
+	  $(RUN) crm db clock --at $${next}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${next}T08:05:00+00:00 --fake-fcm; \
 	  echo "== Airflow send_campaigns a day later, when every planned slot has come"; \
+	  $(RUN) crm db clock --at $${after}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${after}T08:05:00+00:00 --fake-fcm; \
 	  echo "== dbt: what the campaigns earned so far (the next day's build would do it)"; \
 	  $(RUN) crm transform --select campaign_performance > $(CRM_HOME)/demo-dbt.log 2>&1 \

@@ -365,7 +365,7 @@ def campaigns_audience(
 
     campaign = load_campaign(folder / f"{campaign_id}.yaml")
     with db.connect() as conn:
-        frame = select_audience(conn, campaign, now=datetime.now(UTC))
+        frame = select_audience(conn, campaign, now=db.clock())
     table = Table("lifecycle segment", "customers", "held out", "push consent",
                   title=f"{campaign.name}: {len(frame):,} customers")  # fmt: skip
     for seg, part in frame.groupby("lifecycle_segment"):
@@ -402,10 +402,10 @@ def campaigns_run(
     from crm.settings import get_settings
     from notify.run import choose, run
 
-    now = (at or datetime.now(UTC)).replace(tzinfo=(at.tzinfo if at and at.tzinfo else UTC))
     settings = get_settings()
     url = db.database_url()
     db.upgrade(url)
+    now = (at or db.clock(url)).replace(tzinfo=(at.tzinfo if at and at.tzinfo else UTC))
     campaigns, launched = choose(folder, campaign, launch)
     with ExitStack() as stack:
         if fake_fcm:

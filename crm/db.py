@@ -226,6 +226,14 @@ def set_clock(url: str, at: datetime | None) -> None:
             )
 
 
+def clock(url: str | None = None) -> datetime:
+    """The pipeline's "now" (crm.now()): the wall clock unless ``crm db clock`` set another."""
+    with connect(url) as conn:
+        row = conn.execute("select crm.now()").fetchone()
+    assert row is not None
+    return row[0]
+
+
 def require_migrated(conn: psycopg.Connection) -> None:
     """Raise a DatabaseError that says what to run when migrations are pending."""
     latest = max(m.version for m in migrations())

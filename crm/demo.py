@@ -4,9 +4,9 @@ database, so ``make ui`` shows them), then say in a few lines what it did.
 
     python -m crm.demo DAG_ID LOGICAL_DATE [--fake-fcm]
 
-The whole log goes to ``CRM_HOME/demo-logs/<dag_id>-<date>.log``; on failure its end is printed and the
-exit code is 1. ``--fake-fcm`` serves a local fake of FCM's HTTP v1 API for the run and
-points the pushes at it (CRM_FCM_ENDPOINT, CRM_FCM_CA_FILE).
+The whole log goes to ``CRM_HOME/demo-logs/<dag_id>-<date>.log``; on failure its end is
+printed and the exit code is 1. ``--fake-fcm`` serves a local fake of FCM's HTTP v1 API for
+the run and points the pushes at it (CRM_FCM_ENDPOINT, CRM_FCM_CA_FILE).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def show(dag_id: str, run: DagRunLog, out: Console) -> None:
             out.print("  plan: no campaign due")
     for task, value in run.returned.items():
         if task == "send" and value == {}:
-            out.print("  send: nothing due yet (the slots planned are later)")
+            out.print("  send: nothing due")
         elif task != "plan" and value not in (None, {}, []):
             out.print(f"  {task}: {_flat(value)}")
 

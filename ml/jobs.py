@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import subprocess
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -209,7 +208,9 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     versions = {
         t: (task_of[t], tracking.model_name(task_of[t]), champions[task_of[t]][1]) for t in frames
     }
-    scored_at = datetime.now(UTC)
+    from crm import db
+
+    scored_at = db.clock(settings.database_url and str(settings.database_url))
     counts = publish.replace_tables(
         frames, versions, scored_at, settings.database_url and str(settings.database_url)
     )
