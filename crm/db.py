@@ -211,6 +211,19 @@ def upgrade(url: str | None = None) -> list[str]:
     return applied_now
 
 
+def fresh_database(server_url: str, name: str) -> str:
+    """Drop the database ``name`` on the server if it exists, create it anew, migrate it;
+    return its URL (the lint database, the tests' template)."""
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = with_database(server_url, name)
+    upgrade(url)
+    return url
+
+
 def set_clock(url: str, at: datetime | None) -> None:
     """Make ``at`` the database's "now" for crm.now() in every new session (None: the wall
     clock again). Sessions already open keep the clock they started with."""

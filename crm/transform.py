@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from psycopg import sql
-
 from crm import db
 from crm.errors import CrmError
 from crm.settings import PROJECT_ROOT, Settings, get_settings
@@ -116,15 +114,7 @@ def lint_database_url(settings: Settings | None = None) -> str:
     same server as the pipeline's: what sqlfluff's dbt templater compiles against never
     depends on what the pipeline's database holds."""
     url = db.database_url(settings)
-    name = db.conn_info(url).dbname + "_lint"
-    with db.connect(url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    lint_url = db.with_database(url, name)
-    db.upgrade(lint_url)
-    return lint_url
+    return db.fresh_database(url, db.conn_info(url).dbname + "_lint")
 
 
 def sqlfluff_lint(settings: Settings | None = None) -> int:

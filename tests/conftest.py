@@ -43,14 +43,7 @@ def pg_server_url() -> str:
 
 @pytest.fixture(scope="session")
 def template_url(pg_server_url: str) -> str:
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEMPLATE))
-        )
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
-    url = db.with_database(pg_server_url, TEMPLATE)
-    db.upgrade(url)
-    return url
+    return db.fresh_database(pg_server_url, TEMPLATE)
 
 
 @contextmanager
