@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm.errors import SettingsError
@@ -87,6 +87,23 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = Field(
         default="shop-crm", description="MLflow experiment for training runs."
+    )
+    mlflow_train_username: str | None = Field(
+        default=None,
+        description="The training job's user on an MLflow server run with basic auth (it may "
+        "log runs, register versions and move `champion`). Unset: no credentials (the local "
+        "store of the embedded defaults).",
+    )
+    mlflow_train_password: SecretStr | None = Field(
+        default=None, description="The training job's MLflow password."
+    )
+    mlflow_score_username: str | None = Field(
+        default=None,
+        description="The scoring job's user on an MLflow server run with basic auth (it may "
+        "only read). Unset: no credentials.",
+    )
+    mlflow_score_password: SecretStr | None = Field(
+        default=None, description="The scoring job's MLflow password."
     )
     redis_url: str | None = Field(
         default=None,

@@ -124,11 +124,12 @@ def train(
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise CrmError(f"unknown task(s) {sorted(unknown)}; choose from {list(TASKS)}")
-    snap = snapshot or load_snapshot(settings.database_url and str(settings.database_url))
-    tracking.setup(settings)
+    url = settings.database_url and str(settings.database_url)
+    snap = snapshot or load_snapshot(url)
+    tracking.setup(settings, "train")
     results = []
     for task in tasks:
-        current = tracking.load_champion(task)
+        current = tracking.load_champion(task, url)
         champion = current[0] if current else None
         with mlflow.start_run(run_name=f"{task} {snap.end:%Y-%m-%d}"):
             mlflow.log_params(
@@ -166,7 +167,8 @@ def train(
                     log.warning("champion of %s could not be evaluated: %s", task, exc)
                     champion_value = float("-inf")
             reg = tracking.log_and_register(task, model, model.key_metric,
-                                            metrics[model.key_metric], champion_value)  # fmt: skip
+                                            metrics[model.key_metric], champion_value,
+                                            url)  # fmt: skip
             results.append(
                 TaskResult(task, reg.version, reg.promoted, reg.reason, metrics, model.key_metric)
             )
@@ -178,11 +180,12 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     from ml import publish
 
     settings = settings or get_settings()
-    snap = snapshot or load_snapshot(settings.database_url and str(settings.database_url))
-    tracking.setup(settings)
+    url = settings.database_url and str(settings.database_url)
+    snap = snapshot or load_snapshot(url)
+    tracking.setup(settings, "score")
     champions = {}
     for task in TASKS:
-        found = tracking.load_champion(task)
+        found = tracking.load_champion(task, url)
         if found is None:
             raise NoChampionError(
                 f"no champion for {tracking.model_name(task)}: run `crm train` (or trigger the "

@@ -307,6 +307,33 @@ def test_train_registers_champions_and_score_publishes_them(
     # every customer has recommendations, cold ones the popular items
     assert n["recommendations"] == 20 * len(snap.customers)
 
+    # Someone else with access to the MLflow server registers a model and moves the alias to
+    # it: scoring refuses to load (unpickle) it, names it, and the published scores stay.
+    import mlflow
+
+    from ml.tracking import UntrustedChampion, _pyfunc_class
+
+    with mlflow.start_run(run_name="not the training job"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(None),
+                                       registered_model_name="crm_churn")  # fmt: skip
+    client.set_registered_model_alias("crm_churn", "champion", str(info.registered_model_version))
+    with pytest.raises(UntrustedChampion, match=r"crm_churn version 3 .*never promoted"):
+        jobs.score(ml_settings, snapshot=snap)
+    # a promoted version whose artifacts were replaced afterwards is refused too
+    client.set_registered_model_alias("crm_churn", "champion", "1")
+    from urllib.parse import urlparse
+
+    stored = urlparse(client.get_model_version_download_uri("crm_churn", "1")).path
+    pickled = next(Path(stored).rglob("python_model.pkl"))
+    pickled.write_bytes(pickled.read_bytes() + b"\0")
+    with pytest.raises(UntrustedChampion, match="crm_churn version 1: its artifacts changed"):
+        jobs.score(ml_settings, snapshot=snap)
+    with db.connect(ml_settings.database_url) as conn:
+        kept = conn.execute(
+            "select count(*), min(model_version), max(model_version) from ml.churn_scores"
+        ).fetchone()
+    assert kept == (n["churn_scores"], "1", "1")
+
 
 def test_evaluate_writes_a_reproducible_report(
     snap: Snapshot, truth: pd.DataFrame, real_data: Path, tmp_path: Path
