@@ -335,6 +335,102 @@ def test_train_registers_champions_and_score_publishes_them(
     assert kept == (n["churn_scores"], "1", "1")
 
 
+TRAIN_PW, SCORE_PW = "train-Pw-for-this-test", "score-Pw-for-this-test"  # 12+ characters
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """``mlflow server --app-name basic-auth`` on the loopback, default permission
+    NO_PERMISSIONS, its own SQLite stores: (URL, admin password)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{tmp_path}/auth.db\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    admin_password = "admin-Pw-for-this-test-1"
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "secret-for-this-test"}  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "mlflow.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
+         "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", trust_env=False, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "mlflow.log"
+            ).read_text()[-2000:]
+            time.sleep(1)
+        yield url, admin_password
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def test_an_mlflow_server_with_basic_auth_lets_each_job_do_only_its_part(
+    mlflow_server: tuple[str, str], ml_shop: tuple[str, Path], snap: Snapshot, tmp_path: Path
+) -> None:
+    import httpx
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from pydantic import SecretStr
+
+    from ml import jobs
+    from ml.auth import _as, provision
+
+    url, admin_password = mlflow_server
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert httpx.get(search, trust_env=False).status_code == 401
+    assert httpx.get(search, trust_env=False, auth=("admin", "wrong")).status_code == 401
+    users = {"train": ("crm-train", TRAIN_PW), "score": ("crm-score", SCORE_PW)}
+    roles = provision(url, ("admin", admin_password), experiment="shop-crm", **users)
+    assert roles == {"crm-train": "EDIT", "crm-score": "READ"}
+    # idempotent: run again (as compose's init does on every start), same result
+    assert provision(url, ("admin", admin_password), experiment="shop-crm", **users) == roles
+    db.upgrade(ml_shop[0])
+    settings = Settings(
+        _env_file=None, database_url=ml_shop[0], home=tmp_path / "home",
+        mlflow_tracking_uri=url,
+        mlflow_train_username="crm-train", mlflow_train_password=SecretStr(TRAIN_PW),
+        mlflow_score_username="crm-score", mlflow_score_password=SecretStr(SCORE_PW),
+    )  # fmt: skip
+    trained = jobs.train(settings=settings, snapshot=snap)
+    assert [r.promoted for r in trained] == [True] * 4
+    result = jobs.score(settings, snapshot=snap)
+    assert result["models"]["churn"] == "crm_churn/1" and result["rows"]["churn_scores"] > 500
+    with _as("crm-score", SCORE_PW):
+        client = MlflowClient(url, registry_uri=url)
+        assert client.get_registered_model("crm_churn").aliases == {"champion": "1"}
+        with pytest.raises(MlflowException) as denied:
+            client.set_registered_model_alias("crm_churn", "champion", "1")
+        assert denied.value.get_http_status_code() == 403
+        with pytest.raises(MlflowException) as denied:  # nor register a version
+            client.create_model_version("crm_churn", source="models:/elsewhere")
+        assert denied.value.get_http_status_code() == 403
+
+
 def test_evaluate_writes_a_reproducible_report(
     snap: Snapshot, truth: pd.DataFrame, real_data: Path, tmp_path: Path
 ) -> None:
