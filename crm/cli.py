@@ -32,6 +32,8 @@ campaigns_app = typer.Typer(help="Campaign files in campaigns/.", no_args_is_hel
 app.add_typer(campaigns_app, name="campaigns")
 privacy_app = typer.Typer(help="Data subjects' rights: export and erase.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+mlflow_app = typer.Typer(help="The MLflow tracking server's users.", no_args_is_help=True)
+app.add_typer(mlflow_app, name="mlflow")
 CAMPAIGNS = Path("campaigns")
 console = Console(stderr=True, soft_wrap=True)  # errors keep paths whole: no hard wraps
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
@@ -524,6 +526,47 @@ def privacy_retention() -> None:
     out.print(f"kept {days} days: dropped {done['partitions_dropped']} day partitions, "
               f"{done['rejected_deleted']} quarantined lines, "
               f"{done['contact_traits_superseded']} superseded contact details")  # fmt: skip
+
+
+@mlflow_app.command("provision")
+def mlflow_provision(
+    reader: Annotated[
+        list[str] | None,
+        typer.Option(help="An existing MLflow user to give read access (repeatable)."),
+    ] = None,
+) -> None:
+    """On an MLflow server with basic auth (CRM_MLFLOW_TRACKING_URI), as its admin
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD): the experiment, the registered models, the
+    training job's user (may register and promote) and the scoring job's (read only)."""
+    import os
+
+    from crm.errors import CrmError
+    from crm.settings import get_settings
+    from ml.auth import provision
+
+    settings = get_settings()
+    admin = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    jobs = {
+        "train": (settings.mlflow_train_username, settings.mlflow_train_password),
+        "score": (settings.mlflow_score_username, settings.mlflow_score_password),
+    }
+    missing = [k for k, (u, p) in jobs.items() if not (u and p)]
+    if not settings.mlflow_tracking_uri or not all(admin) or missing:
+        raise CrmError(
+            "needs CRM_MLFLOW_TRACKING_URI, the admin's MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, and CRM_MLFLOW_TRAIN_USERNAME / _PASSWORD and "
+            "CRM_MLFLOW_SCORE_USERNAME / _PASSWORD"
+        )
+    users = {k: (str(u), p.get_secret_value()) for k, (u, p) in jobs.items() if u and p}
+    roles = provision(
+        settings.mlflow_tracking_uri,
+        (str(admin[0]), str(admin[1])),
+        experiment=settings.mlflow_experiment,
+        readers=reader or [],
+        **users,
+    )
+    for user, permission in roles.items():
+        out.print(f"{user}: {permission} on the experiment and every crm_<task> model")
 
 
 @db_app.command("upgrade")

@@ -207,15 +207,43 @@ def supervise(
     return code
 
 
+def screens(
+    home: Path,
+    superset_env: dict[str, str] | None = None,
+    ports: tuple[int, int, int] = (8080, 5000, 8088),
+) -> list[Service]:
+    """The services ``make ui`` starts, every one bound to the loopback (Superset only when
+    its environment is given); ``ports``: Airflow's, MLflow's, Superset's."""
+    from ml.tracking import tracking_uri
+
+    web, ml_port, bi = ports
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"}
+    airflow = str(bin_dir / "airflow")
+    services = [
+        Service("airflow-api-server", [airflow, "api-server", "-H", HOST, "-p", str(web)], env,
+                (web,), f"http://{HOST}:{web}/api/v2/version"),
+        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env),
+        Service("airflow-dag-processor", [airflow, "dag-processor"], env),
+        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env),
+        Service("mlflow", [str(bin_dir / "mlflow"), "ui", "--host", HOST, "--port", str(ml_port),
+                           "--backend-store-uri", tracking_uri()], env,
+                (ml_port,), f"http://{HOST}:{ml_port}/health"),
+    ]  # fmt: skip
+    if superset_env is not None:
+        services.append(
+            Service("superset", [str(SUPERSET_PY.with_name("superset")), "run", "-h", HOST,
+                                 "-p", str(bi), "--with-threads"], superset_env,
+                    (bi,), f"http://{HOST}:{bi}/health")
+        )  # fmt: skip
+    return services
+
+
 def main() -> None:
     settings = get_settings()
     home = Path(settings.home).resolve()
     logs = home / "ui"
     logs.mkdir(parents=True, exist_ok=True)
-    bin_dir = Path(sys.executable).parent
-    from ml.tracking import tracking_uri
-
-    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"}
     superset_env = {
         **os.environ,
         "CRM_HOME": str(home),
@@ -223,20 +251,7 @@ def main() -> None:
         "SUPERSET_SECRET_KEY": db.kept_secret(home / "superset" / "secret_key"),
         "SUPERSET_ADMIN_PASSWORD": db.kept_secret(home / "superset" / "admin.password"),
     }
-    airflow = str(bin_dir / "airflow")
-    services = [
-        Service("airflow-api-server", [airflow, "api-server", "-H", HOST, "-p", "8080"], env,
-                (8080,), f"http://{HOST}:8080/api/v2/version"),
-        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env),
-        Service("airflow-dag-processor", [airflow, "dag-processor"], env),
-        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env),
-        Service("mlflow", [str(bin_dir / "mlflow"), "ui", "--host", HOST, "--port", "5000",
-                           "--backend-store-uri", tracking_uri()], env,
-                (5000,), f"http://{HOST}:5000/health"),
-        Service("superset", [str(SUPERSET_PY.with_name("superset")), "run", "-h", HOST, "-p",
-                             "8088", "--with-threads"], superset_env,
-                (8088,), f"http://{HOST}:8088/health"),
-    ]  # fmt: skip
+    services = screens(home, superset_env)
     try:
         check_ports(services)
     except PortTaken as exc:

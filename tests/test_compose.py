@@ -95,13 +95,37 @@ def test_compose_settings_match_the_code() -> None:
         assert {k for k in env if k.startswith("CRM_")} - {"CRM_READER_PASSWORD"} <= known
 
 
+def test_mlflow_runs_with_basic_auth_no_default_secrets_and_no_published_port() -> None:
+    services = compose()["services"]
+    mlflow, init = services["mlflow"], services["mlflow-init"]
+    command = " ".join(mlflow["command"])
+    assert "--app-name basic-auth" in command
+    assert "default_permission = NO_PERMISSIONS" in command
+    assert "ports" not in mlflow  # reached on the compose network, or through a proxy
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "${MLFLOW_FLASK_SERVER_SECRET_KEY}"
+    assert "password1234" not in (ROOT / "docker-compose.yml").read_text()
+    # the jobs' users are made by mlflow-init; each job authenticates as its own
+    assert init["command"] == ["crm", "mlflow", "provision"]
+    assert init["environment"]["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
+    worker = services["airflow-worker"]["environment"]
+    assert worker["CRM_MLFLOW_TRAIN_PASSWORD"] == "${MLFLOW_TRAIN_PASSWORD}"
+    assert worker["CRM_MLFLOW_SCORE_PASSWORD"] == "${MLFLOW_SCORE_PASSWORD}"
+    assert worker["CRM_MLFLOW_TRAIN_USERNAME"] != worker["CRM_MLFLOW_SCORE_USERNAME"]
+    assert "mlflow-init" in services["airflow-worker"]["depends_on"]
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published == {"airflow-apiserver", "superset"}, published
+
+
 def test_commands_the_stack_runs_exist() -> None:
     from crm.cli import app
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "crm" in scripts
     runner = CliRunner()
-    for sub in (["db", "upgrade", "--help"], ["db", "reader-url", "--help"]):
+    for sub in (["db", "upgrade", "--help"], ["db", "reader-url", "--help"],
+                ["mlflow", "provision", "--help"]):  # fmt: skip
         assert runner.invoke(app, sub).exit_code == 0, sub
     superset_lock = (ROOT / "superset" / "uv.lock").read_text()
     for package in ("apache-superset", "gunicorn", "psycopg2-binary"):

@@ -131,3 +131,37 @@ def test_a_taken_port_is_named_with_the_process_holding_it() -> None:
     message = str(err.value)
     assert f"port {port} (superset) is taken by pid {os.getpid()}" in message
     assert "Ctrl-C" in message
+
+
+def test_the_screens_listen_on_the_loopback_only(
+    airflow_home: Path, crm_env: object, tmp_path: Path
+) -> None:
+    """Airflow's four services and the MLflow UI as `make ui` starts them: every socket any
+    of their processes listens on is bound to 127.0.0.1 (no log server on every interface)."""
+    from crm.ui import screens, stop_all, wait_for
+
+    ports = (_free_port(), _free_port(), _free_port())
+    services = screens(tmp_path, None, ports)
+    assert [s.name for s in services] == ["airflow-api-server", "airflow-scheduler",
+        "airflow-dag-processor", "airflow-triggerer", "mlflow"]  # fmt: skip
+    procs = [
+        subprocess.Popen(list(s.command), env=s.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        for s in services
+    ]  # fmt: skip
+    try:
+        for s in services:
+            if s.health:
+                assert wait_for(s.health, 180), f"{s.name} did not come up"
+        time.sleep(10)  # the scheduler and triggerer would have started their log servers
+        assert all(p.poll() is None for p in procs)
+        pids = {q.pid for p in procs for q in [psutil.Process(p.pid), *_descendants(p.pid)]}
+        listening = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
+    finally:
+        stop_all([p.pid for p in procs], grace=10)
+    assert {port for _, port in listening} >= {ports[0], ports[1]}
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
