@@ -167,7 +167,9 @@ def supervise(
     """Start the services, report them up, and run until one stops or a signal arrives;
     then stop them all. Returns 0 when stopped by a signal, 1 when a service stopped."""
     check_ports(services)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a process started in the background inherits SIGINT ignored, and Python
+    # then leaves it so; a supervisor must stop on it wherever it was started
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
