@@ -213,10 +213,8 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     }
     from crm import db
 
-    scored_at = db.clock(settings.database_url and str(settings.database_url))
-    counts = publish.replace_tables(
-        frames, versions, scored_at, settings.database_url and str(settings.database_url)
-    )
+    scored_at = db.clock(url)
+    counts = publish.replace_tables(frames, versions, scored_at, url)
     models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
     meta = {"scored_at": scored_at.isoformat(), "models": models}
     popular = getattr(champions["recommendations"][0], "popular_items", [])  # set by score()

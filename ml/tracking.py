@@ -231,15 +231,15 @@ def load_champion(task: str, url: str | None = None) -> tuple[Any, str] | None:
             " and version = %s",
             (name, version),
         ).fetchone()
+    if row is None:
+        raise UntrustedChampion(
+            f"{name} version {version} carries the alias '{CHAMPION}' but the training job "
+            "never promoted it (no row in ml.model_promotions): it is not loaded. Someone "
+            "else moved the alias on the MLflow server: move it back to a version "
+            "train_models promoted, or run train_models."
+        )
     with tempfile.TemporaryDirectory(prefix="crm-model-") as tmp:
         local = _download(name, version, Path(tmp))
-        if row is None:
-            raise UntrustedChampion(
-                f"{name} version {version} carries the alias '{CHAMPION}' but the training job "
-                "never promoted it (no row in ml.model_promotions): it is not loaded. Someone "
-                "else moved the alias on the MLflow server: move it back to a version "
-                "train_models promoted, or run train_models."
-            )
         if artifact_digest(local) != row[0]:
             raise UntrustedChampion(
                 f"{name} version {version}: its artifacts changed since the training job "
