@@ -123,6 +123,42 @@ def test_docs_generate(built: str) -> None:
     assert "model.shop_crm.dim_customers" in catalog["nodes"]
 
 
+def test_every_table_enforces_its_grain(built: str) -> None:
+    """Each table dbt builds has a primary key or a unique index (not partial) in the database;
+    only event-sized tables outside marts and pii may instead say why not in
+    `meta.grain_not_enforced`."""
+    manifest = orjson.loads((DBT_PROJECT / "target" / "manifest.json").read_bytes())
+    exempt = {
+        (node["schema"], node["alias"]): node["config"].get("meta", {}).get("grain_not_enforced")
+        for node in manifest["nodes"].values()
+        if node["resource_type"] in ("model", "snapshot")
+    }
+    tables = rows(
+        built,
+        """
+        select n.nspname, c.relname,
+               exists (select 1 from pg_index i where i.indrelid = c.oid
+                       and i.indisunique and i.indpred is null) as keyed
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.relkind in ('r', 'p')
+          and n.nspname in ('staging', 'intermediate', 'marts', 'pii', 'snapshots')
+        """,
+    )
+    assert {schema for schema, _, _ in tables} >= {"marts", "pii", "snapshots"}
+    unkeyed = [f"{s}.{t}" for s, t, keyed in tables if not keyed and not exempt.get((s, t))]
+    assert not unkeyed, f"tables without an enforced grain: {unkeyed}"
+    wrongly_exempt = [
+        f"{s}.{t}" for (s, t), why in exempt.items() if why and s in ("marts", "pii", "snapshots")
+    ]
+    assert not wrongly_exempt, f"marts must enforce their grain: {wrongly_exempt}"
+    contracted = [
+        node["name"]
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "model" and node["config"].get("contract", {}).get("enforced")
+    ]
+    assert "dim_customers" in contracted
+
+
 def _table(url: str, sql: str) -> list[tuple]:
     return sorted(rows(url, sql), key=repr)
 

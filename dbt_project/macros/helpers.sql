@@ -69,3 +69,18 @@
 {% macro latest_non_null(value, at) -%}
     (array_agg({{ value }} order by {{ at }} desc, {{ value }} desc) filter (where {{ value }} is not null))[1]
 {%- endmacro %}
+
+{#- Post-hook: a unique index on `columns`, created once per table, for relations whose
+    materialization has no `indexes` config (snapshots). -#}
+{% macro unique_index(columns) -%}
+    do $$
+    begin
+        if not exists (
+            select 1 from pg_index as i
+            where i.indrelid = '{{ this }}'::regclass and i.indisunique and i.indpred is null
+        ) then
+            create unique index on {{ this }} ({{ columns | join(', ') }});
+        end if;
+    end
+    $$
+{%- endmacro %}

@@ -4,7 +4,11 @@
     incremental_strategy='replace_days',
     day_column='event_date',
     on_schema_change='fail',
-    indexes=[{'columns': ['event_date']}, {'columns': ['load_id']}],
+    indexes=[
+      {'columns': ['category_day_key'], 'unique': True},
+      {'columns': ['event_date']},
+      {'columns': ['load_id']},
+    ],
   )
 }}
 -- Product events with a category rolled up per anonymous id, user, category and UTC day: what

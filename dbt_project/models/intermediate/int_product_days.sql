@@ -4,7 +4,11 @@
     incremental_strategy='replace_days',
     day_column='event_date',
     on_schema_change='fail',
-    indexes=[{'columns': ['event_date']}, {'columns': ['load_id']}],
+    indexes=[
+      {'columns': ['product_day_key'], 'unique': True},
+      {'columns': ['event_date']},
+      {'columns': ['load_id']},
+    ],
   )
 }}
 -- Product events rolled up per product and UTC day: what dim_products counts views and cart
