@@ -70,6 +70,7 @@ final as (
         max(event_at) as ended_at,
         count(*) as events,
         count(*) filter (where event_name = 'Product Viewed') as product_views,
+        count(*) filter (where event_name = 'Product Added') as cart_adds,
         (
             array_agg(page_path order by event_at, message_id)
             filter (where page_path is not null)

@@ -8,10 +8,6 @@
         [ref('stg_events__product_events'), ref('fct_order_items')])) }}",
     post_hook="{{ record_processed_loads(
         [ref('stg_events__product_events'), ref('fct_order_items')]) }}",
-    indexes=[
-      {'columns': ['customer_id', 'product_id'], 'unique': True},
-      {'columns': ['load_id']},
-    ],
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}

@@ -6,11 +6,7 @@
     window_start='day',
     on_schema_change='fail',
     pre_hook="{{ segment_days_pre_hook() }}",
-    indexes=[
-      {'columns': ['customer_id', 'day'], 'unique': True},
-      {'columns': ['day']},
-      {'columns': ['load_id']},
-    ],
+    post_hook="{{ count_changes(['day', 'lifecycle_segment'], ['date', 'text']) }}",
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}

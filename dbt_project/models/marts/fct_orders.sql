@@ -4,12 +4,6 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ delete_order_customers() }}",
-    indexes=[
-      {'columns': ['order_id'], 'unique': True},
-      {'columns': ['customer_id', 'order_date']},
-      {'columns': ['session_id']},
-      {'columns': ['load_id']},
-    ],
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}

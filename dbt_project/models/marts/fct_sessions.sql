@@ -5,11 +5,6 @@
     incremental_strategy='delete+insert',
     on_schema_change='fail',
     pre_hook="{{ delete_resessionized('device_key', 'started_at') }}",
-    indexes=[
-      {'columns': ['session_id'], 'unique': True},
-      {'columns': ['customer_id']},
-      {'columns': ['load_id']},
-    ],
   )
 }}
 -- depends_on: {{ ref('int_events_sessionized') }}
@@ -96,6 +91,7 @@ final as (
         extract(epoch from sessions.ended_at - sessions.started_at)::integer as duration_seconds,
         sessions.events,
         sessions.product_views,
+        sessions.cart_adds,
         sessions.entry_page,
         sessions.traffic_source,
         coalesce(orders.orders, 0) > 0 as converted,

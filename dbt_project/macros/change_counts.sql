@@ -1,0 +1,98 @@
+{#- Change counts: a roll-up of a large table kept exact at the cost of what changed.
+
+    Post-hook of the counted table (e.g. customer_segments_daily; `columns` the counts are kept
+    per, the first a date, with their SQL `types`): statement-level triggers
+    add every row inserted (+1) and deleted (-1) to <table>__changes, summed per `columns`,
+    whoever changes the table: incremental runs, their pre-hooks, an erasure. A full refresh
+    builds a new table, which gets the triggers, and leaves a marker row (the first column
+    '-infinity') telling the roll-up to recount everything.
+
+    The roll-up (e.g. lifecycle_segments_daily) adds the summed changes to its counts, then
+    empties <table>__changes in the same transaction (consume_change_counts). -#}
+
+{% macro change_counts_relation(counted) -%}
+    {{ return(api.Relation.create(
+        database=counted.database, schema=counted.schema, identifier=counted.identifier ~ '__changes')) }}
+{%- endmacro %}
+
+{% macro count_changes(columns, types) -%}
+    {#- no database name: a copy of the database (CREATE DATABASE ... TEMPLATE) keeps working -#}
+    {%- set changes = change_counts_relation(this).include(database=False) -%}
+    {%- set function = this.schema ~ '.' ~ this.identifier ~ '__count_changes' -%}
+    {%- set cols = columns | join(', ') -%}
+    create table if not exists {{ changes }} (
+        {%- for c in columns %}
+        {{ c }} {{ types[loop.index0] }} not null,
+        {%- endfor %}
+        delta bigint not null,
+        primary key ({{ cols }})
+    );
+    create or replace function {{ function }}() returns trigger language plpgsql as $f$
+    begin
+        if tg_op in ('DELETE', 'UPDATE') then
+            insert into {{ changes }} ({{ cols }}, delta)
+            select {{ cols }}, -count(*) from gone group by {{ cols }}
+            on conflict ({{ cols }}) do update set delta = {{ changes.identifier }}.delta + excluded.delta;
+        end if;
+        if tg_op in ('INSERT', 'UPDATE') then
+            insert into {{ changes }} ({{ cols }}, delta)
+            select {{ cols }}, count(*) from added group by {{ cols }}
+            on conflict ({{ cols }}) do update set delta = {{ changes.identifier }}.delta + excluded.delta;
+        end if;
+        return null;
+    end
+    $f$;
+    create or replace trigger count_inserts after insert on {{ this }}
+        referencing new table as added for each statement execute function {{ function }}();
+    create or replace trigger count_deletes after delete on {{ this }}
+        referencing old table as gone for each statement execute function {{ function }}();
+    create or replace trigger count_updates after update on {{ this }}
+        referencing old table as gone new table as added
+        for each statement execute function {{ function }}();
+    {%- if not is_incremental() %}
+    truncate {{ changes }};
+    insert into {{ changes }} ({{ cols }}, delta)
+    values ('-infinity'{% for c in columns[1:] %}, '*'{% endfor %}, 0)
+    {%- endif %}
+{%- endmacro %}
+
+{#- True when the roll-up of `counted` must recount: it was never built, it is rebuilt, the
+    counted table was rebuilt since, or nothing has counted its changes yet. -#}
+{% macro must_recount(counted) -%}
+    {%- if not execute or not is_incremental() -%}{{ return(true) }}{%- endif -%}
+    {%- set changes = change_counts_relation(counted) -%}
+    {%- if adapter.get_relation(database=changes.database, schema=changes.schema, identifier=changes.identifier) is none -%}
+        {{ return(true) }}
+    {%- endif -%}
+    {%- set query -%}
+        select exists (select from {{ changes }} where day = '-infinity')
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{%- endmacro %}
+
+{#- Pre-hook of the roll-up: changes made while it runs (an erasure) wait for it to commit,
+    so none is emptied unread. -#}
+{% macro lock_change_counts(counted) -%}
+    {%- set changes = change_counts_relation(counted) -%}
+    do $$
+    begin
+        if to_regclass('{{ changes }}') is not null then
+            lock table {{ changes }} in exclusive mode;
+        end if;
+    end
+    $$
+{%- endmacro %}
+
+{#- Post-hook of the roll-up: drop counts that fell to zero and empty the change counts it
+    added (same transaction as the roll-up's own write). -#}
+{% macro consume_change_counts(counted) -%}
+    {%- set changes = change_counts_relation(counted) -%}
+    delete from {{ this }} where customers = 0;
+    do $$
+    begin
+        if to_regclass('{{ changes }}') is not null then
+            truncate {{ changes }};
+        end if;
+    end
+    $$
+{%- endmacro %}
