@@ -159,6 +159,54 @@ def test_every_table_enforces_its_grain(built: str) -> None:
     assert "dim_customers" in contracted
 
 
+def test_dashboard_rollups_count_what_the_marts_hold(built: str) -> None:
+    """The roll-ups the dashboards read agree with counting the marts directly."""
+    for period, trunc in (("day", "day"), ("week", "week"), ("month", "month")):
+        direct = rows(
+            built,
+            f"select date_trunc('{trunc}', session_date)::date, count(distinct customer_id),"
+            " count(distinct customer_id) filter (where product_views > 0),"
+            " count(distinct customer_id) filter (where cart_adds > 0)"
+            " from marts.fct_sessions where customer_id is not null group by 1 order by 1",
+        )
+        rolled = rows(
+            built,
+            "select period_start, active_customers, product_viewers, cart_adders"
+            f" from marts.active_customers where period = '{period}' and active_customers > 0"
+            " order by 1",
+        )
+        assert rolled == direct and len(direct) > 1, period
+    buyers = rows(
+        built,
+        "select count(distinct customer_id), count(*), sum(revenue) from marts.fct_orders"
+        " where order_date > (select max(event_date) from staging.stg_events__calls) - 30",
+    )
+    assert (
+        rows(
+            built,
+            "select buyers, orders, revenue from marts.active_customers"
+            " where period = 'last_30_days'",
+        )
+        == buyers
+        and buyers[0][0] > 0
+    )
+    by_day = (
+        "select day, lifecycle_segment, count(*) from marts.customer_segments_daily group by 1, 2"
+    )
+    assert _table(built, "select day, lifecycle_segment, customers"
+                  " from marts.lifecycle_segments_daily") == _table(built, by_day)  # fmt: skip
+    moves = rows(
+        built,
+        "select count(*), count(distinct t.day) from marts.customer_segments_daily t"
+        " join marts.customer_segments_daily y on y.customer_id = t.customer_id"
+        " and y.day = t.day - 1"
+        " where t.day > (select max(day) from marts.customer_segments_daily) - 7",
+    )
+    assert rows(built, "select sum(customers), count(distinct day) from marts.lifecycle_moves") == [
+        (moves[0][0], moves[0][1])
+    ]
+
+
 def _table(url: str, sql: str) -> list[tuple]:
     return sorted(rows(url, sql), key=repr)
 

@@ -1,11 +1,13 @@
 {#- Change counts: a roll-up of a large table kept exact at the cost of what changed.
 
     Post-hook of the counted table (e.g. customer_segments_daily; `columns` the counts are kept
-    per, the first a date, with their SQL `types`): statement-level triggers
+    per, with their SQL `types`; rows with a null in them are not counted): statement-level
+    triggers
     add every row inserted (+1) and deleted (-1) to <table>__changes, summed per `columns`,
     whoever changes the table: incremental runs, their pre-hooks, an erasure. A full refresh
     builds a new table, which gets the triggers, and leaves a marker row (the first column
-    '-infinity') telling the roll-up to recount everything.
+    '-infinity') telling the roll-up to recount everything. Counted per customer_id alone, the
+    same triggers list the customers whose rows changed (int_customer_activity_days).
 
     The roll-up (e.g. lifecycle_segments_daily) adds the summed changes to its counts, then
     empties <table>__changes in the same transaction (consume_change_counts). -#}
@@ -20,6 +22,7 @@
     {%- set changes = change_counts_relation(this).include(database=False) -%}
     {%- set function = this.schema ~ '.' ~ this.identifier ~ '__count_changes' -%}
     {%- set cols = columns | join(', ') -%}
+    {%- set not_null = columns | join(' is not null and ') ~ ' is not null' -%}
     create table if not exists {{ changes }} (
         {%- for c in columns %}
         {{ c }} {{ types[loop.index0] }} not null,
@@ -31,12 +34,12 @@
     begin
         if tg_op in ('DELETE', 'UPDATE') then
             insert into {{ changes }} ({{ cols }}, delta)
-            select {{ cols }}, -count(*) from gone group by {{ cols }}
+            select {{ cols }}, -count(*) from gone where {{ not_null }} group by {{ cols }}
             on conflict ({{ cols }}) do update set delta = {{ changes.identifier }}.delta + excluded.delta;
         end if;
         if tg_op in ('INSERT', 'UPDATE') then
             insert into {{ changes }} ({{ cols }}, delta)
-            select {{ cols }}, count(*) from added group by {{ cols }}
+            select {{ cols }}, count(*) from added where {{ not_null }} group by {{ cols }}
             on conflict ({{ cols }}) do update set delta = {{ changes.identifier }}.delta + excluded.delta;
         end if;
         return null;
@@ -58,14 +61,14 @@
 
 {#- True when the roll-up of `counted` must recount: it was never built, it is rebuilt, the
     counted table was rebuilt since, or nothing has counted its changes yet. -#}
-{% macro must_recount(counted) -%}
+{% macro must_recount(counted, first_column='day') -%}
     {%- if not execute or not is_incremental() -%}{{ return(true) }}{%- endif -%}
     {%- set changes = change_counts_relation(counted) -%}
     {%- if adapter.get_relation(database=changes.database, schema=changes.schema, identifier=changes.identifier) is none -%}
         {{ return(true) }}
     {%- endif -%}
     {%- set query -%}
-        select exists (select from {{ changes }} where day = '-infinity')
+        select exists (select from {{ changes }} where {{ first_column }} = '-infinity')
     {%- endset -%}
     {{ return(run_query(query).columns[0].values()[0]) }}
 {%- endmacro %}
@@ -83,11 +86,10 @@
     $$
 {%- endmacro %}
 
-{#- Post-hook of the roll-up: drop counts that fell to zero and empty the change counts it
-    added (same transaction as the roll-up's own write). -#}
+{#- Post-hook of the roll-up: empty the change counts it added (same transaction as the
+    roll-up's own write). -#}
 {% macro consume_change_counts(counted) -%}
     {%- set changes = change_counts_relation(counted) -%}
-    delete from {{ this }} where customers = 0;
     do $$
     begin
         if to_regclass('{{ changes }}') is not null then
@@ -95,4 +97,32 @@
         end if;
     end
     $$
+{%- endmacro %}
+
+{#- int_customer_activity_days: the customers to recompute on an incremental run, as SQL
+    (every one listed by the triggers of fct_sessions and fct_orders), or '' when everything
+    is recounted (a full build, or either table was rebuilt). -#}
+{% macro changed_activity_customers() -%}
+    {%- set sessions = ref('fct_sessions') -%}
+    {%- set orders = ref('fct_orders') -%}
+    {%- if must_recount(sessions, 'customer_id') or must_recount(orders, 'customer_id') -%}
+        {{ return('') }}
+    {%- endif -%}
+    {%- set query -%}
+        select customer_id from {{ change_counts_relation(sessions) }}
+        union
+        select customer_id from {{ change_counts_relation(orders) }}
+    {%- endset -%}
+    {{ return(query) }}
+{%- endmacro %}
+
+{#- Pre-hook of int_customer_activity_days: drop the rows the run recomputes. -#}
+{% macro delete_changed_customers() -%}
+    {%- if not is_incremental() -%}
+        select 1
+    {%- else -%}
+        {%- set changed = changed_activity_customers() -%}
+        delete from {{ this }}
+        {%- if changed %} where customer_id in ({{ changed }}){% endif %}
+    {%- endif -%}
 {%- endmacro %}

@@ -4,6 +4,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ delete_order_customers() }}",
+    post_hook="{{ count_changes(['customer_id'], ['text']) }}",
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}

@@ -8,7 +8,10 @@
       "{{ lock_change_counts(ref('customer_segments_daily')) }}",
       "{% if is_incremental() and must_recount(ref('customer_segments_daily')) %}delete from {{ this }}{% else %}select 1{% endif %}",
     ],
-    post_hook="{{ consume_change_counts(ref('customer_segments_daily')) }}",
+    post_hook=[
+      "delete from {{ this }} where customers = 0",
+      "{{ consume_change_counts(ref('customer_segments_daily')) }}",
+    ],
   )
 }}
 -- Customers per lifecycle segment and day: what the Segments dashboard charts, a few hundred
