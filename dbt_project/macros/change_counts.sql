@@ -6,8 +6,9 @@
     add every row inserted (+1) and deleted (-1) to <table>__changes, summed per `columns`,
     whoever changes the table: incremental runs, their pre-hooks, an erasure. A full refresh
     builds a new table, which gets the triggers, and leaves a marker row (the first column
-    '-infinity') telling the roll-up to recount everything. Counted per customer_id alone, the
-    same triggers list the customers whose rows changed (int_customer_activity_days).
+    '-infinity') telling the roll-up to recount everything. Counted per day and customer, the
+    same triggers list the customer-days whose rows changed (int_customer_activity_days); counted
+    per every column, they list the rows that really changed (active_customers).
 
     The roll-up (e.g. lifecycle_segments_daily) adds the summed changes to its counts, then
     empties <table>__changes in the same transaction (consume_change_counts). -#}
@@ -55,7 +56,8 @@
     {%- if not is_incremental() %}
     truncate {{ changes }};
     insert into {{ changes }} ({{ cols }}, delta)
-    values ('-infinity'{% for c in columns[1:] %}, '*'{% endfor %}, 0)
+    values ('-infinity'
+        {%- for t in types[1:] %}, {{ "'*'" if t == 'text' else "'-infinity'" if t == 'date' else '0' }}{% endfor %}, 0)
     {%- endif %}
 {%- endmacro %}
 
@@ -99,30 +101,37 @@
     $$
 {%- endmacro %}
 
-{#- int_customer_activity_days: the customers to recompute on an incremental run, as SQL
-    (every one listed by the triggers of fct_sessions and fct_orders), or '' when everything
-    is recounted (a full build, or either table was rebuilt). -#}
-{% macro changed_activity_customers() -%}
+{#- int_customer_activity_days: the customer-days to recompute on an incremental run, as SQL
+    (customer_id, day: every pair listed by the triggers of fct_sessions and fct_orders), or ''
+    when everything is recounted (a full build, or either table was rebuilt). -#}
+{% macro changed_activity_days() -%}
     {%- set sessions = ref('fct_sessions') -%}
     {%- set orders = ref('fct_orders') -%}
-    {%- if must_recount(sessions, 'customer_id') or must_recount(orders, 'customer_id') -%}
+    {%- if must_recount(sessions, 'session_date') or must_recount(orders, 'order_date') -%}
         {{ return('') }}
     {%- endif -%}
     {%- set query -%}
-        select customer_id from {{ change_counts_relation(sessions) }}
+        select customer_id, session_date as day from {{ change_counts_relation(sessions) }}
         union
-        select customer_id from {{ change_counts_relation(orders) }}
+        select customer_id, order_date as day from {{ change_counts_relation(orders) }}
     {%- endset -%}
     {{ return(query) }}
 {%- endmacro %}
 
 {#- Pre-hook of int_customer_activity_days: drop the rows the run recomputes. -#}
-{% macro delete_changed_customers() -%}
+{% macro delete_changed_activity_days() -%}
     {%- if not is_incremental() -%}
         select 1
     {%- else -%}
-        {%- set changed = changed_activity_customers() -%}
+        {%- set changed = changed_activity_days() -%}
         delete from {{ this }}
-        {%- if changed %} where customer_id in ({{ changed }}){% endif %}
+        {%- if changed %} where (customer_id, day) in ({{ changed }}){% endif %}
     {%- endif -%}
+{%- endmacro %}
+
+{#- Post-hook of int_customer_activity_days: its rows counted per every column but load_id. -#}
+{% macro count_activity_changes() -%}
+    {{ return(count_changes(
+        ['day', 'customer_id', 'sessions', 'product_views', 'cart_adds', 'orders', 'first_orders', 'revenue'],
+        ['date', 'text', 'numeric', 'numeric', 'numeric', 'numeric', 'numeric', 'numeric'])) }}
 {%- endmacro %}

@@ -6,9 +6,10 @@
     pre_hook=[
       "{{ lock_change_counts(ref('fct_sessions')) }}",
       "{{ lock_change_counts(ref('fct_orders')) }}",
-      "{{ delete_changed_customers() }}",
+      "{{ delete_changed_activity_days() }}",
     ],
     post_hook=[
+      "{{ count_activity_changes() }}",
       "{{ consume_change_counts(ref('fct_sessions')) }}",
       "{{ consume_change_counts(ref('fct_orders')) }}",
     ],
@@ -18,11 +19,13 @@
 -- adds, orders and revenue. What active_customers counts distinct customers from, a row per
 -- customer-day instead of every session.
 --
--- Incremental runs recompute every day of the customers whose sessions or orders changed,
--- whoever changed them (new loads, rewritten sessions, identity moves, an erasure): the
--- triggers of fct_sessions and fct_orders list them in <table>__changes (macros/
--- change_counts.sql); the pre-hook deletes their rows. The result equals a full refresh.
-{%- set changed = changed_activity_customers() %}
+-- Incremental runs recompute the customer-days whose sessions or orders changed, whoever
+-- changed them (new loads, rewritten sessions, identity moves, an erasure): the triggers of
+-- fct_sessions and fct_orders list them in <table>__changes (macros/change_counts.sql); the
+-- pre-hook deletes their rows. The result equals a full refresh. This table's own triggers
+-- count its rows per every column but load_id, so active_customers sees the rows that really
+-- changed (a customer-day recomputed to the same figures cancels out).
+{%- set changed = changed_activity_days() %}
 with
 
 -- not materialized: incremental runs read a few customers of each through indexes
@@ -57,7 +60,10 @@ session_days as (
         sum(sessions.cart_adds) as cart_adds,
         max(sessions.load_id) as load_id
     from scope
-    inner join sessions on scope.customer_id = sessions.customer_id
+    inner join sessions
+        on
+            scope.customer_id = sessions.customer_id
+            and scope.day = sessions.session_date
     group by sessions.customer_id, sessions.session_date
 
 ),
@@ -72,7 +78,10 @@ order_days as (
         sum(orders.revenue) as revenue,
         max(orders.load_id) as load_id
     from scope
-    inner join orders on scope.customer_id = orders.customer_id
+    inner join orders
+        on
+            scope.customer_id = orders.customer_id
+            and scope.day = orders.order_date
     group by orders.customer_id, orders.order_date
 
 ),

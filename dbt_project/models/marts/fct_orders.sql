@@ -4,7 +4,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ delete_order_customers() }}",
-    post_hook="{{ count_changes(['customer_id'], ['text']) }}",
+    post_hook="{{ count_changes(['order_date', 'customer_id'], ['date', 'text']) }}",
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}

@@ -5,7 +5,7 @@
     incremental_strategy='delete+insert',
     on_schema_change='fail',
     pre_hook="{{ delete_resessionized('device_key', 'started_at') }}",
-    post_hook="{{ count_changes(['customer_id'], ['text']) }}",
+    post_hook="{{ count_changes(['session_date', 'customer_id'], ['date', 'text']) }}",
   )
 }}
 -- depends_on: {{ ref('int_events_sessionized') }}
