@@ -22,7 +22,7 @@ DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
 LANDING := $(CRM_HOME)/landing
 
-.PHONY: help env superset-env demo test test-fast lint format docs dbt-docs bench airflow-db clean clean-db mlflow-ui ui
+.PHONY: help env superset-env node-deps demo test test-fast lint format docs dbt-docs bench airflow-db clean clean-db mlflow-ui ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,14 @@ superset/.venv/.synced: superset/pyproject.toml superset/uv.lock | $(UV)
 	@touch $@
 
 superset-env: superset/.venv/.synced  ## create Superset's own environment from superset/uv.lock
+
+# Segment's JavaScript libraries, pinned in tests/js/package-lock.json: the collector's tests
+# send with them
+tests/js/node_modules/.synced: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-deps: tests/js/node_modules/.synced  ## install the JavaScript clients the tests use (npm ci)
 
 $(AIRFLOW_HOME)/airflow.db: .venv/.synced
 	@mkdir -p $(AIRFLOW_HOME)
@@ -112,10 +120,10 @@ format: env  ## apply ruff's fixes and formatting
 docs: env  ## regenerate docs/event.schema.json and docs/settings.md from the code
 	$(RUN) python -m crm.docs
 
-test: lint superset-env  ## lint, then the whole test suite against real PostgreSQL (and Superset)
+test: lint superset-env node-deps  ## lint, then the whole test suite against real PostgreSQL (and Superset)
 	$(RUN) pytest -q --timeout=900
 
-test-fast: env superset-env  ## tests without lint
+test-fast: env superset-env node-deps  ## tests without lint
 	$(RUN) pytest -q -x --timeout=900
 
 BENCH_ML_CUSTOMERS ?= 100000 1000000
@@ -135,6 +143,6 @@ clean-db: env  ## stop and delete the embedded PostgreSQL (all local data)
 	-$(RUN) crm db stop
 	rm -rf $(CRM_HOME)/pgdata
 
-clean:  ## remove everything generated (.crm/, .venv/, superset/.venv/)
+clean:  ## remove everything generated (.crm/, .venv/, superset/.venv/, tests/js/node_modules/)
 	-$(RUN) crm db stop 2>/dev/null
-	rm -rf $(CRM_HOME) .venv superset/.venv
+	rm -rf $(CRM_HOME) .venv superset/.venv tests/js/node_modules

@@ -34,6 +34,10 @@ privacy_app = typer.Typer(help="Data subjects' rights: export and erase.", no_ar
 app.add_typer(privacy_app, name="privacy")
 mlflow_app = typer.Typer(help="The MLflow tracking server's users.", no_args_is_help=True)
 app.add_typer(mlflow_app, name="mlflow")
+sources_app = typer.Typer(
+    help="Sources of the HTTP collector (crm collect) and their write keys.", no_args_is_help=True
+)
+app.add_typer(sources_app, name="sources")
 CAMPAIGNS = Path("campaigns")
 console = Console(stderr=True, soft_wrap=True)  # errors keep paths whole: no hard wraps
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
@@ -634,6 +638,84 @@ def db_stop() -> None:
     from crm import db
 
     out.print("stopped" if db.stop_embedded() else "embedded server was not running")
+
+
+@app.command()
+def collect(
+    host: Annotated[str | None, typer.Option(help="Listen address (CRM_COLLECT_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (CRM_COLLECT_PORT).")] = None,
+    loader: Annotated[
+        bool, typer.Option(help="Load what is collected into raw.events in a second process.")
+    ] = True,
+) -> None:
+    """Serve Segment's HTTP Tracking API: trackers send here, events reach raw.events within
+    seconds. Runs until stopped (Ctrl-C)."""
+    from crm.collect.server import serve, spool_dir
+    from crm.settings import get_settings
+
+    settings = get_settings()
+    where = f"{host or settings.collect_host}:{settings.collect_port if port is None else port}"
+    console.print(f"collecting on http://{where} (spool {spool_dir(settings)}); Ctrl-C stops")
+    serve(settings, host=host, port=port, with_loader=loader)
+
+
+@app.command("collect-load")
+def collect_load() -> None:
+    """Load what collectors spooled (for collectors started with --no-loader); until stopped."""
+    from crm.collect.server import run_loader
+
+    run_loader()
+
+
+@sources_app.command("add")
+def sources_add(
+    name: Annotated[str, typer.Argument(help="e.g. web, ios, backend.")],
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Browser origin allowed to send (repeatable); none: any."),
+    ] = None,
+) -> None:
+    """Create a source; its write key is the last line printed (shown only now)."""
+    from crm import db
+    from crm.collect import sources
+
+    url = db.database_url()
+    db.upgrade(url)
+    key = sources.add(url, name, origin)
+    console.print(f"source {name} added; its write key (keep it, it is not shown again):")
+    print(key)
+
+
+@sources_app.command("list")
+def sources_list() -> None:
+    """Sources, the first characters of their keys, origins, and whether revoked."""
+    from crm import db
+    from crm.collect import sources
+
+    url = db.database_url()
+    db.upgrade(url)
+    table = Table("source", "key", "origins", "created", "revoked")
+    for s in sources.list_sources(url):
+        table.add_row(
+            s.name,
+            f"{s.key_hint}…",
+            ", ".join(s.origins) or "any",
+            f"{s.created_at:%Y-%m-%d %H:%M}",
+            f"{s.revoked_at:%Y-%m-%d %H:%M}" if s.revoked_at else "",
+        )
+    out.print(table)
+
+
+@sources_app.command("revoke")
+def sources_revoke(name: Annotated[str, typer.Argument(help="The source.")]) -> None:
+    """Revoke a source's write key: running collectors refuse it within seconds."""
+    from crm import db
+    from crm.collect import sources
+
+    url = db.database_url()
+    db.upgrade(url)
+    sources.revoke(url, name)
+    out.print(f"source {name} revoked")
 
 
 @contract_app.command("schema")

@@ -1,4 +1,5 @@
-"""The event contract: Segment Spec calls (track, page, screen, identify, alias), one per line.
+"""The event contract: Segment Spec calls (track, page, screen, identify, alias, group), one per
+line.
 
 A shop points its existing Segment / RudderStack / PostHog tracking at shop-crm; what those
 trackers emit is what we accept. ``docs/event-contract.md`` explains each field and
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-EVENT_TYPES = ("track", "page", "screen", "identify", "alias")
+EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 
 # E-commerce v2 spec names plus the push, e-mail and consent events shop-crm reads.
 ECOMMERCE_EVENTS = (
@@ -131,7 +132,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     message_id: Id = Field(alias="messageId", description="Unique per call; the dedup key.")
-    type: Literal["track", "page", "screen", "identify", "alias"]
+    type: Literal["track", "page", "screen", "identify", "alias", "group"]
     event: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         default=None, description="Track event name (required for track)."
     )
@@ -140,6 +141,9 @@ class Event(BaseModel):
     anonymous_id: Id | None = Field(default=None, alias="anonymousId")
     previous_id: Id | None = Field(
         default=None, alias="previousId", description="alias: the id being merged into userId."
+    )
+    group_id: Id | None = Field(
+        default=None, alias="groupId", description="group: the account or company the user joins."
     )
     timestamp: UtcTimestamp = Field(description="When it happened, ISO 8601 with an offset.")
     sent_at: UtcTimestamp | None = Field(default=None, alias="sentAt")
@@ -155,6 +159,8 @@ class Event(BaseModel):
             raise ValueError("a track call needs an event name")
         if self.type == "alias" and (self.previous_id is None or self.user_id is None):
             raise ValueError("an alias call needs previousId and userId")
+        if self.type == "group" and self.group_id is None:
+            raise ValueError("a group call needs groupId")
         if self.type == "track" and self.event == "Order Completed":
             OrderProperties.model_validate(self.properties)
         elif self.type == "track" and self.event == "Consent Updated":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,52 @@ class Settings(BaseSettings):
         description=(
             "Parser processes for large files (0 = parse in the loading process). Default: one "
             "per core but one, which is left to PostgreSQL; at most 4."
+        ),
+    )
+    ingest_advertising_id: Literal["drop", "hash"] = Field(
+        default="drop",
+        description=(
+            "context.device.advertisingId (IDFA / AAID, personal data): dropped before it is "
+            "stored, or kept as its SHA-256 in advertisingId_sha256."
+        ),
+    )
+    collect_host: str = Field(default="127.0.0.1", description="Address crm collect listens on.")
+    collect_port: int = Field(
+        default=8088, ge=0, le=65535, description="Port crm collect listens on."
+    )
+    collect_spool_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Where the collector makes calls durable before it answers (fsynced JSON Lines "
+            "segments the loader moves into raw.events). Default: CRM_HOME/spool. One per replica."
+        ),
+    )
+    collect_spool_max_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="Spool size at which the collector answers 503 instead of accepting more.",
+    )
+    collect_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="A spool segment is closed and loaded after this long (the micro-batch).",
+    )
+    collect_max_call_bytes: int = Field(
+        default=32 * 1024, gt=0, description="Largest call accepted (Segment's limit: 32 KB)."
+    )
+    collect_max_request_bytes: int = Field(
+        default=512 * 1024,
+        gt=0,
+        description="Largest request body, after decompression (Segment's batch limit: 500 KB).",
+    )
+    collect_body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request whose body takes longer gets 408."
+    )
+    collect_build_minutes: int = Field(
+        default=15,
+        ge=1,
+        description=(
+            "Collected loads trigger build_customer_models at most this often (debounce)."
         ),
     )
     ingest_start_date: str = Field(

@@ -84,6 +84,7 @@ def limits_from(settings: Settings, now: datetime | None = None) -> Limits:
         max_depth=settings.ingest_max_depth,
         min_ts=datetime.fromisoformat(settings.ingest_min_timestamp).astimezone(UTC),
         max_ts=now + timedelta(seconds=settings.ingest_max_future_seconds),
+        advertising_id=settings.ingest_advertising_id,
     )
 
 
@@ -143,7 +144,7 @@ def parse_block(
             try:
                 row = parse_line(raw, limits, fast=fast)
                 day = row.event_at.date().isoformat()
-                stored, personal = minimise(raw)
+                stored, personal = minimise(raw, limits.advertising_id)
                 line = copy_line(row, stored, day, load_id, line_no)
             except Rejected as exc:
                 out.rejects.append((line_no, exc.reason, raw))

@@ -10,6 +10,9 @@ stored in ``raw.events`` (which dbt, and so every analytics table, reads).
   can still count and join distinct addresses). The values themselves go to
   ``pii.contact_traits`` with the call's message id: the ``pii`` schema only the privacy
   officer, the transformer (for ``pii.customer_pii``) and the sender can read.
+- **Advertising ids** (``context.device.advertisingId``: Apple's IDFA, Google's AAID), which
+  follow a person across apps, are dropped; with ``CRM_INGEST_ADVERTISING_ID=hash`` they are
+  kept as their SHA-256 (``advertisingId_sha256``), enough to count devices.
 
 The same rules, written in SQL (``raw.minimise_payload`` and ``raw.personal_traits``,
 migration 0013), minimised the rows stored before; a test holds the two to the same result.
@@ -106,13 +109,22 @@ def _move_traits(traits: Any, personal: dict[str, Any]) -> None:
                 traits[f"{key}_sha256"] = digest(value)
 
 
-def minimise(raw: bytes) -> tuple[bytes, dict[str, Any] | None]:
+def _drop_advertising_id(call: dict[str, Any], keep_hash: bool) -> None:
+    context = call.get("context")
+    device = context.get("device") if isinstance(context, dict) else None
+    if isinstance(device, dict) and "advertisingId" in device:
+        value = device.pop("advertisingId")
+        if keep_hash and value not in (None, ""):
+            device["advertisingId_sha256"] = digest(value)
+
+
+def minimise(raw: bytes, advertising_id: str = "drop") -> tuple[bytes, dict[str, Any] | None]:
     """(the line as it may be stored, the personal traits taken out of it or None).
 
     Most lines carry an IP and no traits: a byte-level substitution, no re-encoding. A line
-    with traits (identify calls), or an IP the substitution cannot read, is decoded, fixed
-    and encoded again."""
-    if b'"traits"' not in raw:
+    with traits (identify calls), an advertising id, or an IP the substitution cannot read,
+    is decoded, fixed and encoded again. ``advertising_id``: "drop" or "hash"."""
+    if b'"traits"' not in raw and b'"advertisingId"' not in raw:
         at = raw.find(b'"ip"')
         if at < 0:
             return raw, None
@@ -134,6 +146,7 @@ def minimise(raw: bytes) -> tuple[bytes, dict[str, Any] | None]:
     context = call.get("context")
     if isinstance(context, dict):
         _move_traits(context.get("traits"), personal)
+    _drop_advertising_id(call, keep_hash=advertising_id == "hash")
     _walk_ips(call)
     try:
         return dumps(call), personal or None

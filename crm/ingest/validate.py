@@ -34,6 +34,7 @@ class Limits:
     max_depth: int
     min_ts: datetime
     max_ts: datetime
+    advertising_id: str = "drop"  # context.device.advertisingId: "drop" or "hash" (minimise)
 
 
 class Row(NamedTuple):

@@ -1,0 +1,1 @@
+"""The HTTP collector: Segment's Tracking API in front of the file loader (``crm collect``)."""

@@ -1,0 +1,327 @@
+"""Segment's HTTP Tracking API, served by FastAPI (Starlette under uvicorn).
+
+``POST /v1/{track,identify,page,screen,alias,group,batch,import}`` and the short paths
+analytics.js posts to (``/v1/t``, ``/p``, ``/i``, ``/a``, ``/g``, ``/s``, ``/b``). A request
+authenticates with HTTP Basic (the write key as user name, empty password) or ``writeKey`` in
+the JSON body (analytics.js sends ``text/plain`` bodies that way). The answer is 200
+``{"success": true}`` only once the calls are fsynced in the spool (``crm.collect.spool``);
+the loader then moves them into ``raw.events``, where the contract decides each call (a call
+that breaks it is quarantined with its reason, as from a file).
+
+What the collector adds to each call, as Segment's API does: ``type`` (single-call paths),
+``messageId`` when absent (a random one: such a call cannot be deduplicated on retries),
+``receivedAt``, ``timestamp`` (``originalTimestamp``, else the time received) when absent,
+``context.ip`` from the connection when absent (the loader truncates it), and the batch's
+``context`` and ``integrations`` under each call's own. ``writeKey`` is never stored.
+
+Whole requests are refused with a status and a reason: 401 (no, unknown or revoked key), 403
+(origin not allowed for the source), 400 (not JSON, not an object, no calls, a call that is
+not an object), 413 (body or call too large, also after gzip), 408 (body too slow), 415
+(unknown content encoding), 503 (spool full or failing: nothing was accepted, retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import threading
+import time
+import uuid
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from crm.collect.sources import KeyRing
+from crm.collect.spool import Spool, SpoolFull
+from crm.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TYPES = {
+    "track": "track",
+    "t": "track",
+    "identify": "identify",
+    "i": "identify",
+    "page": "page",
+    "p": "page",
+    "screen": "screen",
+    "s": "screen",
+    "alias": "alias",
+    "a": "alias",
+    "group": "group",
+    "g": "group",
+    "batch": None,
+    "b": None,
+    "import": None,
+}
+SUCCESS = b'{"success":true}'
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Collector:
+    """What the routes share: settings, the spool and the key ring."""
+
+    def __init__(self, settings: Settings, spool: Spool, keys: KeyRing, url: str) -> None:
+        self.settings, self.spool, self.keys, self.url = settings, spool, keys, url
+        self.calls = 0  # accepted since start
+        self._refreshed = 0.0
+        self._refreshing = asyncio.Lock()
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh, name="crm-keys", daemon=True)
+
+    def start(self) -> None:
+        try:
+            self.keys.refresh(self.url)
+        except Exception as exc:
+            log.warning("cannot read the sources (%s); using the keys kept in the spool", exc)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.spool.close()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(5.0):
+            try:
+                self.keys.refresh(self.url)
+            except Exception as exc:  # PostgreSQL down: keep the keys we have
+                log.debug("sources not refreshed: %s", exc)
+
+    async def body(self, request: Request) -> bytes:
+        limit = self.settings.collect_max_request_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise Refused(413, f"body of {int(length):,} bytes, over the limit of {limit:,}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.settings.collect_body_timeout_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise Refused(413, f"body over the limit of {limit:,} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Refused(408, "request body not received in time") from None
+        data = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            d = zlib.decompressobj(wbits=31)
+            try:
+                out = d.decompress(data, limit + 1)
+            except zlib.error as exc:
+                raise Refused(400, f"invalid gzip body: {exc}") from None
+            if len(out) > limit or d.unconsumed_tail:
+                raise Refused(413, f"body over the limit of {limit:,} bytes once decompressed")
+            return out
+        if encoding not in ("identity", ""):
+            raise Refused(415, f"content encoding {encoding!r} not supported (gzip is)")
+        return data
+
+    async def lookup(self, key: str) -> tuple[str, tuple[str, ...]] | str:
+        """A key added since the last refresh is found at once: an unknown key re-reads the
+        sources (at most once a second; requests arriving meanwhile wait for that read)."""
+        found = self.keys.lookup(key)
+        if found != "unknown write key":
+            return found
+        asked = time.monotonic()
+        async with self._refreshing:
+            if self._refreshed < asked - 1.0:
+                self._refreshed = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.keys.refresh, self.url)
+                except Exception as exc:
+                    log.debug("sources not refreshed: %s", exc)
+        return self.keys.lookup(key)
+
+    async def authenticate(self, request: Request, body: dict[str, Any]) -> str:
+        key = None
+        auth = request.headers.get("authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                key = base64.b64decode(auth[6:].strip(), validate=True).decode().split(":", 1)[0]
+            except (binascii.Error, UnicodeDecodeError):
+                raise Refused(401, "malformed Basic authorization") from None
+        if not key:
+            wk = body.get("writeKey")
+            key = wk if isinstance(wk, str) else None
+        if not key:
+            raise Refused(401, "no write key (HTTP Basic user name, or writeKey in the body)")
+        found = await self.lookup(key)
+        if isinstance(found, str):
+            raise Refused(401, found)
+        source, origins = found
+        origin = request.headers.get("origin")
+        if origin and origins and origin not in origins:
+            raise Refused(403, f"origin {origin} is not allowed for source {source}")
+        return source
+
+    def lines(self, kind: str | None, body: dict[str, Any], ip: str | None) -> bytes:
+        if kind is None:
+            calls = body.get("batch")
+            if not isinstance(calls, list):
+                raise Refused(400, "a batch needs a 'batch' array of calls")
+            if not calls:
+                raise Refused(400, "the batch holds no calls")
+        else:
+            calls = [body]
+        received = _now()
+        shared_context = body.get("context") if kind is None else None
+        shared_integrations = body.get("integrations") if kind is None else None
+        limit = self.settings.collect_max_call_bytes
+        out: list[bytes] = []
+        for n, call in enumerate(calls):
+            if not isinstance(call, dict):
+                raise Refused(400, f"call {n} is a JSON {type(call).__name__}, not an object")
+            call.pop("writeKey", None)
+            if kind is not None:
+                call["type"] = kind
+            if not call.get("messageId"):
+                call["messageId"] = f"collector-{uuid.uuid4()}"
+            call["receivedAt"] = received
+            if "timestamp" not in call:
+                call["timestamp"] = call.get("originalTimestamp") or received
+            context = call.get("context")
+            if context is None:
+                context = call["context"] = {}
+            if isinstance(context, dict):
+                if isinstance(shared_context, dict):
+                    for k, v in shared_context.items():
+                        context.setdefault(k, v)
+                if ip and "ip" not in context:
+                    context["ip"] = ip
+            if isinstance(shared_integrations, dict) and "integrations" not in call:
+                call["integrations"] = shared_integrations
+            line = _encode(call)
+            if len(line) > limit:
+                raise Refused(413, f"call {n} is {len(line):,} bytes, over the limit of {limit:,}")
+            out.append(line)
+        out.append(b"")
+        return b"\n".join(out)
+
+    async def receive(self, request: Request, kind: str | None) -> Response:
+        try:
+            if self.spool.full:
+                raise Refused(503, "the spool is full; retry later")
+            raw = await self.body(request)
+            try:
+                body = _decode(raw)
+            except msgspec.DecodeError as exc:
+                raise Refused(400, f"invalid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise Refused(400, f"the body is a JSON {type(body).__name__}, not an object")
+            source = await self.authenticate(request, body)
+            ip = request.client.host if request.client else None
+            data = self.lines(kind, body, ip)
+            try:
+                await asyncio.wrap_future(self.spool.append(source, data))
+            except SpoolFull as exc:
+                raise Refused(503, f"{exc}; retry later") from None
+            except OSError as exc:
+                raise Refused(503, f"the spool cannot be written ({exc}); retry later") from None
+            self.calls += data.count(b"\n")
+            return Response(SUCCESS, media_type="application/json", headers=self.cors(request))
+        except Refused as exc:
+            return JSONResponse(
+                {"success": False, "error": exc.reason},
+                status_code=exc.status,
+                headers=self.cors(request),
+            )
+
+    def cors(self, request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if not origin:
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def create_app(collector: Collector) -> FastAPI:
+    app = FastAPI(
+        title="shop-crm collector",
+        description="Segment-compatible HTTP Tracking API",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.get("/health")
+    async def health() -> Response:
+        problem = collector.spool.error or ("the spool is full" if collector.spool.full else None)
+        if problem:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ok", "calls_accepted": collector.calls})
+
+    @app.get("/v1/projects/{write_key}/settings")
+    async def project_settings(write_key: str, request: Request) -> Response:
+        """What analytics.js fetches from its CDN before it sends anything: the Segment.io
+        integration pointed back at this collector."""
+        found = await collector.lookup(write_key)
+        if isinstance(found, str):
+            return JSONResponse({"error": found}, status_code=404)
+        host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+        return JSONResponse(
+            {
+                "integrations": {
+                    "Segment.io": {
+                        "apiKey": write_key,
+                        "apiHost": f"{host}/v1",
+                        "protocol": request.url.scheme,
+                        "unbundledIntegrations": [],
+                        "addBundledMetadata": False,
+                    }
+                },
+                "plan": {"track": {"__default": {"enabled": True}}},
+                "edgeFunction": {},
+                "analyticsNextEnabled": True,
+                "middlewareSettings": {},
+                "enabledMiddleware": {},
+                "metrics": {"sampleRate": 0},
+                "legacyVideoPluginsEnabled": False,
+                "remotePlugins": [],
+            },
+            headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=60"},
+        )
+
+    async def route(request: Request) -> Response:
+        name = request.path_params["kind"]
+        if name not in TYPES:
+            return JSONResponse({"success": False, "error": f"no such path /v1/{name}"}, 404)
+        return await collector.receive(request, TYPES[name])
+
+    async def preflight(request: Request) -> Response:
+        origin = request.headers.get("origin", "")
+        if not origin or not collector.keys.allows_origin(origin):
+            return Response(status_code=403)
+        return Response(
+            status_code=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "access-control-request-headers", "authorization, content-type"
+                ),
+                "Access-Control-Max-Age": "86400",
+                "Vary": "Origin",
+            },
+        )
+
+    app.add_api_route("/v1/{kind}", route, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/{kind}", preflight, methods=["OPTIONS"], include_in_schema=False)
+    return app

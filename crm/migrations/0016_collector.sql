@@ -1,0 +1,30 @@
+-- The HTTP collector (crm collect): its sources, each with one write key stored as its
+-- SHA-256 (the key itself is shown once, when the source is added).
+create table if not exists raw.sources (
+    name        text        primary key check (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+    key_sha256  text        not null unique,
+    key_hint    text        not null,             -- the key's first characters
+    origins     text[]      not null default '{}', -- browser origins allowed; empty: any
+    created_at  timestamptz not null default now(),
+    revoked_at  timestamptz
+);
+comment on table raw.sources is
+    'Sources of the HTTP collector: write keys (SHA-256) and the browser origins they serve';
+
+-- group calls (a user joins an account or company) are part of the contract
+alter table raw.events drop constraint if exists events_type_check;
+alter table raw.events add constraint events_type_check
+    check (type in ('track', 'page', 'screen', 'identify', 'alias', 'group'));
+
+-- advertising ids (IDFA / AAID) are no longer stored: drop those stored before
+update raw.events
+set payload = payload #- '{context,device,advertisingId}'
+where payload #> '{context,device}' ? 'advertisingId';
+
+do $$
+begin
+    if exists (select 1 from pg_roles where rolname = 'crm_loader') then
+        grant select, insert, update on raw.sources to crm_loader;
+    end if;
+end
+$$;

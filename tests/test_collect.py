@@ -1,0 +1,359 @@
+"""The HTTP collector (crm collect): Segment's own client libraries deliver every call exactly
+once into raw.events; a kill -9 loses nothing acknowledged; hostile requests get their status
+and reason while everyone else is served."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from crm.settings import PROJECT_ROOT
+
+JS = PROJECT_ROOT / "tests" / "js"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _crm(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "crm.cli", *args], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
+def _count(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _wait_for(url: str, query: str, expected: int, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        got = _count(url, query)
+        if got >= expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+@dataclass
+class Collector:
+    env: dict[str, str]
+    port: int
+    key: str
+    db_url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> None:
+        Path(self.env["CRM_HOME"]).mkdir(parents=True, exist_ok=True)
+        log = open(Path(self.env["CRM_HOME"]) / "collect.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crm.cli", "collect", "--port", str(self.port), *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, (
+                Path(self.env["CRM_HOME"]) / "collect.log"
+            ).read_text()
+            time.sleep(0.2)
+        raise AssertionError("the collector did not become healthy")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)  # the server and its loader process
+            self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture
+def collector(tmp_path: Path, db_url: str) -> Iterator[Collector]:
+    env = {
+        **os.environ,
+        "CRM_DATABASE_URL": db_url,
+        "CRM_HOME": str(tmp_path / "home"),
+        "CRM_COLLECT_FLUSH_SECONDS": "0.2",
+        "CRM_COLLECT_BODY_TIMEOUT_SECONDS": "2",
+    }
+    out = _crm(env, "sources", "add", "web", "--origin", "http://shop.example")
+    key = out.strip().splitlines()[-1]
+    c = Collector(env, _free_port(), key, db_url)
+    c.start()
+    yield c
+    c.kill()
+
+
+def _track(i: int, prefix: str) -> dict[str, object]:
+    return {
+        "type": "track",
+        "messageId": f"{prefix}-{i}",
+        "userId": f"u{i % 9}",
+        "event": "Product Viewed",
+        "properties": {"product_id": f"p{i % 30}"},
+        "timestamp": "2026-12-01T10:00:00Z",
+    }
+
+
+def test_python_client_delivers_every_call_once(collector: Collector) -> None:
+    from segment.analytics import Client  # segment-analytics-python, as shops run it
+
+    errors: list[object] = []
+    client = Client(collector.key, host=collector.base, on_error=lambda e, _: errors.append(e),
+                    upload_size=50, sync_mode=False)  # fmt: skip
+    device = {"advertisingId": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "type": "ios"}
+
+    def send() -> None:
+        for i in range(300):
+            client.track(user_id=f"u{i % 7}", event="Product Viewed", message_id=f"py-{i}",
+                         properties={"product_id": f"p{i}"},
+                         context={"ip": "203.0.113.77", "device": device})  # fmt: skip
+        client.identify("u1", {"email": "ada@example.com", "plan": "gold"}, message_id="py-id")
+        client.group("u1", "acme", {"industry": "retail"}, message_id="py-group")
+        client.alias("u1", "u-old", message_id="py-alias")
+        client.page("u1", "Shop", "Home", message_id="py-page")
+        client.screen("u1", "App", "Cart", message_id="py-screen")
+        client.flush()
+
+    send()
+    send()  # the same calls again, as a client retrying after a lost answer does
+    client.join()
+    assert errors == []
+    url = collector.db_url
+    ids = "message_id like 'py-%'"
+    assert _wait_for(url, f"select count(*) from raw.events where {ids}", 305) == 305
+    time.sleep(1)  # the second send's segments are loaded too, and add nothing
+    assert _count(url, f"select count(*) from raw.events where {ids}") == 305
+    assert _count(url, f"select count(distinct message_id) from raw.events where {ids}") == 305
+    assert _count(url, "select count(*) from raw.events where type = 'group'") == 1
+    # the source is recorded with every call, through its load
+    assert _count(url, "select count(*) from raw.events e join raw.load_audit a using (load_id)"
+                       f" where {ids} and a.source <> 'collector:web'") == 0  # fmt: skip
+    with psycopg.connect(url) as conn:
+        [(payload,)] = conn.execute(
+            "select payload from raw.events where message_id = 'py-0'"
+        ).fetchall()
+        [(traits,)] = conn.execute(
+            "select traits from pii.contact_traits where message_id = 'py-id'"
+        ).fetchall()
+    assert payload["context"]["ip"] == "203.0.113.0"  # truncated, as from files
+    assert "advertisingId" not in payload["context"]["device"]
+    assert payload["context"]["library"]["name"] == "analytics-python"
+    assert "receivedAt" in payload and "writeKey" not in payload
+    assert traits == {"email": "ada@example.com"}
+
+
+def test_node_client_delivers_every_call_once(collector: Collector) -> None:
+    node = shutil.which("node")
+    assert node, "node is needed (make node-deps)"
+    assert (JS / "node_modules" / "@segment" / "analytics-node").exists(), "run make node-deps"
+    done = subprocess.run(
+        [node, str(JS / "send_node.js"), collector.base, collector.key, "200", "node"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sent = done.stdout.split()
+    assert len(sent) == 201
+    query = "select count(distinct message_id) from raw.events where message_id like 'node-%'"
+    assert _wait_for(collector.db_url, query, 201) == 201
+    assert (
+        _count(collector.db_url, "select count(*) from raw.events where message_id like 'node-%'")
+        == 201
+    )
+
+
+def _post(base: str, key: str, calls: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(f"{base}/v1/batch", json={"batch": calls}, auth=(key, ""), timeout=10)
+
+
+def test_a_killed_collector_loses_nothing_it_acknowledged(collector: Collector) -> None:
+    acked: list[str] = []
+    sent = 0
+    killed = False
+    while sent < 6000:
+        calls = [_track(sent + i, "k9") for i in range(50)]
+        try:
+            r = _post(collector.base, collector.key, calls)
+            if r.status_code == 200:
+                acked += [str(c["messageId"]) for c in calls]
+        except httpx.HTTPError:
+            pass
+        sent += 50
+        if sent == 3000 and not killed:
+            collector.kill(signal.SIGKILL)  # mid-stream, loader and all
+            killed = True
+            collector.start()
+    # clients retry what got no answer, and some of what did
+    for start in range(0, 6000, 50):
+        r = _post(collector.base, collector.key, [_track(start + i, "k9") for i in range(50)])
+        assert r.status_code == 200
+    assert len(acked) >= 5000
+    query = "select count(*) from raw.events where message_id like 'k9-%'"
+    assert _wait_for(collector.db_url, query, 6000) == 6000
+    assert _count(collector.db_url, "select count(distinct message_id) from raw.events"
+                                    " where message_id like 'k9-%'") == 6000  # fmt: skip
+
+
+def _raw_request(port: int, data: bytes, pause: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        if pause:
+            head, body = data.split(b"\r\n\r\n", 1)
+            s.sendall(head + b"\r\n\r\n" + body[:5])
+            time.sleep(pause)
+            with contextlib.suppress(OSError):
+                s.sendall(body[5:])
+        else:
+            s.sendall(data)
+        try:
+            return s.recv(65536)
+        except OSError:
+            return b""
+
+
+def test_hostile_requests_get_a_status_and_a_reason(collector: Collector) -> None:
+    base, key = collector.base, collector.key
+    one = {"batch": [_track(0, "ok")]}
+
+    def post(body: bytes | None = None, auth: tuple[str, str] | None = (key, ""),
+             path: str = "/v1/batch", headers: dict[str, str] | None = None,
+             ) -> httpx.Response:  # fmt: skip
+        return httpx.post(f"{base}{path}", content=body if body is not None else json.dumps(one),
+                          auth=auth, headers=headers, timeout=10)  # fmt: skip
+
+    def refused(r: httpx.Response, status: int, words: str) -> None:
+        assert r.status_code == status, r.text
+        assert words in r.json()["error"], r.text
+
+    refused(post(auth=None), 401, "no write key")
+    refused(post(auth=("nope", "")), 401, "unknown write key")
+    refused(post(b"{not json"), 400, "invalid JSON")
+    refused(post(b"[1, 2]"), 400, "not an object")
+    refused(post(b'{"batch": [1]}'), 400, "call 0")
+    refused(post(b'{"batch": []}'), 400, "no calls")
+    big_call = {"batch": [{**_track(1, "big"), "properties": {"x": "a" * 40_000}}]}
+    refused(post(json.dumps(big_call).encode()), 413, "call 0")
+    refused(post(b'{"batch": [' + b",".join([json.dumps(_track(1, "b")).encode()] * 5000) + b"]}"),
+            413, "limit")  # fmt: skip
+    bomb = gzip.compress(b'{"batch": [' + b" " * 50_000_000 + b"]}")
+    refused(post(bomb, headers={"Content-Encoding": "gzip"}), 413, "decompressed")
+    refused(post(b"{}", headers={"Content-Encoding": "br"}), 415, "not supported")
+    refused(post(path="/v1/track", headers={"Origin": "http://evil.example"}), 403, "origin")
+    # the hostile corpus the file tests use, posted as batches: accepted, then quarantined
+    corpus: list[dict[str, object]] = [
+              {"type": "track", "messageId": "h-1", "timestamp": "2026-12-01T10:00:00Z",
+               "event": "Product Viewed"},  # no userId or anonymousId
+              {"type": "teleport", "messageId": "h-2", "userId": "u"},
+              {"type": "track", "messageId": "h-3", "userId": "u", "event": "Order Completed",
+               "timestamp": "2026-12-01T10:00:00Z", "properties": {"order_id": "o"}},
+              {"type": "track", "messageId": "h-4", "userId": "u\u0000", "event": "X",
+               "timestamp": "2026-12-01T10:00:00Z"}]  # fmt: skip
+    assert _post(base, key, corpus).status_code == 200
+    assert httpx.get(f"{base}/v1/track", timeout=5).status_code == 405
+    assert httpx.put(f"{base}/v1/batch", timeout=5).status_code == 405
+    # a body sent very slowly, and a huge header: refused, nobody else waits on them
+    body = json.dumps(one).encode()
+    slow = (f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Basic {base64.b64encode(f'{key}:'.encode()).decode()}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    assert b" 408 " in _raw_request(collector.port, slow, pause=4)[:20]
+    huge = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    answer = _raw_request(collector.port, huge)
+    assert answer == b"" or answer[9:10] == b"4", answer[:60]
+    # a revoked key is refused at once
+    other = _crm(collector.env, "sources", "add", "old").strip().splitlines()[-1]
+    assert _post(base, other, [_track(1, "old")]).status_code == 200
+    _crm(collector.env, "sources", "revoke", "old")
+    time.sleep(5.5)  # running collectors re-read the sources every 5 s
+    refused(_post(base, other, [_track(2, "old")]), 401, "revoked")
+    # and everyone else is still served
+    assert post().status_code == 200
+    assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+    url = collector.db_url
+    assert _wait_for(url, "select count(*) from raw.rejected_events", 4) == 4
+    assert _wait_for(url, "select count(*) from raw.events where message_id = 'ok-0'", 1) == 1
+    assert _count(url, "select count(*) from raw.events where message_id like 'h-%'") == 0
+
+
+def test_cors_preflight_and_settings_for_browsers(collector: Collector) -> None:
+    base = collector.base
+    r = httpx.options(f"{base}/v1/t", headers={
+        "Origin": "http://shop.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"}, timeout=5)  # fmt: skip
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "http://shop.example"
+    r = httpx.options(f"{base}/v1/t", headers={"Origin": "http://evil.example"}, timeout=5)
+    assert r.status_code == 403
+    # analytics.js posts text/plain with the key in the body
+    call = {**_track(0, "browser"), "writeKey": collector.key}
+    r = httpx.post(f"{base}/v1/t", content=json.dumps(call),
+                   headers={"Content-Type": "text/plain", "Origin": "http://shop.example"},
+                   timeout=5)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-origin"] == "http://shop.example"
+    settings = httpx.get(f"{base}/v1/projects/{collector.key}/settings", timeout=5).json()
+    assert settings["integrations"]["Segment.io"]["apiHost"] == f"127.0.0.1:{collector.port}/v1"
+    assert httpx.get(f"{base}/v1/projects/nope/settings", timeout=5).status_code == 404
+    query = "select count(*) from raw.events where message_id = 'browser-0'"
+    assert _wait_for(collector.db_url, query, 1) == 1
+
+
+def test_a_full_spool_answers_503_and_keeps_what_it_acknowledged(
+    tmp_path: Path, db_url: str
+) -> None:
+    env = {**os.environ, "CRM_DATABASE_URL": db_url, "CRM_HOME": str(tmp_path / "home"),
+           "CRM_COLLECT_SPOOL_MAX_BYTES": "20000"}  # fmt: skip
+    key = _crm(env, "sources", "add", "app").strip().splitlines()[-1]
+    c = Collector(env, _free_port(), key, db_url)
+    c.start("--no-loader")
+    try:
+        statuses = []
+        for n in range(20):
+            statuses.append(_post(c.base, key, [_track(n * 10 + i, "full") for i in range(10)]))
+        codes = [r.status_code for r in statuses]
+        assert 503 in codes and codes[0] == 200
+        assert "spool" in statuses[codes.index(503)].json()["error"]
+        acked = 10 * codes.count(200)
+    finally:
+        c.kill()
+    # what was acknowledged is in the spool, and loads once a loader runs
+    loader = subprocess.Popen([sys.executable, "-m", "crm.cli", "collect-load"], env=env,
+                              start_new_session=True)  # fmt: skip
+    try:
+        query = "select count(*) from raw.events where message_id like 'full-%'"
+        assert _wait_for(db_url, query, acked) == acked
+    finally:
+        os.killpg(loader.pid, signal.SIGTERM)
+        loader.wait(30)
