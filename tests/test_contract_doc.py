@@ -62,6 +62,10 @@ EXAMPLES: dict[str, bytes | dict[str, object]] = {
     "contract: call: a track call needs an event name": good(event=None),
     "contract: event: String should have at most 256 characters": good(event="e" * 257),
     "contract: call: an alias call needs previousId and userId": good(type="alias", userId="u"),
+    "contract: groupId: String should have at most 256 characters": good(
+        type="group", groupId="g" * 257
+    ),
+    "contract: call: a group call needs groupId": good(type="group"),
     "contract: timestamp: Field required": good(timestamp=None),
     "contract: timestamp: Input should have timezone info": good(timestamp="2026-02-01T10:00:00"),
     "contract: timestamp: Input should be a valid datetime": good(timestamp="yesterday"),

@@ -57,6 +57,7 @@ PAYLOADS = [
     ),
     call(7, type="identify", userId="u1", traits={"email": None, "birthday": "1990-01-01"}),
     call(8, context={"ip": "01.2.3.4"}),
+    call(10, context={"ip": "192.0.2.1", "device": {"advertisingId": "AAID-1", "id": "d1"}}),
 ]
 
 
@@ -87,6 +88,19 @@ def test_personal_traits_leave_the_call_and_hashes_stay() -> None:
     # a line without anything personal is stored byte for byte
     plain = orjson.dumps({k: v for k, v in call(9).items() if k != "context"})
     assert minimise(plain) == (plain, None)
+
+
+def test_advertising_ids_are_dropped_or_hashed() -> None:
+    idfa = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+    line = orjson.dumps({**call(1), "context": {"device": {"advertisingId": idfa, "id": "d1"}}})
+    stored, _ = minimise(line)
+    assert orjson.loads(stored)["context"]["device"] == {"id": "d1"}
+    assert idfa.encode() not in stored
+    stored, _ = minimise(line, advertising_id="hash")
+    assert orjson.loads(stored)["context"]["device"] == {
+        "id": "d1",
+        "advertisingId_sha256": hashlib.sha256(idfa.lower().encode()).hexdigest(),
+    }
 
 
 def test_sql_rules_match_the_loader(db_url: str) -> None:
@@ -155,9 +169,13 @@ def test_loader_keeps_personal_data_in_pii_only(
 
 
 def test_the_migration_minimised_rows_stored_before_it(db_url: str) -> None:
-    """Rows stored by an older loader (personal traits and full IPs in the payload) are
-    minimised when migration 0013 runs (it is idempotent, so it runs here again)."""
-    migration = Path(migrations_init).with_name("0013_minimisation.sql").read_text()
+    """Rows stored by an older loader (personal traits, full IPs and advertising ids in the
+    payload) are minimised when migrations 0013 and 0016 run (they are idempotent, so they run
+    here again)."""
+    migration = "\n".join(
+        Path(migrations_init).with_name(name).read_text()
+        for name in ("0013_minimisation.sql", "0016_collector.sql")
+    )
     with psycopg.connect(db_url) as conn:
         conn.execute("select raw.ensure_event_partitions(array['2026-02-01'::date])")
         for i, payload in enumerate(PAYLOADS):

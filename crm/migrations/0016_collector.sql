@@ -16,7 +16,22 @@ alter table raw.events drop constraint if exists events_type_check;
 alter table raw.events add constraint events_type_check
     check (type in ('track', 'page', 'screen', 'identify', 'alias', 'group'));
 
--- advertising ids (IDFA / AAID) are no longer stored: drop those stored before
+-- advertising ids (IDFA / AAID) are no longer stored: the SQL rules drop them as the loader
+-- does (by default), and so do they for what was stored before
+create or replace function raw.minimise_payload(p jsonb) returns jsonb
+language sql immutable as $$
+    select raw.truncate_ips(
+        case when jsonb_typeof(q #> '{context,traits}') = 'object'
+             then jsonb_set(q, '{context,traits}', raw.minimise_traits(q #> '{context,traits}'))
+             else q end)
+    from (select case when jsonb_typeof(r -> 'traits') = 'object'
+                      then jsonb_set(r, '{traits}', raw.minimise_traits(r -> 'traits'))
+                      else r end as q
+          from (select case when jsonb_typeof(p #> '{context,device}') = 'object'
+                            then p #- '{context,device,advertisingId}'
+                            else p end as r) t) s
+$$;
+
 update raw.events
 set payload = payload #- '{context,device,advertisingId}'
 where payload #> '{context,device}' ? 'advertisingId';
