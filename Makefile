@@ -70,7 +70,9 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	@last=$$($(DATE) 0); next=$$($(DATE) 1); after=$$($(DATE) 2); set -e; \
 	  echo "== crm ingest: every landed day but the last, $$last"; \
 	  $(RUN) crm ingest --summary $$(ls -d $(LANDING)/events/dt=* | grep -v "dt=$$last"); \
-	  echo "== Airflow ingest_events: the day $$last, loaded when it has ended"; \
+	  echo "== crm collect: the shop's tracker sends the first 2,000 calls of $$last over HTTP (Segment's Python library)"; \
+	  $(RUN) python -m crm.collect.demo $(LANDING)/events/dt=$$last/events.jsonl.gz --count 2000; \
+	  echo "== Airflow ingest_events: the day $$last, loaded when it has ended (the calls already collected load once)"; \
 	  $(RUN) crm db clock --at $${next}T00:10:00+00:00 >/dev/null; \
 	  CRM_LANDING_DIR=$(LANDING) $(RUN) python -m crm.demo ingest_events $${next}T00:00:00+00:00; \
 	  echo "== what landed (crm status)"; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -665,6 +666,31 @@ def collect_load() -> None:
     from crm.collect.server import run_loader
 
     run_loader()
+
+
+@app.command()
+def tail(
+    source: Annotated[
+        str | None, typer.Option(help="Only this source (a collector source, or a load's).")
+    ] = None,
+) -> None:
+    """Show calls as they arrive: accepted, or quarantined with the reason (Ctrl-C stops)."""
+    from crm.collect.tail import Call, follow
+
+    def show(c: Call) -> None:
+        at = f"{c.loaded_at:%H:%M:%S}"
+        if c.rejected:
+            out.print(f"{at} {c.source} [red]rejected[/red] {c.rejected}: {c.message_id}",
+                      markup=True, highlight=False, soft_wrap=True)  # fmt: skip
+        else:
+            who = c.user_id or f"anon {c.anonymous_id}"
+            what = f"{c.type} {c.event or ''}".strip()
+            out.print(f"{at} {c.source} [green]accepted[/green] {what} {who} {c.message_id}",
+                      markup=True, highlight=False, soft_wrap=True)  # fmt: skip
+
+    console.print("following new loads (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(show, source)
 
 
 @sources_app.command("add")

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     )
     collect_host: str = Field(default="127.0.0.1", description="Address crm collect listens on.")
     collect_port: int = Field(
-        default=8088, ge=0, le=65535, description="Port crm collect listens on."
+        default=8090, ge=0, le=65535, description="Port crm collect listens on."
     )
     collect_spool_dir: Path | None = Field(
         default=None,

@@ -5,7 +5,9 @@
   ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``;
 - the MLflow UI on http://127.0.0.1:5000 (runs, registry, champions);
 - Superset on http://127.0.0.1:8088 with the dashboards imported, user ``admin``, a password
-  generated once into ``CRM_HOME/superset/admin.password``.
+  generated once into ``CRM_HOME/superset/admin.password``;
+- the event collector (``crm collect``) on http://127.0.0.1:8090, for trackers pointed at it
+  (write keys from ``crm sources add NAME``).
 
 Everything listens on 127.0.0.1 only. The scheduler and triggerer run without their log
 servers (which would listen on every interface): the API server reads finished tasks' logs
@@ -213,6 +215,7 @@ def screens(
     home: Path,
     superset_env: dict[str, str] | None = None,
     ports: tuple[int, int, int] = (8080, 5000, 8088),
+    collect_port: int = 8090,
 ) -> list[Service]:
     """The services ``make ui`` starts, every one bound to the loopback (Superset only when
     its environment is given); ``ports``: Airflow's, MLflow's, Superset's."""
@@ -231,6 +234,9 @@ def screens(
         Service("mlflow", [str(bin_dir / "mlflow"), "ui", "--host", HOST, "--port", str(ml_port),
                            "--backend-store-uri", tracking_uri()], env,
                 (ml_port,), f"http://{HOST}:{ml_port}/health"),
+        Service("collector", [str(bin_dir / "crm"), "collect", "--host", HOST,
+                              "--port", str(collect_port)], env,
+                (collect_port,), f"http://{HOST}:{collect_port}/health"),
     ]  # fmt: skip
     if superset_env is not None:
         services.append(
@@ -274,6 +280,7 @@ def main() -> None:
   Airflow   http://{HOST}:8080   user admin, password in {airflow_pw}
   MLflow    http://{HOST}:5000
   Superset  http://{HOST}:8088   user admin, password in {home / "superset" / "admin.password"}
+  Collector http://{HOST}:8090   Segment's Tracking API; a write key: crm sources add NAME
 Logs in {logs}. Ctrl-C stops everything.""", flush=True)  # fmt: skip
 
     try:

@@ -357,3 +357,24 @@ def test_a_full_spool_answers_503_and_keeps_what_it_acknowledged(
     finally:
         os.killpg(loader.pid, signal.SIGTERM)
         loader.wait(30)
+
+
+def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Collector) -> None:
+    env = {**collector.env, "COLUMNS": "300"}
+    tail = subprocess.Popen([sys.executable, "-m", "crm.cli", "tail", "--source", "web"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        assert tail.stdout is not None
+        assert b"following" in tail.stdout.readline()
+        bad: dict[str, object] = {"type": "track", "messageId": "tail-bad", "timestamp": "2026-12-01T10:00:00Z",
+               "event": "Product Viewed"}  # fmt: skip
+        assert _post(collector.base, collector.key, [_track(0, "tail"), bad]).status_code == 200
+        lines = [tail.stdout.readline().decode(), tail.stdout.readline().decode()]
+    finally:
+        os.killpg(tail.pid, signal.SIGTERM)
+        tail.wait(10)
+    accepted = next(line for line in lines if "accepted" in line)
+    rejected = next(line for line in lines if "rejected" in line)
+    assert "collector:web" in accepted and "Product Viewed" in accepted and "tail-0" in accepted
+    assert "needs userId or anonymousId" in rejected and "tail-bad" in rejected

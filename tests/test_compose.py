@@ -34,7 +34,7 @@ def test_the_full_stack_is_there_and_every_long_running_service_is_health_checke
     services = compose()["services"]
     assert {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
             "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "mlflow",
-            "superset-init", "superset"} <= set(services)  # fmt: skip
+            "superset-init", "superset", "collector"} <= set(services)  # fmt: skip
     for name, svc in services.items():
         if not name.endswith("-init"):
             assert "healthcheck" in svc, name
@@ -47,6 +47,13 @@ def test_the_full_stack_is_there_and_every_long_running_service_is_health_checke
         for image in [svc.get("image", "")]:
             if image.startswith("shop-crm"):  # built here, by some service of the stack
                 assert any(s.get("image") == image and "build" in s for s in services.values())
+
+
+def test_collector_replicas_each_spool_to_their_own_volume() -> None:
+    collector = compose()["services"]["collector"]
+    spool = collector["environment"]["CRM_COLLECT_SPOOL_DIR"]
+    assert spool in collector["volumes"]  # anonymous: one per replica, kept across restarts
+    assert "--port" in collector["command"] and "8090" in collector["healthcheck"]["test"][-1]
 
 
 def test_airflow_runs_celery_on_redis_so_workers_scale_out() -> None:
@@ -115,7 +122,7 @@ def test_mlflow_runs_with_basic_auth_no_default_secrets_and_no_published_port() 
     assert worker["CRM_MLFLOW_TRAIN_USERNAME"] != worker["CRM_MLFLOW_SCORE_USERNAME"]
     assert "mlflow-init" in services["airflow-worker"]["depends_on"]
     published = {name for name, svc in services.items() if svc.get("ports")}
-    assert published == {"airflow-apiserver", "superset"}, published
+    assert published == {"airflow-apiserver", "superset", "collector"}, published
 
 
 def test_commands_the_stack_runs_exist() -> None:
@@ -125,7 +132,8 @@ def test_commands_the_stack_runs_exist() -> None:
     assert "crm" in scripts
     runner = CliRunner()
     for sub in (["db", "upgrade", "--help"], ["db", "reader-url", "--help"],
-                ["mlflow", "provision", "--help"]):  # fmt: skip
+                ["mlflow", "provision", "--help"], ["collect", "--help"],
+                ["sources", "add", "--help"]):  # fmt: skip
         assert runner.invoke(app, sub).exit_code == 0, sub
     superset_lock = (ROOT / "superset" / "uv.lock").read_text()
     for package in ("apache-superset", "gunicorn", "psycopg2-binary"):

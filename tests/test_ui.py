@@ -136,14 +136,16 @@ def test_a_taken_port_is_named_with_the_process_holding_it() -> None:
 def test_the_screens_listen_on_the_loopback_only(
     airflow_home: Path, crm_env: object, tmp_path: Path
 ) -> None:
-    """Airflow's four services and the MLflow UI as `make ui` starts them: every socket any
-    of their processes listens on is bound to 127.0.0.1 (no log server on every interface)."""
+    """Airflow's four services, the MLflow UI and the collector as `make ui` starts them: every
+    socket any of their processes listens on is bound to 127.0.0.1 (no log server on every
+    interface)."""
     from crm.ui import screens, stop_all, wait_for
 
     ports = (_free_port(), _free_port(), _free_port())
-    services = screens(tmp_path, None, ports)
+    collect_port = _free_port()
+    services = screens(tmp_path, None, ports, collect_port)
     assert [s.name for s in services] == ["airflow-api-server", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "mlflow"]  # fmt: skip
+        "airflow-dag-processor", "airflow-triggerer", "mlflow", "collector"]  # fmt: skip
     procs = [
         subprocess.Popen(list(s.command), env=s.env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -163,5 +165,5 @@ def test_the_screens_listen_on_the_loopback_only(
         }
     finally:
         stop_all([p.pid for p in procs], grace=10)
-    assert {port for _, port in listening} >= {ports[0], ports[1]}
+    assert {port for _, port in listening} >= {ports[0], ports[1], collect_port}
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
