@@ -367,8 +367,7 @@ def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Co
     try:
         assert tail.stdout is not None
         assert b"following" in tail.stdout.readline()
-        bad: dict[str, object] = {"type": "track", "messageId": "tail-bad", "timestamp": "2026-12-01T10:00:00Z",
-               "event": "Product Viewed"}  # fmt: skip
+        bad: dict[str, object] = {**_track(1, "tail-bad"), "userId": None}
         assert _post(collector.base, collector.key, [_track(0, "tail"), bad]).status_code == 200
         lines = [tail.stdout.readline().decode(), tail.stdout.readline().decode()]
     finally:
@@ -377,4 +376,4 @@ def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Co
     accepted = next(line for line in lines if "accepted" in line)
     rejected = next(line for line in lines if "rejected" in line)
     assert "collector:web" in accepted and "Product Viewed" in accepted and "tail-0" in accepted
-    assert "needs userId or anonymousId" in rejected and "tail-bad" in rejected
+    assert "needs userId or anonymousId" in rejected and "tail-bad-1" in rejected
