@@ -377,3 +377,52 @@ def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Co
     rejected = next(line for line in lines if "rejected" in line)
     assert "collector:web" in accepted and "Product Viewed" in accepted and "tail-0" in accepted
     assert "needs userId or anonymousId" in rejected and "tail-bad-1" in rejected
+
+
+def test_postgres_down_for_30_s_loses_nothing(tmp_path: Path) -> None:
+    """A PostgreSQL of its own, stopped for 30 s while a client sends: every call is
+    acknowledged meanwhile (spooled), and the backlog loads when the server is back."""
+    import pgserver
+
+    from crm import db
+
+    pgdata = tmp_path / "pg"
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    try:
+        url = db.fresh_database(server.get_uri(), "crm_down")
+        env = {**os.environ, "CRM_DATABASE_URL": url, "CRM_HOME": str(tmp_path / "home"),
+               "CRM_COLLECT_FLUSH_SECONDS": "0.5"}  # fmt: skip
+        key = _crm(env, "sources", "add", "app").strip().splitlines()[-1]
+        c = Collector(env, _free_port(), key, url)
+        c.start()
+        sent = 0
+
+        def send_for(seconds: float) -> None:
+            nonlocal sent
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                r = _post(c.base, key, [_track(sent + i, "down") for i in range(20)])
+                assert r.status_code == 200, r.text
+                sent += 20
+                time.sleep(0.05)
+
+        try:
+            send_for(3)
+            pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+            while (pgdata / "postmaster.pid").exists():
+                time.sleep(0.1)
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(url, connect_timeout=2).close()
+            send_for(30)  # PostgreSQL down: still accepted
+            down_at = sent
+            server.ensure_postgres_running()  # back
+            send_for(2)
+            query = "select count(*) from raw.events where message_id like 'down-%'"
+            assert _wait_for(url, query, sent, seconds=120) == sent
+            assert down_at > 1000
+            assert _count(url, "select count(distinct message_id) from raw.events") == sent
+        finally:
+            c.kill()
+    finally:
+        server.cleanup()
