@@ -426,3 +426,64 @@ def test_postgres_down_for_30_s_loses_nothing(tmp_path: Path) -> None:
             c.kill()
     finally:
         server.cleanup()
+
+
+def test_analytics_js_in_a_browser_sends_across_origins(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Segment's analytics.js (@segment/analytics-next) on a shop's page in headless Chromium,
+    loaded with only cdnURL pointed at the collector: it fetches the settings there, then its
+    page, identify and track calls cross origins into raw.events."""
+    import functools
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(chromium).exists(), "Debian's chromium is needed (apt-get install chromium)"
+    umd = JS / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
+    assert umd.exists(), "run make node-deps"
+    site = tmp_path / "site"
+    shutil.copytree(umd, site / "ajs")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    shop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=shop.serve_forever, daemon=True).start()
+    origin = f"http://localhost:{shop.server_address[1]}"
+    key = _crm(collector.env, "sources", "add", "browser", "--origin", origin).split()[-1]
+    (site / "index.html").write_text(f"""<!doctype html><html><head>
+<script src="/ajs/index.js"></script>
+<script>
+  window.analytics = AnalyticsNext.AnalyticsBrowser.load(
+    {{ writeKey: {json.dumps(key)}, cdnURL: {json.dumps(collector.base)} }});
+  analytics.page('Home', {{ path: '/' }});
+  analytics.identify('browser-u1', {{ plan: 'gold', email: 'ada@example.com' }});
+  analytics.track('Product Viewed', {{ product_id: 'p1' }});
+</script></head><body>shop</body></html>""")
+    posted: list[tuple[int, str]] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium,
+                                         args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+            page = browser.new_page()
+            page.on("response", lambda r: posted.append((r.status, r.url))
+                    if r.request.method == "POST" else None)  # fmt: skip
+            page.goto(f"{origin}/index.html")
+            deadline = time.monotonic() + 30
+            while len(posted) < 3 and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            browser.close()
+    finally:
+        shop.shutdown()
+    assert sorted(posted) == [(200, f"{collector.base}/v1/{p}") for p in ("i", "p", "t")]
+    url = collector.db_url
+    query = ("select count(*) from raw.events e join raw.load_audit a using (load_id)"
+             " where a.source = 'collector:browser'")  # fmt: skip
+    assert _wait_for(url, query, 3) == 3
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select type, coalesce(event, ''), payload #>> '{context,library,name}'"
+            " from raw.events where anonymous_id is not null order by type"
+        ).fetchall()
+    assert rows == [("identify", "", "analytics.js"), ("page", "Home", "analytics.js"),
+                    ("track", "Product Viewed", "analytics.js")]  # fmt: skip
