@@ -356,3 +356,50 @@ def test_a_missed_deadline_warns_ops_through_apprise(hook, monkeypatch: pytest.M
     asyncio.run(deadline_missed({"dag_run": None}, dag_id="send_campaigns", within="0:45:00"))
     ((path, body),) = got
     assert path == "/ops" and "send_campaigns" in body["message"] and "0:45:00" in body["message"]
+
+
+def test_collected_loads_update_the_raw_events_asset_once(
+    airflow_home: Path, crm_env: Settings, db_url: str, tmp_path: Path
+) -> None:
+    """collected_events skips while the collector loaded nothing new, and updates the
+    raw.events asset (scheduling build_customer_models) once per batch of new loads."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from crm.collect.loader import load_ready
+
+    dag = DagBag(dag_folder=str(DAGS / "collected_events.py")).dags["collected_events"]
+    assert [o.uri for t in dag.tasks for o in t.outlets][0].endswith("/raw/events")
+    dag = without_deadline(dag)
+
+    def state() -> str:
+        run = dag.test()
+        [ti] = run.get_task_instances()
+        return str(ti.state)
+
+    def asset_events() -> int:
+        from airflow.models.asset import AssetEvent, AssetModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import func, select
+
+        uri = [o.uri for t in dag.tasks for o in t.outlets][0]
+        with create_session() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(AssetEvent)
+                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                .where(AssetModel.uri == uri, AssetEvent.source_dag_id == "collected_events")
+            ) or 0)  # fmt: skip
+
+    before = asset_events()
+    assert state() == "skipped"
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    for n in range(2):  # two micro-batches of the collector's source "web"
+        (ready / f"web.{n + 1}.1.jsonl").write_text(json.dumps({
+            "type": "track", "messageId": f"c-{n}", "userId": "u1", "event": "Product Viewed",
+            "timestamp": "2026-01-02T10:00:00Z"}) + "\n")  # fmt: skip
+    assert load_ready(ready, db_url, crm_env) == (2, None)
+    assert state() == "success"
+    assert state() == "skipped"  # announced once
+    assert asset_events() == before + 1

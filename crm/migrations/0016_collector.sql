@@ -43,3 +43,18 @@ begin
     end if;
 end
 $$;
+
+-- What the collected_events DAG last announced to Airflow (the newest collector load it
+-- counted), so each collected load schedules the dbt build once
+create table if not exists raw.collector_announced (
+    id           boolean     primary key default true check (id),
+    last_load_id bigint      not null,
+    announced_at timestamptz not null default now()
+);
+do $$
+begin
+    if exists (select 1 from pg_roles where rolname = 'crm_loader') then
+        grant select, insert, update on raw.collector_announced to crm_loader;
+    end if;
+end
+$$;

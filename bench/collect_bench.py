@@ -1,0 +1,253 @@
+"""The collector against the file loader, on the same simulated events, in one run.
+
+- files:     ``crm ingest`` of the events as one JSON Lines file (fresh database);
+- streaming: the same events posted to ``crm collect``'s ``/v1/batch`` (100 calls a request,
+  ``--clients`` concurrent keep-alive clients) until every one is in ``raw.events`` (fresh
+  database): events/s end to end, and its ratio to the files' (target >= 0.7);
+- steady:    ``--rate`` events/s (100-call requests at an even pace) for ``--steady-seconds``:
+  acknowledgement latency p50 / p99 (target p99 <= 50 ms), freshness p50 / p95 (acknowledged
+  to its load committed in ``raw.events``; target p95 <= 2 s), and the collector's resident
+  memory (server and loader processes) each minute (target: flat).
+
+    python bench/collect_bench.py [--events 200000] [--clients 4] [--rate 2000]
+                                  [--steady-seconds 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest_bench import dataset, fresh_db  # noqa: E402
+
+from crm import db  # noqa: E402
+from crm.collect import sources  # noqa: E402
+from crm.ingest.load import ingest_paths  # noqa: E402
+from crm.settings import Settings, get_settings  # noqa: E402
+
+BATCH = 100
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Collector:
+    def __init__(self, url: str, home: Path) -> None:
+        self.url, self.port = url, _free_port()
+        self.key = sources.add(url, "bench")
+        env = {**os.environ, "CRM_DATABASE_URL": url, "CRM_HOME": str(home),
+               "CRM_COLLECT_SPOOL_DIR": str(home / "spool")}  # fmt: skip
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = (home / "collect.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crm.cli", "collect", "--port", str(self.port)],
+            env=env, stdout=self.log, stderr=self.log, start_new_session=True,
+        )  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit("the collector did not start")
+
+    def rss_mb(self) -> float:
+        root = psutil.Process(self.proc.pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def batches(path: Path, events: int) -> list[bytes]:
+    calls = []
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                calls.append(orjson.loads(line))
+            if len(calls) >= events:
+                break
+    return [orjson.dumps({"batch": calls[i : i + BATCH]}) for i in range(0, len(calls), BATCH)]
+
+
+def _count(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()  # type: ignore[call-overload]
+    return int(row[0]) if row else 0
+
+
+def wait_loaded(url: str, expected: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _count(url, "select count(*) from raw.message_ids") >= expected:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise SystemExit(f"not every call reached raw.events within {timeout:.0f} s")
+
+
+def post_all(c: Collector, bodies: list[bytes], clients: int) -> None:
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def worker() -> None:
+        with httpx.Client(auth=(c.key, ""), timeout=30) as client:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                r = client.post(f"{c.base}/v1/batch", content=body,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+                if r.status_code != 200:
+                    failures.append(r.text)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit(f"{len(failures)} requests failed: {failures[0]}")
+
+
+def steady(c: Collector, bodies: list[bytes], rate: int, seconds: float) -> dict[str, object]:
+    """One request of BATCH calls every BATCH / rate seconds; returns latencies and memory."""
+    interval = BATCH / rate
+    acks: list[tuple[bytes, float, float]] = []  # body, sent (epoch), acknowledged (epoch)
+    memory: list[tuple[float, float]] = []
+    start = time.monotonic()
+    n = 0
+    with httpx.Client(auth=(c.key, ""), timeout=30) as client:
+        while time.monotonic() - start < seconds:
+            due = start + n * interval
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            body = bodies[n % len(bodies)]
+            if n >= len(bodies):  # another round of the same calls, as new ones
+                body = body.replace(b'"messageId":"', b'"messageId":"r%d-' % (n // len(bodies)))
+            sent = time.time()
+            r = client.post(f"{c.base}/v1/batch", content=body,
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+            if r.status_code != 200:
+                raise SystemExit(f"steady: {r.status_code} {r.text}")
+            acks.append((body, sent, time.time()))
+            n += 1
+            if not memory or time.monotonic() - start - memory[-1][0] >= 60:
+                memory.append((time.monotonic() - start, c.rss_mb()))
+    memory.append((time.monotonic() - start, c.rss_mb()))
+    return {"acks": acks, "memory": memory, "requests": n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--steady-seconds", type=float, default=600)
+    args = parser.parse_args()
+    settings = get_settings()
+    work = Path(settings.home) / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    admin = db.database_url(settings)
+    path = dataset(work, args.events)
+    bodies = batches(path, args.events)
+    events = sum(len(orjson.loads(b)["batch"]) for b in bodies)
+    one_file = work / f"collect-{events}.jsonl"
+    with path.open("rb") as src, one_file.open("wb") as out:
+        for i, line in enumerate(src):
+            if i >= events:
+                break
+            out.write(line)
+    print(f"{events:,} simulated events, {len(bodies):,} requests of {BATCH}")
+
+    url = fresh_db(admin, "bench_collect_files")
+    db.upgrade(url)
+    t = time.perf_counter()
+    [res] = ingest_paths([one_file], url=url, settings=Settings(database_url=url))
+    files_s = time.perf_counter() - t
+    distinct = res.loaded
+    files_rate = distinct / files_s
+    print(f"files:     {distinct:,} events loaded in {files_s:.1f} s = {files_rate:,.0f} events/s")
+
+    url = fresh_db(admin, "bench_collect_stream")
+    db.upgrade(url)
+    c = Collector(url, work / "collect-home-stream")
+    try:
+        t0 = time.monotonic()
+        post_all(c, bodies, args.clients)
+        acked = time.monotonic()
+        done = wait_loaded(url, distinct)
+    finally:
+        c.stop()
+    stream_rate = distinct / (done - t0)
+    print(f"streaming: {distinct:,} events in {done - t0:.1f} s (all acknowledged after "
+          f"{acked - t0:.1f} s) = {stream_rate:,.0f} events/s = {stream_rate / files_rate:.2f} "
+          "of the files' (target >= 0.7)")  # fmt: skip
+
+    url = fresh_db(admin, "bench_collect_steady")
+    db.upgrade(url)
+    c = Collector(url, work / "collect-home-steady")
+    try:
+        out = steady(c, bodies, args.rate, args.steady_seconds)
+        time.sleep(5)
+    finally:
+        c.stop()
+    acks: list[tuple[bytes, float, float]] = out["acks"]  # type: ignore[assignment]
+    latency = [(a - s) * 1000 for _, s, a in acks]
+    # freshness: each call's acknowledgement to the commit of the load that holds it
+    acked_at: dict[str, float] = {}
+    for body, _, ack in acks:
+        for call in orjson.loads(body)["batch"]:
+            acked_at[call["messageId"]] = ack
+    with psycopg.connect(url) as conn:
+        loaded = conn.execute(
+            "select e.message_id, a.finished_at from raw.events e"
+            " join raw.load_audit a using (load_id)"
+        ).fetchall()
+    fresh = [
+        finished.timestamp() - acked_at[m]
+        for m, finished in loaded
+        if m in acked_at and isinstance(finished, datetime)
+    ]
+    memory: list[tuple[float, float]] = out["memory"]  # type: ignore[assignment]
+    sent = int(out["requests"]) * BATCH  # type: ignore[call-overload]
+    print(
+        f"steady:    {sent / args.steady_seconds:,.0f} events/s for {args.steady_seconds:.0f} s;"
+        f" acknowledgement p50 {statistics.median(latency):.1f} ms, p99 "
+        f"{_pct(latency, 0.99):.1f} ms (target <= 50); freshness p50 "
+        f"{statistics.median(fresh):.2f} s, p95 {_pct(fresh, 0.95):.2f} s (target <= 2) over "
+        f"{len(fresh):,} calls"
+    )
+    print("memory:    " + ", ".join(f"{s / 60:.0f} min {mb:.0f} MB" for s, mb in memory))
+
+
+if __name__ == "__main__":
+    main()
