@@ -34,12 +34,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_bench import dataset, fresh_db  # noqa: E402
+from ingest_bench import dataset, fresh_db
 
-from crm import db  # noqa: E402
-from crm.collect import sources  # noqa: E402
-from crm.ingest.load import ingest_paths  # noqa: E402
-from crm.settings import Settings, get_settings  # noqa: E402
+from crm import db
+from crm.collect import sources
+from crm.ingest.load import ingest_paths
+from crm.settings import Settings, get_settings
 
 BATCH = 100
 

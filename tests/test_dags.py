@@ -370,7 +370,7 @@ def test_collected_loads_update_the_raw_events_asset_once(
     from crm.collect.loader import load_ready
 
     dag = DagBag(dag_folder=str(DAGS / "collected_events.py")).dags["collected_events"]
-    assert [o.uri for t in dag.tasks for o in t.outlets][0].endswith("/raw/events")
+    assert next(o.uri for t in dag.tasks for o in t.outlets).endswith("/raw/events")
     dag = without_deadline(dag)
 
     def state() -> str:
@@ -383,7 +383,7 @@ def test_collected_loads_update_the_raw_events_asset_once(
         from airflow.utils.session import create_session
         from sqlalchemy import func, select
 
-        uri = [o.uri for t in dag.tasks for o in t.outlets][0]
+        uri = next(o.uri for t in dag.tasks for o in t.outlets)
         with create_session() as session:
             return int(session.scalar(
                 select(func.count()).select_from(AssetEvent)
