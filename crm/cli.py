@@ -700,6 +700,10 @@ def sources_add(
         list[str] | None,
         typer.Option(help="Browser origin allowed to send (repeatable); none: any."),
     ] = None,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(help="Calls a second (0: none). Default: CRM_COLLECT_RATE_LIMIT."),
+    ] = None,
 ) -> None:
     """Create a source; its write key is the last line printed (shown only now)."""
     from crm import db
@@ -707,7 +711,7 @@ def sources_add(
 
     url = db.database_url()
     db.upgrade(url)
-    key = sources.add(url, name, origin)
+    key = sources.add(url, name, origin, rate_limit)
     console.print(f"source {name} added; its write key (keep it, it is not shown again):")
     print(key)
 
@@ -717,19 +721,42 @@ def sources_list() -> None:
     """Sources, the first characters of their keys, origins, and whether revoked."""
     from crm import db
     from crm.collect import sources
+    from crm.settings import get_settings
 
     url = db.database_url()
     db.upgrade(url)
-    table = Table("source", "key", "origins", "created", "revoked")
+    default = get_settings().collect_rate_limit
+    table = Table("source", "key", "origins", "calls/s", "created", "revoked")
     for s in sources.list_sources(url):
+        limit = default if s.rate_limit is None else s.rate_limit
         table.add_row(
             s.name,
             f"{s.key_hint}…",
             ", ".join(s.origins) or "any",
+            (f"{limit:,}" if limit else "no limit")
+            + (" (default)" if s.rate_limit is None else ""),
             f"{s.created_at:%Y-%m-%d %H:%M}",
             f"{s.revoked_at:%Y-%m-%d %H:%M}" if s.revoked_at else "",
         )
     out.print(table)
+
+
+@sources_app.command("limit")
+def sources_limit(
+    name: Annotated[str, typer.Argument(help="The source.")],
+    calls_per_second: Annotated[
+        int | None, typer.Argument(help="Calls a second (0: none); omitted: the default.")
+    ] = None,
+) -> None:
+    """Set a source's rate limit: running collectors apply it within seconds."""
+    from crm import db
+    from crm.collect import sources
+
+    url = db.database_url()
+    db.upgrade(url)
+    sources.set_rate_limit(url, name, calls_per_second)
+    shown = "the default" if calls_per_second is None else f"{calls_per_second:,} calls a second"
+    out.print(f"source {name}: {shown}" if calls_per_second != 0 else f"source {name}: no limit")
 
 
 @sources_app.command("revoke")

@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest request body, after decompression (Segment's batch limit: 500 KB).",
     )
+    collect_rate_limit: int = Field(
+        default=5000,
+        ge=0,
+        description=(
+            "Calls a second one source may send, counted in Redis across replicas (0: no "
+            "limit); over it, 429 with Retry-After. crm sources limit sets it per source."
+        ),
+    )
     collect_body_timeout_seconds: float = Field(
         default=10.0, gt=0, description="A request whose body takes longer gets 408."
     )

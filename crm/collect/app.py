@@ -17,7 +17,14 @@ What the collector adds to each call, as Segment's API does: ``type`` (single-ca
 Whole requests are refused with a status and a reason: 401 (no, unknown or revoked key), 403
 (origin not allowed for the source), 400 (not JSON, not an object, no calls, a call that is
 not an object), 413 (body or call too large, also after gzip), 408 (body too slow), 415
-(unknown content encoding), 503 (spool full or failing: nothing was accepted, retry).
+(unknown content encoding), 429 with ``Retry-After`` (the source is over its rate limit),
+503 (spool full or failing: nothing was accepted, retry).
+
+Rate limits count calls per source and second in Redis, so every replica of the collector
+shares them. A request is refused whole when its calls would take the source past its limit
+(a request alone in its second always passes, so no batch is refused for ever). When Redis
+cannot be reached the collector accepts without counting: limits protect the pipeline, and a
+lost call would be worse than an uncounted one.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from crm.collect.sources import KeyRing
+from crm.collect.sources import Key, KeyRing
 from crm.collect.spool import Spool, SpoolFull
 from crm.settings import Settings
 
@@ -66,9 +73,46 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+# Adds a request's calls to its source's count for this second unless that passes the limit
+# (a request alone in its second always passes). Returns the new count, or -1: refused.
+_RATE = """
+local n = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > 0 and current + n > limit then return -1 end
+local count = redis.call('INCRBY', KEYS[1], n)
+if count == n then redis.call('EXPIRE', KEYS[1], 3) end
+return count
+"""
+
+
+class RateLimiter:
+    """Calls per source and second, counted in Redis (shared by every replica)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client, self.prefix = client, prefix
+        self._script = client.register_script(_RATE)
+        self._warned = 0.0
+
+    async def admit(self, source: str, calls: int, limit: int) -> float | None:
+        """None when admitted, else the seconds to wait."""
+        now = time.time()
+        second = int(now)
+        try:
+            count = await self._script(
+                keys=[f"{self.prefix}:collect:rate:{source}:{second}"], args=[calls, limit]
+            )
+        except Exception as exc:  # Redis down: accept uncounted (see the module's note)
+            if now - self._warned > 60:
+                self._warned = now
+                log.warning("rate limits not enforced: Redis cannot be reached (%s)", exc)
+            return None
+        return None if int(count) >= 0 else second + 1 - now
 
 
 def _now() -> str:
@@ -78,8 +122,16 @@ def _now() -> str:
 class Collector:
     """What the routes share: settings, the spool and the key ring."""
 
-    def __init__(self, settings: Settings, spool: Spool, keys: KeyRing, url: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        keys: KeyRing,
+        url: str,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.settings, self.spool, self.keys, self.url = settings, spool, keys, url
+        self.limiter = limiter
         self.calls = 0  # accepted since start
         self._refreshed = 0.0
         self._refreshing = asyncio.Lock()
@@ -135,7 +187,7 @@ class Collector:
             raise Refused(415, f"content encoding {encoding!r} not supported (gzip is)")
         return data
 
-    async def lookup(self, key: str) -> tuple[str, tuple[str, ...]] | str:
+    async def lookup(self, key: str) -> Key | str:
         """A key added since the last refresh is found at once: an unknown key re-reads the
         sources (at most once a second; requests arriving meanwhile wait for that read)."""
         found = self.keys.lookup(key)
@@ -151,7 +203,7 @@ class Collector:
                     log.debug("sources not refreshed: %s", exc)
         return self.keys.lookup(key)
 
-    async def authenticate(self, request: Request, body: dict[str, Any]) -> str:
+    async def authenticate(self, request: Request, body: dict[str, Any]) -> Key:
         key = None
         auth = request.headers.get("authorization", "")
         if auth[:6].lower() == "basic ":
@@ -167,11 +219,22 @@ class Collector:
         found = await self.lookup(key)
         if isinstance(found, str):
             raise Refused(401, found)
-        source, origins = found
         origin = request.headers.get("origin")
-        if origin and origins and origin not in origins:
-            raise Refused(403, f"origin {origin} is not allowed for source {source}")
-        return source
+        if origin and found.origins and origin not in found.origins:
+            raise Refused(403, f"origin {origin} is not allowed for source {found.source}")
+        return found
+
+    async def admit(self, key: Key, calls: int) -> None:
+        limit = self.settings.collect_rate_limit if key.rate_limit is None else key.rate_limit
+        if not limit or self.limiter is None:
+            return
+        wait = await self.limiter.admit(key.source, calls, limit)
+        if wait is not None:
+            raise Refused(
+                429,
+                f"source {key.source} is over its limit of {limit:,} calls a second",
+                {"Retry-After": str(max(1, round(wait)))},
+            )
 
     def lines(self, kind: str | None, body: dict[str, Any], ip: str | None) -> bytes:
         if kind is None:
@@ -227,11 +290,12 @@ class Collector:
                 raise Refused(400, f"invalid JSON: {exc}") from None
             if not isinstance(body, dict):
                 raise Refused(400, f"the body is a JSON {type(body).__name__}, not an object")
-            source = await self.authenticate(request, body)
+            key = await self.authenticate(request, body)
             ip = request.client.host if request.client else None
             data = self.lines(kind, body, ip)
+            await self.admit(key, data.count(b"\n"))
             try:
-                await asyncio.wrap_future(self.spool.append(source, data))
+                await asyncio.wrap_future(self.spool.append(key.source, data))
             except SpoolFull as exc:
                 raise Refused(503, f"{exc}; retry later") from None
             except OSError as exc:
@@ -242,7 +306,7 @@ class Collector:
             return JSONResponse(
                 {"success": False, "error": exc.reason},
                 status_code=exc.status,
-                headers=self.cors(request),
+                headers={**self.cors(request), **exc.headers},
             )
 
     def cors(self, request: Request) -> dict[str, str]:

@@ -15,8 +15,9 @@ from pathlib import Path
 import uvicorn
 
 from crm import db
+from crm.cache import async_redis_client
 from crm.collect import loader
-from crm.collect.app import Collector, create_app
+from crm.collect.app import Collector, RateLimiter, create_app
 from crm.collect.sources import KeyRing
 from crm.collect.spool import Spool
 from crm.settings import Settings, get_settings
@@ -56,7 +57,8 @@ def serve(
     db.upgrade(url)
     root = spool_dir(settings)
     spool = Spool(root, settings.collect_spool_max_bytes, settings.collect_flush_seconds)
-    collector = Collector(settings, spool, KeyRing(root / "keys.json"), url)
+    limiter = RateLimiter(async_redis_client(settings), settings.redis_prefix)
+    collector = Collector(settings, spool, KeyRing(root / "keys.json"), url, limiter)
     collector.start()
     proc = None
     if with_loader:
