@@ -430,6 +430,51 @@ def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Co
     assert "needs userId or anonymousId" in rejected and "tail-bad-1" in rejected
 
 
+def test_the_live_views_show_calls_to_the_dashboards_role_without_payloads(
+    collector: Collector,
+) -> None:
+    """crm.live_calls / crm.live_freshness (the Live dashboard) as the dashboards' role reads
+    them: the source, type and outcome of each call of the last hour, the rejection reason,
+    received-to-loaded delays; never raw itself."""
+    from crm import db
+
+    bad: dict[str, object] = {**_track(1, "live-bad"), "userId": None}
+    calls = [_track(i, "live") for i in range(5)] + [bad, {**_track(9, "live"), "type": "page"}]
+    assert _post(collector.base, collector.key, calls).status_code == 200
+    loaded = "select count(*) from raw.events where message_id like 'live-%'"
+    assert _wait_for(collector.db_url, loaded, 6) == 6
+    reader = db.ensure_reader(collector.db_url, "crm_live_test", "reader-Pw-1")
+    with psycopg.connect(reader) as conn:
+        rows = conn.execute(
+            "select source, type, outcome, reason, count(*) from crm.live_calls"
+            " where message_id like 'live-%' group by 1, 2, 3, 4 order by 1, 2, 3"
+        ).fetchall()
+        fresh = conn.execute(
+            "select seconds_since_last_load, collected_last_5_min, received_to_loaded_p50_s,"
+            " received_to_loaded_p95_s from crm.live_freshness"
+        ).fetchone()
+        columns = {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns"
+                " where table_schema = 'crm' and table_name = 'live_calls'"
+            )
+        }
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select 1 from raw.events limit 1")
+    assert rows == [
+        ("web", "page", "accepted", None, 1),
+        ("web", "track", "accepted", None, 5),
+        ("web", "track", "rejected", rows[-1][3], 1),
+    ]
+    assert "needs userId or anonymousId" in rows[-1][3]
+    assert fresh is not None
+    since, recent, p50, p95 = fresh
+    assert 0 <= since < 60 and recent >= 6
+    assert 0 <= p50 <= p95 < 30  # flushed every 0.2 s here
+    assert not columns & {"payload", "properties", "traits", "context", "line_text"}
+
+
 def test_postgres_down_for_30_s_loses_nothing(tmp_path: Path) -> None:
     """A PostgreSQL of its own, stopped for 30 s while a client sends: every call is
     acknowledged meanwhile (spooled), and the backlog loads when the server is back."""

@@ -62,7 +62,7 @@ def run(
     settings: Settings,
     on_load: Callable[[FileResult], None] | None = None,
     stop: Callable[[], bool] = lambda: False,
-    poll_seconds: float = 0.2,
+    poll_seconds: float = 0.05,
 ) -> None:
     """Load segments as they arrive until ``stop()``; back off up to 30 s while loads fail."""
     backoff = 0.0

@@ -3,10 +3,11 @@
 Each source has one open segment (``open/<source>.<ns>.<pid>.jsonl``, JSON Lines). A single
 writer thread appends what requests hand it and then calls ``fdatasync`` once for everything
 written meanwhile (group commit: one disk flush serves every request that waited on it), and
-only then are those requests answered. A segment older than the flush interval is closed and
-renamed into ``ready/``, where the loader takes it (it loads a segment as it loads any event
-file, then deletes it). After a crash, segments left in ``open/`` lose a torn last line (it
-was never acknowledged) and move to ``ready/``.
+only then are those requests answered. A segment older than the flush interval, or idle for a
+fifth of it (no call since: the traffic paused, so waiting longer adds latency and no calls),
+is closed and renamed into ``ready/``, where the loader takes it (it loads a segment as it
+loads any event file, then deletes it). After a crash, segments left in ``open/`` lose a torn
+last line (it was never acknowledged) and move to ``ready/``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Segment:
     path: Path
     fd: int
     opened: float
+    written: float = 0.0  # when calls were last appended
     size: int = 0
 
 
@@ -67,6 +69,7 @@ def _truncate_torn_line(path: Path) -> None:
 class Spool:
     def __init__(self, root: Path, max_bytes: int, flush_seconds: float) -> None:
         self.root, self.max_bytes, self.flush_seconds = root, max_bytes, flush_seconds
+        self.idle_seconds = flush_seconds / 5
         self.open_dir, self.ready_dir = root / "open", root / "ready"
         self.open_dir.mkdir(parents=True, exist_ok=True)
         self.ready_dir.mkdir(parents=True, exist_ok=True)
@@ -130,14 +133,19 @@ class Spool:
             path = self.open_dir / f"{source}.{time.time_ns()}.{os.getpid()}.jsonl"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             _fsync_dir(self.open_dir)  # the file itself survives a crash
-            seg = self._segments[source] = _Segment(path, fd, time.monotonic())
+            now = time.monotonic()
+            seg = self._segments[source] = _Segment(path, fd, opened=now, written=now)
         return seg
 
     def _roll(self, everything: bool) -> None:
         now = time.monotonic()
         closed = False
         for source, seg in list(self._segments.items()):
-            if everything or now - seg.opened >= self.flush_seconds:
+            if (
+                everything
+                or now - seg.opened >= self.flush_seconds
+                or now - seg.written >= self.idle_seconds
+            ):
                 os.close(seg.fd)  # its data was fsynced before any request was answered
                 os.replace(seg.path, self.ready_dir / seg.path.name)
                 del self._segments[source]
@@ -154,8 +162,11 @@ class Spool:
     def _wait_seconds(self) -> float:
         if not self._segments:
             return self.flush_seconds
-        oldest = min(seg.opened for seg in self._segments.values())
-        return max(0.0, oldest + self.flush_seconds - time.monotonic())
+        due = min(
+            min(seg.opened + self.flush_seconds, seg.written + self.idle_seconds)
+            for seg in self._segments.values()
+        )
+        return max(0.0, due - time.monotonic())
 
     def _run(self) -> None:
         while True:
@@ -186,6 +197,7 @@ class Spool:
                 while view:
                     view = view[os.write(seg.fd, view) :]
                 seg.size += len(data)
+                seg.written = time.monotonic()
                 touched[source] = seg
             except OSError as exc:
                 failed[source] = exc
