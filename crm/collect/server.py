@@ -63,7 +63,7 @@ def serve(
     proc = None
     if with_loader:
         proc = multiprocessing.get_context("spawn").Process(
-            target=run_loader, args=(settings,), name="crm-collect-loader", daemon=True
+            target=run_loader, args=(settings,), name="crm-collect-loader"
         )
         proc.start()
     config = uvicorn.Config(

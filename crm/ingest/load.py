@@ -503,6 +503,22 @@ def _warm_up() -> None:
     """Runs in each new worker: importing this module is the slow part."""
 
 
+def parse_pool(settings: Settings) -> ProcessPoolExecutor | None:
+    """Worker processes that parse large files while the caller COPYs (CRM_INGEST_WORKERS;
+    by default one fewer than the cores, at most 4); None when that is none. The caller shuts
+    it down (``with pool:``)."""
+    workers = settings.ingest_workers
+    if workers is None:
+        workers = min(max((os.cpu_count() or 1) - 1, 1), 4)
+    if workers <= 0:
+        return None
+    # forkserver: workers start from a clean process, not from one holding connections.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    for _ in range(workers):  # start the workers while the first file is checksummed
+        pool.submit(_warm_up)
+    return pool
+
+
 def ingest_paths(
     paths: list[Path],
     *,
@@ -517,19 +533,12 @@ def ingest_paths(
     settings = settings or get_settings()
     url = url or db.database_url(settings)
     files = expand(paths)
-    workers = settings.ingest_workers
-    if workers is None:
-        workers = min(max((os.cpu_count() or 1) - 1, 1), 4)
     big = any(f.stat().st_size >= POOL_MIN_BYTES for f in files)
     results = []
     with ExitStack() as stack:
-        pool = None
-        if workers > 0 and big:
-            # forkserver: workers start from a clean process, not from one holding connections.
-            ctx = multiprocessing.get_context("forkserver")
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
-            for _ in range(workers):  # start the workers while the first file is checksummed
-                pool.submit(_warm_up)
+        pool = parse_pool(settings) if big else None
+        if pool is not None:
+            stack.enter_context(pool)
         for path in files:
             res = ingest_file(
                 path,
