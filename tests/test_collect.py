@@ -227,6 +227,68 @@ def test_a_source_over_its_rate_limit_gets_429_and_the_client_retries(
     assert codes == {200}
 
 
+def test_the_rate_window_slides_refunds_and_never_waits_on_a_stalled_redis(
+    tmp_path: Path,
+) -> None:
+    """The limit holds across a second's boundary (a fixed window would let twice the limit
+    through), calls refused by a full spool are taken off the count, and a Redis that accepts
+    connections but never answers costs a request at most the limiter's timeout."""
+    import asyncio
+
+    import redis.asyncio
+
+    from crm.cache import async_redis_client
+    from crm.collect.app import RateLimiter
+    from crm.settings import Settings
+
+    settings = Settings(_env_file=None, home=tmp_path / "home")
+
+    async def counted() -> None:
+        limiter = RateLimiter(async_redis_client(settings), f"t{os.getpid()}")
+        t = float(int(time.time()) + 10)  # keys of seconds no other test uses
+        assert await limiter.admit("shop", 25, 30, now=t + 0.9) == (
+            None,
+            limiter._key("shop", int(t)),
+        )
+        # 0.1 s later, in the next second: 95% of the previous second is still in the window
+        wait, key = await limiter.admit("shop", 25, 30, now=t + 1.05)
+        assert key is None and wait is not None and 0 < wait <= 1
+        # near the end of that second the previous one has slid out of the window
+        ok, key = await limiter.admit("shop", 25, 30, now=t + 1.95)
+        assert ok is None and key == limiter._key("shop", int(t) + 1)
+        # refunded calls leave room for others in the same second
+        await limiter.refund(key, 25)
+        assert (await limiter.admit("shop", 25, 30, now=t + 1.96))[0] is None
+        # a request alone in its window passes whatever its size
+        assert (await limiter.admit("bulk", 500, 30, now=t + 0.5))[0] is None
+        await limiter.client.aclose()
+
+    asyncio.run(counted())
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+
+    async def stalled() -> float:
+        client = redis.asyncio.Redis(port=silent.getsockname()[1])
+        limiter = RateLimiter(client, "stalled")
+        started = time.monotonic()
+        assert await limiter.admit("shop", 10, 30) == (None, None)
+        first = time.monotonic() - started
+        # after a failure Redis is left alone: the next requests do not wait at all
+        started = time.monotonic()
+        for _ in range(20):
+            assert await limiter.admit("shop", 10, 30) == (None, None)
+        assert time.monotonic() - started < 0.05
+        await client.aclose(close_connection_pool=True)
+        return first
+
+    try:
+        assert asyncio.run(asyncio.wait_for(stalled(), 5)) <= RateLimiter.timeout + 0.2
+    finally:
+        silent.close()
+
+
 def test_node_client_delivers_every_call_once(collector: Collector) -> None:
     node = shutil.which("node")
     assert node, "node is needed (make node-deps)"

@@ -20,11 +20,15 @@ not an object), 413 (body or call too large, also after gzip), 408 (body too slo
 (unknown content encoding), 429 with ``Retry-After`` (the source is over its rate limit),
 503 (spool full or failing: nothing was accepted, retry).
 
-Rate limits count calls per source and second in Redis, so every replica of the collector
-shares them. A request is refused whole when its calls would take the source past its limit
-(a request alone in its second always passes, so no batch is refused for ever). When Redis
-cannot be reached the collector accepts without counting: limits protect the pipeline, and a
-lost call would be worse than an uncounted one.
+Rate limits count calls per source in Redis, so every replica of the collector shares them,
+over a sliding window of one second (this second's count plus the previous second's, weighted
+by how much of it the window still covers: no burst of twice the limit across a second's
+boundary). A request is refused whole when its calls would take the source past its limit (a
+request alone in its window always passes, so no batch is refused for ever); a request that
+was counted and then not accepted (spool full or failing) is taken off the count. When Redis
+cannot be reached or does not answer within ``RateLimiter.timeout`` the collector accepts
+without counting, and skips Redis for ``RateLimiter.pause`` seconds: limits protect the
+pipeline, and a lost call or a stalled collector would be worse than an uncounted call.
 """
 
 from __future__ import annotations
@@ -78,13 +82,18 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
 
-# Adds a request's calls to its source's count for this second unless that passes the limit
-# (a request alone in its second always passes). Returns the new count, or -1: refused.
+# Adds a request's calls to its source's count for this second unless the window's count
+# (this second's, plus the previous second's weighted by ARGV[3], the share of it still in
+# the window) would pass the limit; a request alone in its window always passes. Returns the
+# new count of this second, or -1: refused.
 _RATE = """
 local n = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local weight = tonumber(ARGV[3])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > 0 and current + n > limit then return -1 end
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local used = current + previous * weight
+if used > 0 and used + n > limit then return -1 end
 local count = redis.call('INCRBY', KEYS[1], n)
 if count == n then redis.call('EXPIRE', KEYS[1], 3) end
 return count
@@ -92,27 +101,56 @@ return count
 
 
 class RateLimiter:
-    """Calls per source and second, counted in Redis (shared by every replica)."""
+    """Calls per source over a sliding second, counted in Redis (shared by every replica)."""
+
+    timeout = 0.25  # seconds Redis may take to answer before a request goes uncounted
+    pause = 5.0  # seconds Redis is left alone after it failed to answer
 
     def __init__(self, client: Any, prefix: str) -> None:
         self.client, self.prefix = client, prefix
         self._script = client.register_script(_RATE)
         self._warned = 0.0
+        self._down_until = 0.0
 
-    async def admit(self, source: str, calls: int, limit: int) -> float | None:
-        """None when admitted, else the seconds to wait."""
-        now = time.time()
+    def _key(self, source: str, second: int) -> str:
+        return f"{self.prefix}:collect:rate:{source}:{second}"
+
+    async def admit(
+        self, source: str, calls: int, limit: int, now: float | None = None
+    ) -> tuple[float | None, str | None]:
+        """(None, the key counted under) when admitted, (None, None) when admitted uncounted
+        (Redis down), else (the seconds to wait, None)."""
+        now = time.time() if now is None else now
+        if now < self._down_until:
+            return None, None
         second = int(now)
+        keys = [self._key(source, second), self._key(source, second - 1)]
         try:
-            count = await self._script(
-                keys=[f"{self.prefix}:collect:rate:{source}:{second}"], args=[calls, limit]
-            )
-        except Exception as exc:  # Redis down: accept uncounted (see the module's note)
+            async with asyncio.timeout(self.timeout):
+                count = await self._script(keys=keys, args=[calls, limit, 1 - (now - second)])
+        except Exception as exc:  # Redis down or stalled: accept uncounted (module's note)
+            self._down_until = now + self.pause
             if now - self._warned > 60:
                 self._warned = now
-                log.warning("rate limits not enforced: Redis cannot be reached (%s)", exc)
-            return None
-        return None if int(count) >= 0 else second + 1 - now
+                log.warning(
+                    "rate limits not enforced for %.0f s: Redis did not answer (%s)",
+                    self.pause,
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                )
+            return None, None
+        if int(count) < 0:
+            return second + 1 - now, None
+        return None, keys[0]
+
+    async def refund(self, counted: str | None, calls: int) -> None:
+        """Take calls that were counted but not accepted off the count (best effort)."""
+        if counted is None:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.client.decrby(counted, calls)
+        except Exception as exc:
+            log.debug("rate count not refunded: %s", exc)
 
 
 def _now() -> str:
@@ -224,17 +262,20 @@ class Collector:
             raise Refused(403, f"origin {origin} is not allowed for source {found.source}")
         return found
 
-    async def admit(self, key: Key, calls: int) -> None:
+    async def admit(self, key: Key, calls: int) -> str | None:
+        """Count the request against its source's limit (the key it is counted under, for a
+        refund), or refuse it with 429."""
         limit = self.settings.collect_rate_limit if key.rate_limit is None else key.rate_limit
         if not limit or self.limiter is None:
-            return
-        wait = await self.limiter.admit(key.source, calls, limit)
+            return None
+        wait, counted = await self.limiter.admit(key.source, calls, limit)
         if wait is not None:
             raise Refused(
                 429,
                 f"source {key.source} is over its limit of {limit:,} calls a second",
                 {"Retry-After": str(max(1, round(wait)))},
             )
+        return counted
 
     def lines(self, kind: str | None, body: dict[str, Any], ip: str | None) -> bytes:
         if kind is None:
@@ -293,14 +334,17 @@ class Collector:
             key = await self.authenticate(request, body)
             ip = request.client.host if request.client else None
             data = self.lines(kind, body, ip)
-            await self.admit(key, data.count(b"\n"))
+            calls = data.count(b"\n")
+            counted = await self.admit(key, calls)
             try:
                 await asyncio.wrap_future(self.spool.append(key.source, data))
-            except SpoolFull as exc:
-                raise Refused(503, f"{exc}; retry later") from None
-            except OSError as exc:
+            except (SpoolFull, OSError) as exc:
+                if self.limiter is not None:  # not accepted: not counted either
+                    await self.limiter.refund(counted, calls)
+                if isinstance(exc, SpoolFull):
+                    raise Refused(503, f"{exc}; retry later") from None
                 raise Refused(503, f"the spool cannot be written ({exc}); retry later") from None
-            self.calls += data.count(b"\n")
+            self.calls += calls
             return Response(SUCCESS, media_type="application/json", headers=self.cors(request))
         except Refused as exc:
             return JSONResponse(
