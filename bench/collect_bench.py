@@ -95,6 +95,32 @@ class Collector:
         self.proc.wait(60)
 
 
+def postgres_cpu() -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes: the live ones', and the
+    postmaster's children that ended (a closed connection's backend)."""
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "postgres":
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its children (the file loader's parser processes)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return total
+
+
 def batches(path: Path, events: int) -> list[bytes]:
     calls = []
     with path.open("rb") as f:
@@ -200,24 +226,36 @@ def main() -> None:
 
     url = fresh_db(admin, "bench_collect_files")
     db.upgrade(url)
+    pg0, me0 = postgres_cpu(), own_cpu()
+    loaded_cpu: dict[str, float] = {}
+
+    def cpu_at_end(_res: object) -> None:  # before the pool and the connection go away
+        loaded_cpu.update(loader=own_cpu() - me0, postgres=postgres_cpu() - pg0)
+
     t = time.perf_counter()
-    [res] = ingest_paths([one_file], url=url, settings=Settings(database_url=url))
+    [res] = ingest_paths(
+        [one_file], url=url, settings=Settings(database_url=url), on_file=cpu_at_end
+    )
     files_s = time.perf_counter() - t
     distinct = res.loaded
     files_rate = distinct / files_s
+    files_cpu = loaded_cpu["loader"] + loaded_cpu["postgres"]
     print(f"files:     {distinct:,} events loaded in {files_s:.1f} s = {files_rate:,.0f} events/s")
+    print(f"           CPU: the loader and its parser {loaded_cpu['loader']:.1f} s, PostgreSQL "
+          f"{loaded_cpu['postgres']:.1f} s: {files_cpu / files_s:.2f} cores busy")  # fmt: skip
 
     url = fresh_db(admin, "bench_collect_stream")
     db.upgrade(url)
     c = Collector(url, work / "collect-home-stream")
     try:
-        cpu0, mine0 = c.cpu_seconds(), time.process_time()
+        cpu0, mine0, pg0 = c.cpu_seconds(), time.process_time(), postgres_cpu()
         t0 = time.monotonic()
         post_all(c, bodies, args.clients)
         acked = time.monotonic()
         mine = time.process_time() - mine0
         done = wait_loaded(url, distinct)
         cpu = c.cpu_seconds()
+        pg = postgres_cpu() - pg0
     finally:
         c.stop()
     stream_rate = distinct / (done - t0)
@@ -225,7 +263,13 @@ def main() -> None:
           f"{acked - t0:.1f} s) = {stream_rate:,.0f} events/s = {stream_rate / files_rate:.2f} "
           "of the files' (target >= 0.7)")  # fmt: skip
     used = ", ".join(f"{k} {cpu[k] - cpu0.get(k, 0):.1f} s" for k in cpu)
-    print(f"           CPU while it ran: {used}; the clients {mine:.1f} s")
+    stream_cpu = sum(cpu[k] - cpu0.get(k, 0) for k in cpu) + mine + pg
+    print(f"           CPU while it ran: {used}; the clients {mine:.1f} s; PostgreSQL {pg:.1f} s: "
+          f"{stream_cpu / (done - t0):.2f} cores busy")  # fmt: skip
+    cores = os.cpu_count() or 1
+    floor = stream_cpu / cores
+    print(f"           all of that CPU on {cores} fully busy cores would take {floor:.1f} s at best"
+          f" = {distinct / floor / files_rate:.2f} of the files' events/s at most")  # fmt: skip
 
     url = fresh_db(admin, "bench_collect_steady")
     db.upgrade(url)

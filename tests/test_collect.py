@@ -495,41 +495,65 @@ def test_tail_shows_each_call_accepted_or_rejected_with_its_reason(collector: Co
 def test_the_live_views_show_calls_to_the_dashboards_role_without_payloads(
     collector: Collector,
 ) -> None:
-    """crm.live_calls / crm.live_freshness (the Live dashboard) as the dashboards' role reads
-    them: the source, type and outcome of each call of the last hour, the rejection reason,
-    received-to-loaded delays; never raw itself."""
+    """crm.live_call_minutes / crm.live_calls / crm.live_freshness (the Live dashboard) as the
+    dashboards' role reads them: calls per minute by source, type and outcome counted as each
+    load commits (a file's load as well as the collector's), the rejection reason, the newest
+    calls, received-to-loaded delays; never raw itself."""
     from crm import db
+    from crm.ingest.load import ingest_paths
+    from crm.settings import Settings
 
     bad: dict[str, object] = {**_track(1, "live-bad"), "userId": None}
-    calls = [_track(i, "live") for i in range(5)] + [bad, {**_track(9, "live"), "type": "page"}]
+    nul: dict[str, object] = {**_track(10, "live-nul"), "userId": "u\u0000"}  # no jsonb for it
+    calls = [_track(i, "live") for i in range(5)] + [
+        bad,
+        nul,
+        {**_track(9, "live"), "type": "page"},
+    ]
     assert _post(collector.base, collector.key, calls).status_code == 200
     loaded = "select count(*) from raw.events where message_id like 'live-%'"
     assert _wait_for(collector.db_url, loaded, 6) == 6
+    # a file's calls are counted under 'files'; its duplicate of a collected call is not
+    daily = Path(collector.env["CRM_HOME"]) / "live-file.jsonl"
+    daily.write_text("\n".join(json.dumps(c) for c in [*calls[:2], _track(20, "live-file")]) + "\n")
+    url = collector.db_url
+    [res] = ingest_paths([daily], url=url, settings=Settings(_env_file=None, database_url=url))
+    assert (res.loaded, res.duplicates) == (1, 2)
     reader = db.ensure_reader(collector.db_url, "crm_live_test", "reader-Pw-1")
     with psycopg.connect(reader) as conn:
-        rows = conn.execute(
+        minutes = conn.execute(
+            "select source, type, outcome, reason, sum(calls)::int from crm.live_call_minutes"
+            " group by 1, 2, 3, 4 order by 1, 2, 3, 4"
+        ).fetchall()
+        newest = conn.execute(
             "select source, type, outcome, reason, count(*) from crm.live_calls"
-            " where message_id like 'live-%' group by 1, 2, 3, 4 order by 1, 2, 3"
+            " where message_id like 'live-%' group by 1, 2, 3, 4 order by 1, 2, 3, 4"
         ).fetchall()
         fresh = conn.execute(
-            "select seconds_since_last_load, collected_last_5_min, received_to_loaded_p50_s,"
+            "select seconds_since_last_load, collected_last_minute, received_to_loaded_p50_s,"
             " received_to_loaded_p95_s from crm.live_freshness"
         ).fetchone()
         columns = {
             r[0]
             for r in conn.execute(
                 "select column_name from information_schema.columns"
-                " where table_schema = 'crm' and table_name = 'live_calls'"
+                " where table_schema = 'crm' and table_name like 'live_%'"
             )
         }
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select 1 from raw.events limit 1")
-    assert rows == [
+    reasons = sorted(r[3] for r in newest if r[2] == "rejected")
+    assert len(reasons) == 2
+    assert "NUL character" in reasons[0] and "needs userId or anonymousId" in reasons[1]
+    expected = [
+        ("files", "track", "accepted", None, 1),
         ("web", "page", "accepted", None, 1),
         ("web", "track", "accepted", None, 5),
-        ("web", "track", "rejected", rows[-1][3], 1),
+        ("web", "track", "rejected", reasons[0], 1),
+        ("web", "track", "rejected", reasons[1], 1),
     ]
-    assert "needs userId or anonymousId" in rows[-1][3]
+    assert minutes == expected
+    assert newest == expected
     assert fresh is not None
     since, recent, p50, p95 = fresh
     assert 0 <= since < 60 and recent >= 6

@@ -412,6 +412,7 @@ def ingest_file(
             res.erased = events + quarantined
             res.loaded -= events
             res.rejected -= quarantined
+            count_calls(conn, load_id, source)
             conn.execute(
                 "update raw.load_audit set lines = %s, loaded = %s, duplicates = %s,"
                 " rejected = %s, erased = %s, status = %s, message = %s, finished_at = now()"
@@ -445,6 +446,34 @@ def _erased(*columns: str) -> str:
 
 # ids in a quarantined line, even one that is not JSON
 _LINE_IDS = r'"(?:userId|anonymousId|previousId|user_id|anonymous_id)"\s*:\s*"([^"\\]*)"'
+
+
+# The load's calls by type, and its rejected lines by reason, added to the minute the load
+# commits in (the Live dashboard's per-minute counts); minutes older than 7 days are dropped.
+_COUNT_CALLS = """
+insert into raw.call_minutes as kept (minute, source, type, outcome, reason, calls)
+select date_trunc('minute', now()), %(source)s, type, outcome, reason, count(*)
+from (
+    select type, 'accepted' as outcome, '' as reason
+    from raw.events where load_id = %(load_id)s
+    union all
+    select coalesce(raw.line_field(line_text, 'type', 40), ''), 'rejected',
+        left(reason, 300)
+    from raw.rejected_events where load_id = %(load_id)s
+) as calls
+group by type, outcome, reason
+order by type, outcome, reason
+on conflict (minute, source, type, outcome, reason)
+do update set calls = kept.calls + excluded.calls
+"""
+
+
+def count_calls(conn: psycopg.Connection, load_id: int, source: str) -> None:
+    """Count the load's calls into raw.call_minutes, in the load's transaction (rows in a
+    fixed order, so concurrent loads lock the same minute's rows without deadlocking)."""
+    name = source.removeprefix("collector:") if source.startswith("collector:") else "files"
+    conn.execute(_COUNT_CALLS, {"source": name, "load_id": load_id})
+    conn.execute("delete from raw.call_minutes where minute < now() - interval '7 days'")
 
 
 def drop_erased(conn: psycopg.Connection, load_id: int) -> tuple[int, int]:
