@@ -40,6 +40,20 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- Post-hook of the few incremental models whose next run plans from their newest rows
+    (customer_segments_daily starts each customer from its row of the newest stored day):
+    analyze after every run, so that day is in the statistics. Without it a second run on the
+    same day (no new load, or the collector's loads minutes later) took that day for one row
+    and anti-joined every customer against every customer in a nested loop: 272 s instead of
+    0.5 s at 10M events. The analyze samples the table: 0.25 s there. -#}
+{% macro analyze_after_increment() -%}
+    {%- if is_incremental() -%}
+        analyze {{ this }}
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
 {#- A column of jsonb payload as text, or null when absent. -#}
 {% macro prop(path, col='payload') -%}
     {{ col }} #>> '{{ "{" ~ path | join(",") ~ "}" }}'

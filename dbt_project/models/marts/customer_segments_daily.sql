@@ -6,7 +6,10 @@
     window_start='day',
     on_schema_change='fail',
     pre_hook="{{ segment_days_pre_hook() }}",
-    post_hook="{{ count_changes(['day', 'lifecycle_segment'], ['date', 'text']) }}",
+    post_hook=[
+      "{{ count_changes(['day', 'lifecycle_segment'], ['date', 'text']) }}",
+      "{{ analyze_after_increment() }}",
+    ],
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}
