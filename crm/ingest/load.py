@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -170,6 +170,16 @@ def _line_text(raw: bytes) -> str:
     return text if len(raw) <= MAX_TEXT_PREVIEW else text + f"… [{len(raw):,} bytes in line_bytes]"
 
 
+def _line_type(raw: bytes) -> str:
+    """A quarantined line's ``type`` when it is a JSON object with one, else ''."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return ""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind[:40] if isinstance(kind, str) else ""
+
+
 def _write_chunked(copy: psycopg.Copy, lines: Iterable[str]) -> None:
     buf: list[str] = []
     size = 0
@@ -189,11 +199,21 @@ class _Writer:
     def __init__(self, conn: psycopg.Connection, path: Path, digest: str, load_id: int) -> None:
         self.conn, self.path, self.digest, self.load_id = conn, path, digest, load_id
         self.loaded = self.duplicates = self.rejected = 0
+        # what raw.call_minutes counts: calls stored by type, lines quarantined by type, reason
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+
+    def _stored(self, batch: Parsed, new: set[str]) -> Iterator[str]:
+        """The batch's rows whose messageIds are new, counted by type (the second column)."""
+        calls = self.calls
+        for m, r in zip(batch.ids, batch.rows, strict=True):
+            if m in new:
+                calls[(r.split("\t", 2)[1], "accepted", "")] += 1
+                yield r
 
     def flush(self, batch: Parsed) -> None:
         if batch.ids:
             new = self._claim_ids(batch)
-            keep = (r for m, r in zip(batch.ids, batch.rows, strict=True) if m in new)
+            keep = self._stored(batch, new)
             with (
                 self.conn.cursor() as cur,
                 cur.copy(f"copy raw.events ({EVENT_COLUMNS}) from stdin") as cp,
@@ -224,6 +244,8 @@ class _Writer:
                     ],
                 )
             self.rejected += len(batch.rejects)
+            for _, why, raw in batch.rejects:
+                self.calls[(_line_type(raw), "rejected", why[:300])] += 1
 
     def _claim_ids(self, batch: Parsed) -> set[str]:
         """Insert the batch's messageIds into raw.message_ids; return those that were new.
@@ -412,7 +434,7 @@ def ingest_file(
             res.erased = events + quarantined
             res.loaded -= events
             res.rejected -= quarantined
-            count_calls(conn, load_id, source)
+            count_calls(conn, load_id, source, None if res.erased else writer.calls)
             conn.execute(
                 "update raw.load_audit set lines = %s, loaded = %s, duplicates = %s,"
                 " rejected = %s, erased = %s, status = %s, message = %s, finished_at = now()"
@@ -448,31 +470,39 @@ def _erased(*columns: str) -> str:
 _LINE_IDS = r'"(?:userId|anonymousId|previousId|user_id|anonymous_id)"\s*:\s*"([^"\\]*)"'
 
 
-# The load's calls by type, and its rejected lines by reason, added to the minute the load
-# commits in (the Live dashboard's per-minute counts); minutes older than 7 days are dropped.
-_COUNT_CALLS = """
+# The load's calls by type, and its rejected lines by type and reason, added to the minute the
+# load commits in (the Live dashboard's per-minute counts); minutes older than 7 days go. The
+# counts come from the load's writer; read back from the tables only when erased people's
+# rows were dropped after writing (what is left is what counts).
+_ADD_CALLS = """
 insert into raw.call_minutes as kept (minute, source, type, outcome, reason, calls)
-select date_trunc('minute', now()), %(source)s, type, outcome, reason, count(*)
-from (
-    select type, 'accepted' as outcome, '' as reason
-    from raw.events where load_id = %(load_id)s
-    union all
-    select coalesce(raw.line_field(line_text, 'type', 40), ''), 'rejected',
-        left(reason, 300)
-    from raw.rejected_events where load_id = %(load_id)s
-) as calls
-group by type, outcome, reason
-order by type, outcome, reason
+values (date_trunc('minute', now()), %s, %s, %s, %s, %s)
 on conflict (minute, source, type, outcome, reason)
 do update set calls = kept.calls + excluded.calls
 """
+_STORED_CALLS = """
+select type, 'accepted', '', count(*) from raw.events where load_id = %(load_id)s group by 1
+union all
+select coalesce(raw.line_field(line_text, 'type', 40), ''), 'rejected', left(reason, 300), count(*)
+from raw.rejected_events where load_id = %(load_id)s group by 1, 2, 3
+"""
 
 
-def count_calls(conn: psycopg.Connection, load_id: int, source: str) -> None:
-    """Count the load's calls into raw.call_minutes, in the load's transaction (rows in a
-    fixed order, so concurrent loads lock the same minute's rows without deadlocking)."""
+def count_calls(
+    conn: psycopg.Connection,
+    load_id: int,
+    source: str,
+    calls: Counter[tuple[str, str, str]] | None = None,
+) -> None:
+    """Count the load's calls into raw.call_minutes, in the load's transaction (``calls`` by
+    type, outcome and reason; None: read them back). Rows go in key order, so concurrent
+    loads lock the same minute's rows without deadlocking."""
     name = source.removeprefix("collector:") if source.startswith("collector:") else "files"
-    conn.execute(_COUNT_CALLS, {"source": name, "load_id": load_id})
+    if calls is None:
+        rows = conn.execute(_STORED_CALLS, {"load_id": load_id}).fetchall()
+        calls = Counter({(t, o, r): n for t, o, r, n in rows})
+    with conn.cursor() as cur:
+        cur.executemany(_ADD_CALLS, [(name, *key, n) for key, n in sorted(calls.items()) if n])
     conn.execute("delete from raw.call_minutes where minute < now() - interval '7 days'")
 
 
