@@ -271,6 +271,14 @@ def test_incremental_run_equals_full_refresh(
         "timestamp": (ts + timedelta(minutes=1)).isoformat(),
         "properties": {"product_id": "p00001"},
     }) + b"\n")  # fmt: skip
+    [(newest,)] = rows(db_url, "select max(event_at) from staging.stg_events__calls")
+    # the device then reports a time zone of its own, a half-hour one: its customer's hours
+    # of calls without one (the late views above) move, and its tastes are recomputed
+    again.write_bytes(again.read_bytes() + orjson.dumps({
+        "messageId": "late-tz", "type": "page", "anonymousId": device,
+        "timestamp": (newest + timedelta(minutes=1)).isoformat(),
+        "context": {"timezone": "Asia/Kolkata"},
+    }) + b"\n")  # fmt: skip
     # and a late identify call ties a device already tied to one user to an earlier one: the
     # device's history moves from that user (who brought no new call) to the new one
     [(moved_device, linked_at)] = rows(db_url, """
@@ -320,6 +328,9 @@ def test_incremental_run_equals_full_refresh(
         " where relid = 'marts.customer_segments_daily'::regclass",
     )
     assert analyzed is not None and analyzed >= before_rerun
+    assert rows(db_url, "select t.time_zone from intermediate.int_customer_tastes t"
+                " join intermediate.int_identities_stitched i using (customer_id)"
+                f" where i.identifier = '{device}'") == [("Asia/Kolkata",)]  # fmt: skip
     numbers = dict(rows(db_url, "select order_id, customer_order_number from marts.fct_orders"
                                " where order_id in ('o-late', 'o-next')"))  # fmt: skip
     assert numbers["o-late"] == 1 and numbers["o-next"] > 2, numbers
