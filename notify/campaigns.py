@@ -122,6 +122,13 @@ class Schedule(BaseModel):
     after_hours: int = Field(
         1, ge=0, le=72, description="abandoned_cart: hours of silence after the last cart add"
     )
+    grace_hours: float | None = Field(
+        None,
+        gt=0,
+        description="recurring: an occurrence is started only this many hours after its tick "
+        "at most (a run later than that skips it and waits for the next tick); default a "
+        "quarter of the time from the tick to the next one",
+    )
     cooldown_days: int = Field(
         1,
         ge=0,
@@ -138,6 +145,8 @@ class Schedule(BaseModel):
             raise ValueError("'at' needs a time zone, e.g. 2026-03-01T09:00:00+01:00")
         if self.cron is not None and len(self.cron.split()) != 5:
             raise ValueError("'cron' needs five fields (minute hour day month weekday)")
+        if self.grace_hours is not None and self.kind != "recurring":
+            raise ValueError("'grace_hours' is for recurring schedules only")
         return self
 
 

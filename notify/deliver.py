@@ -150,9 +150,23 @@ def choose_channel(
     return usable[0] if usable else None
 
 
+def grace(campaign: Campaign, tick: datetime) -> timedelta:
+    """How long after ``tick`` a recurring campaign's occurrence may still be started: the
+    schedule's grace_hours, else a quarter of the time to the next tick (a weekly campaign
+    42 hours, a daily one 6), so two occurrences can never reach a customer days apart
+    because a run came late."""
+    s = campaign.schedule
+    if s.grace_hours is not None:
+        return timedelta(hours=s.grace_hours)
+    assert s.cron is not None
+    following: datetime = croniter(s.cron, tick).get_next(datetime)
+    return (following - tick) / 4
+
+
 def due_occurrence(campaign: Campaign, now: datetime) -> datetime | None:
     """The occurrence to plan at ``now``: the 'once' time when it has come, the latest cron
-    tick, or this hour for a trigger; None before it is due or after the end date."""
+    tick (at or before ``now``) while its grace period lasts, or this hour for a trigger;
+    None before it is due, after the grace period or after the end date."""
     s = campaign.schedule
     if now.date() > campaign.end_date:
         return None
@@ -161,7 +175,12 @@ def due_occurrence(campaign: Campaign, now: datetime) -> datetime | None:
         return s.at.astimezone(UTC) if s.at <= now else None
     if s.kind == "recurring":
         assert s.cron is not None
-        tick: datetime = croniter(s.cron, now.astimezone(UTC)).get_prev(datetime)
+        at = now.astimezone(UTC)
+        # a tick at ``now`` itself counts (croniter's previous tick is strictly before)
+        tick: datetime = croniter(s.cron, at + timedelta(microseconds=1)).get_prev(datetime)
+        if at - tick > grace(campaign, tick):
+            log.debug("%s: the tick at %s is past its grace period", campaign.id, tick)
+            return None
         return tick.astimezone(UTC)
     return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 

@@ -200,7 +200,7 @@ def test_a_recurring_campaign_plans_each_occurrence_up_to_its_cap(
     once = campaign(cap_per_customer=1)
     with psycopg.connect(shop) as conn:
         first = plan(conn, weekly, NOW, settings)
-        again = plan(conn, weekly, NOW + timedelta(days=2), settings)  # same occurrence
+        again = plan(conn, weekly, NOW + timedelta(hours=12), settings)  # same occurrence
         nxt = plan(conn, weekly, NOW + timedelta(days=7), settings)
         capped = plan(conn, once.model_copy(update={"id": "weekly-once"}), NOW, settings)
         capped_next = plan(
@@ -231,6 +231,25 @@ def test_a_recurring_campaign_plans_each_occurrence_up_to_its_cap(
     unreachable = [r for r in rows(shop, week1) if "no consent" in (r[4] or "")]
     assert capped["suppressed"] < len(unreachable) < sum(capped.values())
     assert sum(capped_next.values()) == len(unreachable)
+
+
+def test_a_recurring_tick_is_started_only_within_its_grace_period() -> None:
+    weekly = campaign()  # Thursdays 06:00 UTC: a quarter of a week is 42 hours
+    thursday = datetime(2026, 2, 12, 6, tzinfo=UTC)
+    assert due_occurrence(weekly, thursday) == thursday  # a run at the tick itself
+    assert due_occurrence(weekly, thursday + timedelta(hours=42)) == thursday
+    assert due_occurrence(weekly, thursday + timedelta(hours=42, minutes=1)) is None
+    # a run on Wednesday does not start last Thursday's occurrence a day before the next
+    assert due_occurrence(weekly, thursday - timedelta(days=1)) is None
+    daily = campaign(schedule=Schedule(kind="recurring", cron="30 9 * * *"))
+    nine = datetime(2026, 2, 12, 9, 30, tzinfo=UTC)
+    assert due_occurrence(daily, nine + timedelta(hours=6)) == nine
+    assert due_occurrence(daily, nine + timedelta(hours=7)) is None
+    tight = campaign(schedule=Schedule(kind="recurring", cron="30 9 * * *", grace_hours=0.5))
+    assert due_occurrence(tight, nine + timedelta(minutes=30)) == nine
+    assert due_occurrence(tight, nine + timedelta(minutes=31)) is None
+    with pytest.raises(ValueError, match="grace_hours"):
+        Schedule(kind="once", at=thursday, grace_hours=1)
 
 
 def test_the_end_date_stops_occurrences_and_slots_after_it(shop: str, settings: Settings) -> None:
