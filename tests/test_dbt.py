@@ -273,7 +273,7 @@ def test_incremental_run_equals_full_refresh(
     }) + b"\n")  # fmt: skip
     [(newest,)] = rows(db_url, "select max(event_at) from staging.stg_events__calls")
     # the device then reports a time zone of its own, a half-hour one: its customer's hours
-    # of calls without one (the late views above) move, and its tastes are recomputed
+    # of calls without one (the late views above) move in its hour-of-week profile
     again.write_bytes(again.read_bytes() + orjson.dumps({
         "messageId": "late-tz", "type": "page", "anonymousId": device,
         "timestamp": (newest + timedelta(minutes=1)).isoformat(),
@@ -328,7 +328,7 @@ def test_incremental_run_equals_full_refresh(
         " where relid = 'marts.customer_segments_daily'::regclass",
     )
     assert analyzed is not None and analyzed >= before_rerun
-    assert rows(db_url, "select t.time_zone from intermediate.int_customer_tastes t"
+    assert rows(db_url, "select t.time_zone from marts.dim_customers t"
                 " join intermediate.int_identities_stitched i using (customer_id)"
                 f" where i.identifier = '{device}'") == [("Asia/Kolkata",)]  # fmt: skip
     numbers = dict(rows(db_url, "select order_id, customer_order_number from marts.fct_orders"

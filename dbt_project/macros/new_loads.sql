@@ -181,11 +181,3 @@
     {%- endfor %}
     {%- endif %}
 {%- endmacro %}
-
-{#- What int_customer_tastes adds up: its calls, product events and push events, and the
-    identifier profiles that say which customers a load touched. -#}
-{% macro taste_sources() -%}
-    {{ return([
-        ref('int_events_sessionized'), ref('stg_events__product_events'),
-        ref('stg_events__push'), ref('int_identifier_profiles')]) }}
-{%- endmacro %}

@@ -6,30 +6,21 @@
     on_schema_change='fail',
     pre_hook=[
       "set local enable_nestloop = off",
-      "{{ delete_moved_customers(unprocessed_load_ids(taste_sources())) }}",
+      "{{ delete_moved_customers(new_load_ids() if is_incremental() else none) }}",
     ],
-    post_hook="{{ record_processed_loads(taste_sources()) }}",
     indexes=[{'columns': ['customer_id'], 'unique': True}, {'columns': ['load_id']}],
   )
 }}
 -- depends_on: {{ ref('int_identifier_days') }}
 -- depends_on: {{ ref('stg_events__aliases') }}
--- depends_on: {{ ref('int_events_sessionized') }}
--- depends_on: {{ ref('stg_events__product_events') }}
 -- One row per customer with product or activity history: tastes and habits over all their
 -- history (category affinities, hour-of-week activity profile, push engagement), which do not
--- depend on the as-of date. customer_features joins them to its daily windows. Each row keeps
--- the counts its shares come from (category_counts, slot_counts) and the time zone its
--- hours were placed in.
+-- depend on the as-of date. customer_features joins them to its daily windows.
 --
--- Incremental runs touch the customers whose identifiers new loads brought calls for (their
--- int_identifier_profiles row carries the new load). Most of them get the new loads' events
--- added to their stored counts (events are only ever appended; the side table
--- int_customer_tastes__loads makes sure each load is added once). Recomputed from their whole
--- history instead: the customers new loads moved identifiers between (the pre-hook deletes
--- those, an 'anon:' customer may be gone) and the customers whose time zone changed (a call
--- without a time zone of its own is placed in the customer's). The result equals a full
--- refresh.
+-- Incremental runs recompute the customers whose identifiers new loads brought calls for
+-- (their int_identifier_profiles row carries the new load) and the customers new loads moved
+-- identifiers between (the pre-hook deletes those, an 'anon:' customer may be gone); a
+-- customer's rows are read whole, so the result equals a full refresh.
 --
 -- No nested loops (set local: this model's transaction only): the planner cannot estimate
 -- how many customers a CTE grouped by a computed customer id yields, takes 200, and at 10M
@@ -57,28 +48,28 @@ profiles as (
 ),
 
 {% if is_incremental() %}
-{%- set new_loads = unprocessed_load_ids(taste_sources()) %}
-
-moved as (
-
-    {{ moved_customers(new_loads) }}
-
-),
+{%- set new_loads = new_load_ids() %}
 
 touched as (
 
     select customer_id from profiles where load_id in ({{ new_loads }})
     union
-    select customer_id from moved
-    {%- for counted in taste_sources()[:3] %}
-    union
-    select coalesce(counted.user_id, identities.customer_id)
-    from {{ counted }} as counted
-    left join identities on identities.identifier = counted.anonymous_id
-    where counted.load_id in ({{ new_loads }})
-    {%- endfor %}
+    {{ moved_customers(new_loads) }}
 
 ),
+
+touched_devices as (
+
+    -- the anonymous ids of those customers: rows are filtered on their own ids before any
+    -- is resolved (a row's customer is its user id, else its anonymous id's customer)
+    select identifier from identities
+    where customer_id in (select customer_id from touched)
+
+),
+{%- set of_touched -%}
+    {0}.user_id in (select customer_id from touched)
+    or ({0}.user_id is null and {0}.anonymous_id in (select identifier from touched_devices))
+{%- endset %}
 
 {% endif %}
 
@@ -99,56 +90,6 @@ time_zones as (
 
 ),
 
-{% if is_incremental() %}
-
-kept as (
-
-    select stored.*
-    from {{ this }} as stored
-    where stored.customer_id in (select customer_id from touched)
-
-),
-
-recomputed as (
-
-    -- moved customers (the pre-hook deleted their rows) and customers whose time zone changed
-    select customer_id from moved
-    union
-    select kept.customer_id
-    from kept
-    inner join time_zones on kept.customer_id = time_zones.customer_id
-    where kept.time_zone is distinct from time_zones.time_zone
-
-),
-
-added as (
-
-    -- every other touched customer: stored counts plus the new loads' events
-    select
-        time_zones.customer_id,
-        time_zones.time_zone
-    from time_zones
-    where not exists (
-        select from recomputed where recomputed.customer_id = time_zones.customer_id
-    )
-
-),
-
-recomputed_devices as (
-
-    -- the anonymous ids of the recomputed customers: rows are filtered on their own ids before
-    -- any is resolved (a row's customer is its user id, else its anonymous id's customer)
-    select identifier from identities
-    where customer_id in (select customer_id from recomputed)
-
-),
-{%- set of_recomputed -%}
-    {0}.user_id in (select customer_id from recomputed)
-    or ({0}.user_id is null and {0}.anonymous_id in (select identifier from recomputed_devices))
-{%- endset %}
-
-{% endif %}
-
 activity as (
 
     select
@@ -160,7 +101,7 @@ activity as (
     from {{ ref('int_activity_hours') }} as hours
     left join identities on identities.identifier = hours.anonymous_id
     {%- if is_incremental() %}
-    where {{ of_recomputed.format('hours') }}
+    where {{ of_touched.format('hours') }}
     {%- endif %}
 
 ),
@@ -174,16 +115,32 @@ category_views as (
     from {{ ref('int_category_days') }} as category_days
     left join identities on identities.identifier = category_days.anonymous_id
     {%- if is_incremental() %}
-    where {{ of_recomputed.format('category_days') }}
+    where {{ of_touched.format('category_days') }}
     {%- endif %}
     group by 1, 2
 
 ),
 
-history_slots as (
+affinities as (
+
+    select
+        customer_id,
+        jsonb_object_agg(category, round(n::numeric / total, 4) order by category) as category_affinity,
+        (array_agg(category order by n desc, category asc))[1] as top_category
+    from (
+        select
+            *,
+            sum(n) over (partition by customer_id) as total
+        from category_views
+    ) as shares
+    group by customer_id
+
+),
+
+slot_counts as (
 
     -- hour of week in local time (0 = Monday 00:00): the device's own time zone on each call,
-    -- else the customer's, applied to the call's UTC hour
+    -- else the customer's
     select
         activity.customer_id,
         case
@@ -204,224 +161,11 @@ history_slots as (
 
 ),
 
-history_pushes as (
-
-    select
-        coalesce(push.user_id, identities.customer_id) as customer_id,
-        count(*) filter (where push.push_event = 'received') as pushes_received,
-        count(*) filter (where push.push_event = 'tapped') as pushes_tapped
-    from {{ ref('stg_events__push') }} as push
-    left join identities on identities.identifier = push.anonymous_id
-    {%- if is_incremental() %}
-    where {{ of_recomputed.format('push') }}
-    {%- endif %}
-    group by 1
-
-),
-
-{% if is_incremental() %}
-
-new_activity as (
-
-    -- the new loads' events of added customers, placed in an hour of the week as above
-    select
-        resolved.customer_id,
-        case
-            when resolved.time_zone is not null
-                then
-                    (extract(isodow from resolved.event_at at time zone resolved.time_zone)::int - 1) * 24
-                    + extract(hour from resolved.event_at at time zone resolved.time_zone)::int
-            else
-                (extract(isodow from shifted.local_at)::int - 1) * 24
-                + extract(hour from shifted.local_at)::int
-        end as slot,
-        count(*) as n
-    from (
-        select
-            coalesce(events.user_id, identities.customer_id) as customer_id,
-            events.time_zone,
-            events.event_at
-        from {{ ref('int_events_sessionized') }} as events
-        left join identities on identities.identifier = events.anonymous_id
-        where events.load_id in ({{ new_loads }})
-    ) as resolved
-    inner join added on resolved.customer_id = added.customer_id
-    cross join lateral (
-        select
-            date_trunc('hour', resolved.event_at at time zone 'UTC')
-            at time zone 'UTC' at time zone coalesce(added.time_zone, 'UTC') as local_at
-    ) as shifted
-    group by 1, 2
-
-),
-
-new_categories as (
-
-    select
-        resolved.customer_id,
-        resolved.category,
-        count(*) as n
-    from (
-        select
-            coalesce(product_events.user_id, identities.customer_id) as customer_id,
-            product_events.category
-        from {{ ref('stg_events__product_events') }} as product_events
-        left join identities on identities.identifier = product_events.anonymous_id
-        where product_events.load_id in ({{ new_loads }}) and product_events.category is not null
-    ) as resolved
-    where resolved.customer_id in (select customer_id from added)
-    group by 1, 2
-
-),
-
-new_pushes as (
-
-    select
-        resolved.customer_id,
-        count(*) filter (where resolved.push_event = 'received') as pushes_received,
-        count(*) filter (where resolved.push_event = 'tapped') as pushes_tapped
-    from (
-        select
-            coalesce(push.user_id, identities.customer_id) as customer_id,
-            push.push_event
-        from {{ ref('stg_events__push') }} as push
-        left join identities on identities.identifier = push.anonymous_id
-        where push.load_id in ({{ new_loads }})
-    ) as resolved
-    where resolved.customer_id in (select customer_id from added)
-    group by 1
-
-),
-
-category_counts as (
-
-    select
-        customer_id,
-        category,
-        sum(n) as n
-    from (
-        select
-            customer_id,
-            category,
-            n
-        from category_views
-        union all
-        select
-            kept.customer_id,
-            counted.key,
-            counted.value::bigint
-        from kept
-        cross join lateral jsonb_each_text(kept.category_counts) as counted
-        where kept.customer_id in (select customer_id from added)
-        union all
-        select
-            customer_id,
-            category,
-            n
-        from new_categories
-    ) as counts
-    group by 1, 2
-
-),
-
-slot_counts as (
-
-    select
-        customer_id,
-        slot,
-        sum(n) as n
-    from (
-        select
-            customer_id,
-            slot,
-            n
-        from history_slots
-        union all
-        select
-            kept.customer_id,
-            counted.key::int,
-            counted.value::bigint
-        from kept
-        cross join lateral jsonb_each_text(kept.slot_counts) as counted
-        where kept.customer_id in (select customer_id from added)
-        union all
-        select
-            customer_id,
-            slot,
-            n
-        from new_activity
-    ) as counts
-    group by 1, 2
-
-),
-
-push_stats as (
-
-    select
-        customer_id,
-        sum(pushes_received)::bigint as pushes_received,
-        sum(pushes_tapped)::bigint as pushes_tapped
-    from (
-        select * from history_pushes
-        union all
-        select
-            kept.customer_id,
-            kept.pushes_received,
-            kept.pushes_tapped
-        from kept
-        where kept.customer_id in (select customer_id from added)
-        union all
-        select * from new_pushes
-    ) as counts
-    group by 1
-
-),
-
-{% else %}
-
-category_counts as (
-
-    select * from category_views
-
-),
-
-slot_counts as (
-
-    select * from history_slots
-
-),
-
-push_stats as (
-
-    select * from history_pushes
-
-),
-
-{% endif %}
-
-affinities as (
-
-    select
-        customer_id,
-        jsonb_object_agg(category, round(n::numeric / total, 4) order by category) as category_affinity,
-        (array_agg(category order by n desc, category asc))[1] as top_category,
-        jsonb_object_agg(category, n) as category_counts
-    from (
-        select
-            *,
-            sum(n) over (partition by customer_id) as total
-        from category_counts
-    ) as shares
-    group by customer_id
-
-),
-
 slot_shares as (
 
     select
         customer_id,
         slot,
-        n,
         round(n::numeric / sum(n) over (partition by customer_id), 4)::float8 as share,
         -- empty hours between this one and the previous active one
         slot - coalesce(lag(slot) over (partition by customer_id order by slot), -1) - 1
@@ -441,10 +185,24 @@ hour_of_week as (
             || string_agg(repeat('0,', empty_before) || share::text, ',' order by slot)
             || repeat(',0', 167 - max(slot))
             || '}'
-        )::float8[] as activity_hour_of_week,
-        jsonb_object_agg(slot::text, n) as slot_counts
+        )::float8[] as activity_hour_of_week
     from slot_shares
     group by customer_id
+
+),
+
+push_stats as (
+
+    select
+        coalesce(push.user_id, identities.customer_id) as customer_id,
+        count(*) filter (where push.push_event = 'received') as pushes_received,
+        count(*) filter (where push.push_event = 'tapped') as pushes_tapped
+    from {{ ref('stg_events__push') }} as push
+    left join identities on identities.identifier = push.anonymous_id
+    {%- if is_incremental() %}
+    where {{ of_touched.format('push') }}
+    {%- endif %}
+    group by 1
 
 ),
 
@@ -455,11 +213,8 @@ final as (
         affinities.category_affinity,
         affinities.top_category,
         hour_of_week.activity_hour_of_week,
-        coalesce(push_stats.pushes_received, 0)::bigint as pushes_received,
-        coalesce(push_stats.pushes_tapped, 0)::bigint as pushes_tapped,
-        affinities.category_counts,
-        hour_of_week.slot_counts,
-        time_zones.time_zone,
+        coalesce(push_stats.pushes_received, 0) as pushes_received,
+        coalesce(push_stats.pushes_tapped, 0) as pushes_tapped,
         time_zones.load_id
     from time_zones
     left join affinities using (customer_id)
