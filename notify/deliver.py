@@ -175,7 +175,8 @@ def due_occurrence(campaign: Campaign, now: datetime) -> datetime | None:
         return s.at.astimezone(UTC) if s.at <= now else None
     if s.kind == "recurring":
         assert s.cron is not None
-        at = now.astimezone(UTC)
+        # a plain datetime in UTC: croniter drops the zone of pendulum's (Airflow's) datetimes
+        at = datetime.fromtimestamp(now.timestamp(), UTC)
         # a tick at ``now`` itself counts (croniter's previous tick is strictly before)
         tick: datetime = croniter(s.cron, at + timedelta(microseconds=1)).get_prev(datetime)
         if at - tick > grace(campaign, tick):

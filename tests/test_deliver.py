@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pendulum
 import psycopg
 import pytest
 
@@ -241,6 +242,8 @@ def test_a_recurring_tick_is_started_only_within_its_grace_period() -> None:
     assert due_occurrence(weekly, thursday + timedelta(hours=42, minutes=1)) is None
     # a run on Wednesday does not start last Thursday's occurrence a day before the next
     assert due_occurrence(weekly, thursday - timedelta(days=1)) is None
+    # Airflow hands the DAG pendulum's datetimes
+    assert due_occurrence(weekly, pendulum.datetime(2026, 2, 13, 8, 5, tz="UTC")) == thursday
     daily = campaign(schedule=Schedule(kind="recurring", cron="30 9 * * *"))
     nine = datetime(2026, 2, 12, 9, 30, tzinfo=UTC)
     assert due_occurrence(daily, nine + timedelta(hours=6)) == nine
