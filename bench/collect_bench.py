@@ -76,6 +76,18 @@ class Collector:
                 time.sleep(0.2)
         raise SystemExit("the collector did not start")
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait until the collector's processes are idle: the loader process, its forkserver
+        and parser start after /health answers, and their start-up is not throughput."""
+        deadline = time.monotonic() + timeout
+        before = sum(self.cpu_seconds().values())
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = sum(self.cpu_seconds().values())
+            if now - before < 0.02 and len(self.cpu_seconds()) > 1:
+                return
+            before = now
+
     def rss_mb(self) -> float:
         root = psutil.Process(self.proc.pid)
         return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
@@ -109,6 +121,25 @@ def postgres_cpu() -> float:
     return total
 
 
+def quiesce(admin: str, *done: str, timeout: float = 300) -> None:
+    """Vacuum and analyze the databases of the phases already measured (untimed), then wait
+    until no autovacuum worker runs: otherwise autovacuum of the previous phase's fresh
+    tables runs during the next phase, on its CPU and in its PostgreSQL figure."""
+    for url in done:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("vacuum (analyze)")
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(admin, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "select count(*) from pg_stat_activity where backend_type = 'autovacuum worker'"
+            ).fetchone()
+            if not row or not row[0]:
+                return
+            time.sleep(0.5)
+    print(f"           (autovacuum still running after {timeout:.0f} s)")
+
+
 def own_cpu() -> float:
     """CPU seconds of this process and its children (the file loader's parser processes)."""
     me = psutil.Process()
@@ -132,18 +163,20 @@ def batches(path: Path, events: int) -> list[bytes]:
     return [orjson.dumps({"batch": calls[i : i + BATCH]}) for i in range(0, len(calls), BATCH)]
 
 
-def _count(url: str, query: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(query).fetchone()  # type: ignore[call-overload]
-    return int(row[0]) if row else 0
-
-
 def wait_loaded(url: str, expected: int, timeout: float = 600) -> float:
+    """When ``expected`` events are loaded. Watched on one connection through the loads'
+    audit rows (a few rows), so the watching costs PostgreSQL next to nothing: counting the
+    growing table on a new connection every 50 ms took about 1.5 s of its CPU in a run."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _count(url, "select count(*) from raw.message_ids") >= expected:
-            return time.monotonic()
-        time.sleep(0.05)
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "select coalesce(sum(loaded), 0) from raw.load_audit"
+                " where status in ('loaded', 'partial')"
+            ).fetchone()
+            if row and int(row[0]) >= expected:
+                return time.monotonic()
+            time.sleep(0.05)
     raise SystemExit(f"not every call reached raw.events within {timeout:.0f} s")
 
 
@@ -226,17 +259,21 @@ def main() -> None:
 
     url = fresh_db(admin, "bench_collect_files")
     db.upgrade(url)
+    quiesce(admin)
     pg0, me0 = postgres_cpu(), own_cpu()
     loaded_cpu: dict[str, float] = {}
 
-    def cpu_at_end(_res: object) -> None:  # before the pool and the connection go away
-        loaded_cpu.update(loader=own_cpu() - me0, postgres=postgres_cpu() - pg0)
+    def cpu_at_end(_res: object) -> None:  # before the parser processes go away
+        loaded_cpu.update(loader=own_cpu() - me0)
 
     t = time.perf_counter()
     [res] = ingest_paths(
         [one_file], url=url, settings=Settings(database_url=url), on_file=cpu_at_end
     )
     files_s = time.perf_counter() - t
+    # the load's backend has exited: its CPU counts once the postmaster has reaped it
+    time.sleep(0.5)
+    loaded_cpu.update(postgres=postgres_cpu() - pg0)
     distinct = res.loaded
     files_rate = distinct / files_s
     files_cpu = loaded_cpu["loader"] + loaded_cpu["postgres"]
@@ -244,10 +281,13 @@ def main() -> None:
     print(f"           CPU: the loader and its parser {loaded_cpu['loader']:.1f} s, PostgreSQL "
           f"{loaded_cpu['postgres']:.1f} s: {files_cpu / files_s:.2f} cores busy")  # fmt: skip
 
+    files_url = url
     url = fresh_db(admin, "bench_collect_stream")
     db.upgrade(url)
+    quiesce(admin, files_url)
     c = Collector(url, work / "collect-home-stream")
     try:
+        c.settle()
         cpu0, mine0, pg0 = c.cpu_seconds(), time.process_time(), postgres_cpu()
         t0 = time.monotonic()
         post_all(c, bodies, args.clients)
@@ -271,8 +311,10 @@ def main() -> None:
     print(f"           all of that CPU on {cores} fully busy cores would take {floor:.1f} s at best"
           f" = {distinct / floor / files_rate:.2f} of the files' events/s at most")  # fmt: skip
 
+    stream_url = url
     url = fresh_db(admin, "bench_collect_steady")
     db.upgrade(url)
+    quiesce(admin, stream_url)
     c = Collector(url, work / "collect-home-steady")
     try:
         out = steady(c, bodies, args.rate, args.steady_seconds)
