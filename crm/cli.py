@@ -39,6 +39,11 @@ sources_app = typer.Typer(
     help="Sources of the HTTP collector (crm collect) and their write keys.", no_args_is_help=True
 )
 app.add_typer(sources_app, name="sources")
+journeys_app = typer.Typer(
+    help="Event-triggered journeys: campaigns whose schedule names an event.",
+    no_args_is_help=True,
+)
+app.add_typer(journeys_app, name="journeys")
 CAMPAIGNS = Path("campaigns")
 console = Console(stderr=True, soft_wrap=True)  # errors keep paths whole: no hard wraps
 COUNTS = ("lines", "loaded", "duplicates", "rejected")
@@ -354,7 +359,7 @@ def campaigns_validate(
     table = Table("campaign", "audience", "channels", "schedule", "holdout", "ends")
     for c in load_campaigns(folder):
         who = ", ".join(c.audience.lifecycle) or "everyone"
-        sched = c.schedule.cron or c.schedule.trigger or str(c.schedule.at)
+        sched = c.schedule.cron or c.schedule.trigger or c.schedule.event or str(c.schedule.at)
         table.add_row(c.id, who, ", ".join(c.channels), f"{c.schedule.kind}: {sched}",
                       f"{c.holdout_percent:g}%", str(c.end_date))  # fmt: skip
     out.print(table)
@@ -437,6 +442,114 @@ def campaigns_run(
                       f"{s['slot']:%Y-%m-%d %H:%M} UTC: {s['title']} / {s['body']}")  # fmt: skip
     if report.sent:
         out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(report.sent.items())))
+
+
+def _journeys_step(folder: Path, at: datetime | None, send: bool, settings: object) -> None:
+    from crm import db
+    from notify.journeys import step
+    from notify.run import select_campaigns, send_now
+
+    url = db.database_url()
+    now = at.replace(tzinfo=at.tzinfo or UTC) if at else None
+    report = step(url, select_campaigns(folder), now, settings)  # type: ignore[arg-type]
+    for cid, counts in report.journeys.items():
+        shown = {k: v for k, v in counts.items() if v and k != "waiting"}
+        if shown:
+            out.print(f"{cid}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(shown.items()))
+                      + f"; waiting {counts.get('waiting', 0):,}")  # fmt: skip
+    if send:
+        sent = send_now(url, settings, now)  # type: ignore[arg-type]
+        if sent:
+            out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(sent.items())))
+
+
+@journeys_app.command("run")
+def journeys_run(
+    interval: Annotated[float, typer.Option(help="Seconds between steps.")] = 5.0,
+    once: Annotated[bool, typer.Option(help="One step, then stop.")] = False,
+    at: Annotated[
+        datetime | None, typer.Option(help="With --once: step as of this time (ISO, UTC).")
+    ] = None,
+    send: Annotated[bool, typer.Option(help="Send what is due after each step.")] = True,
+    fake_fcm: Annotated[
+        bool, typer.Option(help="Send pushes to a local fake FCM started for this run.")
+    ] = False,
+    folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+) -> None:
+    """Evaluate the journeys as loads land: enter customers on their trigger events, cancel
+    on exit events, plan and send what is due. Runs until stopped (Ctrl-C), or --once."""
+    import time
+    from contextlib import ExitStack
+
+    from crm import db
+    from crm.settings import get_settings
+
+    settings = get_settings()
+    db.upgrade(db.database_url())
+    with ExitStack() as stack:
+        if fake_fcm:
+            from notify.fake_fcm import FakeFcm
+
+            fake = stack.enter_context(FakeFcm())
+            settings = settings.model_copy(
+                update={"fcm_endpoint": fake.endpoint, "fcm_ca_file": fake.ca_file}
+            )
+        if once:
+            _journeys_step(folder, at, send, settings)
+            return
+        console.print(f"journeys: a step every {interval:g} s (Ctrl-C stops)")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                started = time.monotonic()
+                try:
+                    _journeys_step(folder, None, send, settings)
+                except CrmError as exc:  # a bad campaign file: say so, keep going
+                    console.print(f"[red]{exc}[/red]")
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+@journeys_app.command("pause")
+def journeys_pause(
+    campaign_id: Annotated[str, typer.Argument(help="The journey's campaign id.")],
+) -> None:
+    """Pause a journey: nobody enters, nothing is planned, until it is resumed."""
+    _journey_pause(campaign_id, True)
+
+
+@journeys_app.command("resume")
+def journeys_resume(
+    campaign_id: Annotated[str, typer.Argument(help="The journey's campaign id.")],
+) -> None:
+    """Resume a paused journey (entries more than max_late_hours overdue expire)."""
+    _journey_pause(campaign_id, False)
+
+
+def _journey_pause(campaign_id: str, paused: bool) -> None:
+    from crm import db
+    from notify.journeys import set_paused
+
+    with db.connect() as conn:
+        if not set_paused(conn, campaign_id, paused, by="cli"):
+            raise CrmError(f"no journey {campaign_id!r} has started (crm journeys run starts it)")
+    out.print(f"{campaign_id}: {'paused' if paused else 'resumed'}")
+
+
+@journeys_app.command("status")
+def journeys_status() -> None:
+    """Each journey: paused or running, and its entries by state."""
+    from crm import db
+
+    with db.connect() as conn:
+        rows = conn.execute(
+            "select j.campaign_id, j.started_at, j.paused_at, e.state, count(e.*)"
+            " from crm.journeys j left join crm.journey_entries e using (campaign_id)"
+            " group by 1, 2, 3, 4 order by 1, 4"
+        ).fetchall()
+    table = Table("journey", "since", "paused", "state", "entries")
+    for cid, started, paused, state, n in rows:
+        table.add_row(cid, f"{started:%Y-%m-%d %H:%M}", f"{paused:%Y-%m-%d %H:%M}" if paused
+                      else "", state or "", f"{n:,}")  # fmt: skip
+    out.print(table)
 
 
 @campaigns_app.command("suppress")

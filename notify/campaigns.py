@@ -20,6 +20,7 @@ from jinja2 import Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from crm.contract import KNOWN_EVENTS
 from crm.errors import CrmError
 
 LIFECYCLE = Literal["new", "active", "inactive", "lost", "buyer", "repeat_buyer"]
@@ -113,14 +114,66 @@ class Message(BaseModel):
         return self.variant or f"{self.segment}/{self.locale}"
 
 
+class PropertyFilter(BaseModel):
+    """A condition on the triggering event's properties; the value is always bound."""
+
+    model_config = ConfigDict(extra="forbid")
+    property: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    op: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists"]
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> PropertyFilter:
+        if self.op == "in" and not (isinstance(self.value, list) and self.value):
+            raise ValueError("'in' needs a non-empty list")
+        if self.op == "exists" and self.value is not None:
+            raise ValueError("'exists' takes no value")
+        if self.op in ("gt", "gte", "lt", "lte") and (
+            isinstance(self.value, bool) or not isinstance(self.value, (int, float))
+        ):
+            raise ValueError(f"'{self.op}' needs a number")
+        if self.op in ("eq", "ne") and not isinstance(self.value, (str, int, float, bool)):
+            raise ValueError(f"'{self.op}' needs a single value")
+        return self
+
+
+def _event_name(v: str) -> str:
+    if v not in KNOWN_EVENTS:
+        raise ValueError(f"unknown event {v!r}; choose from the contract's {sorted(KNOWN_EVENTS)}")
+    return v
+
+
 class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["once", "recurring", "trigger"]
     at: datetime | None = Field(None, description="once: when (with a time zone)")
     cron: str | None = Field(None, description="recurring: five-field cron, UTC")
-    trigger: Literal["abandoned_cart", "became_inactive"] | None = None
+    trigger: Literal["abandoned_cart", "became_inactive"] | None = Field(
+        None, description="trigger: a built-in rule checked on the built customer tables"
+    )
+    event: str | None = Field(
+        None,
+        description="trigger: the event (of the contract) a customer enters on, as it arrives",
+    )
+    where: list[PropertyFilter] = Field(
+        default_factory=list, description="event trigger: conditions on the event's properties"
+    )
+    wait_minutes: int = Field(
+        0, ge=0, le=60 * 24 * 30, description="event trigger: minutes from the event to the send"
+    )
+    exit_events: list[str] = Field(
+        default_factory=list,
+        description="event trigger: any of these by the customer between the event and the end "
+        "of the wait cancels the message (judged by the events' own times)",
+    )
     after_hours: int = Field(
         1, ge=0, le=72, description="abandoned_cart: hours of silence after the last cart add"
+    )
+    max_late_hours: float = Field(
+        24,
+        gt=0,
+        description="event trigger: a message this many hours past its due time (the journey "
+        "was paused, or the event arrived that late) is not sent",
     )
     grace_hours: float | None = Field(
         None,
@@ -138,9 +191,19 @@ class Schedule(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Schedule:
-        need = {"once": "at", "recurring": "cron", "trigger": "trigger"}[self.kind]
-        if getattr(self, need) is None:
+        if self.kind == "trigger":
+            if (self.trigger is None) == (self.event is None):
+                raise ValueError("a 'trigger' schedule needs 'event' or a built-in 'trigger'")
+        elif getattr(self, need := {"once": "at", "recurring": "cron"}[self.kind]) is None:
             raise ValueError(f"a '{self.kind}' schedule needs '{need}'")
+        journey_only = self.where or self.exit_events or self.wait_minutes
+        if self.event is None and (journey_only or "max_late_hours" in self.model_fields_set):
+            raise ValueError(
+                "'where', 'wait_minutes', 'exit_events' and 'max_late_hours' need an 'event'"
+            )
+        if self.event is not None:
+            for name in (self.event, *self.exit_events):
+                _event_name(name)
         if self.at is not None and self.at.tzinfo is None:
             raise ValueError("'at' needs a time zone, e.g. 2026-03-01T09:00:00+01:00")
         if self.cron is not None and len(self.cron.split()) != 5:
@@ -152,7 +215,11 @@ class Schedule(BaseModel):
 
 class SendTime(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["fixed", "best"] = "fixed"
+    mode: Literal["fixed", "best", "immediate"] = Field(
+        "fixed",
+        description="fixed: a local hour; best: the customer's best hour in the window; "
+        "immediate: as soon as due (journeys), unless in quiet hours",
+    )
     hour: int | None = Field(None, ge=0, le=23, description="fixed: local hour")
     window: tuple[int, int] = Field((9, 21), description="best: allowed local hours [from, to)")
 

@@ -111,9 +111,19 @@ def send_hour(campaign: Campaign, best_hour: int | None, quiet: tuple[int, int])
     else:
         lo, hi = st.window
         hour = best_hour if best_hour is not None and lo <= best_hour < hi else lo
+    return quiet[1] if in_quiet_hours(hour, quiet) else hour
+
+
+def in_quiet_hours(hour: int, quiet: tuple[int, int]) -> bool:
     q_from, q_to = quiet
-    in_quiet = (q_from <= hour or hour < q_to) if q_from > q_to else (q_from <= hour < q_to)
-    return q_to if in_quiet else hour
+    return (q_from <= hour or hour < q_to) if q_from > q_to else (q_from <= hour < q_to)
+
+
+def immediate_slot(now: datetime, tz: ZoneInfo, quiet: tuple[int, int]) -> datetime:
+    """``now``, unless the customer's clock is in the quiet hours: then the morning after them."""
+    if in_quiet_hours(now.astimezone(tz).hour, quiet):
+        return next_slot(now, tz, quiet[1])
+    return now.astimezone(UTC)
 
 
 def next_slot(now: datetime, tz: ZoneInfo, hour: int) -> datetime:
@@ -188,18 +198,25 @@ def due_occurrence(campaign: Campaign, now: datetime) -> datetime | None:
 
 def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
          settings: Settings | None = None, occurrence: datetime | None = None,
-         source: str = "file") -> Counter[str]:  # fmt: skip
+         source: str = "file", only: list[str] | None = None,
+         context: dict[str, dict[str, Any]] | None = None) -> Counter[str]:  # fmt: skip
     """Plan the campaign's due occurrence (or ``occurrence``): snapshot its audience once,
     and write one delivery row, with the message rendered, per member not planned yet.
-    Members past the campaign's cap or inside its cooldown are not in the snapshot."""
+    Members past the campaign's cap or inside its cooldown are not in the snapshot.
+    ``only`` narrows the audience to these customers (a journey's due entries), and
+    ``context`` gives each of them more template fields (the triggering event's properties).
+    An event-triggered journey is planned only that way (``notify.journeys``)."""
     settings = settings or get_settings()
     counts: Counter[str] = Counter()
+    if campaign.schedule.event is not None and only is None:
+        return counts
     occurrence = occurrence or due_occurrence(campaign, now)
     if occurrence is None:
         return counts
     available = {"push", *settings.apprise_urls}
     with conn.transaction():
-        only = triggered(conn, campaign, now) if campaign.schedule.kind == "trigger" else None
+        if only is None and campaign.schedule.trigger is not None:
+            only = triggered(conn, campaign, now)
         members, held = snapshot_audience(conn, campaign, occurrence, only, now)
         conn.execute(
             "insert into crm.campaign_runs (campaign_id, occurrence, source, definition,"
@@ -213,8 +230,11 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
         values = []
         for row in (dict(zip(cols, r, strict=True)) for r in cur.fetchall()):
             tz = zone(row["time_zone"])
-            hour = send_hour(campaign, row["best_hour"], settings.quiet_hours)
-            slot = next_slot(max(now, occurrence), tz, hour)
+            if campaign.send_time.mode == "immediate":
+                slot = immediate_slot(now, tz, settings.quiet_hours)
+            else:
+                hour = send_hour(campaign, row["best_hour"], settings.quiet_hours)
+                slot = next_slot(max(now, occurrence), tz, hour)
             blocked = "*" in (row["suppressed_on"] or [])
             channel = None if blocked else choose_channel(campaign, row, available)
             why_not = (
@@ -231,6 +251,7 @@ def plan(conn: psycopg.Connection, campaign: Campaign, now: datetime,
                 "segment_name": row["segment_name"],
                 "locale": row["locale"],
                 **{f"product_{i + 1}": p for i, p in enumerate(products[:3])},
+                **(context or {}).get(row["customer_id"], {}),
             }
             text = render(message, fields)
             state, reason = "planned", None

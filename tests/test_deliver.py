@@ -165,7 +165,9 @@ def test_consent_withdrawn_after_planning_and_the_daily_cap_suppress(
 
     settings = Settings(_env_file=None, database_url=shop, home=tmp_path / "h", push_cap_per_day=1)
     r = redis_client(settings)
-    a, b = campaign(), campaign("buyer_offers", audience=campaign().audience)
+    # the same schedule: both are due at NOW, so customers in both audiences meet the cap
+    a = campaign()
+    b = campaign("buyer_offers", audience=a.audience, schedule=a.schedule)
     with psycopg.connect(shop) as conn:
         plan(conn, a, NOW, settings)
         plan(conn, b, NOW, settings)

@@ -1,0 +1,279 @@
+"""Event-triggered journeys, on a built shop: events are loaded by the real loader, the journey
+steps through them, and pushes go through the firebase-admin SDK to the fake FCM."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from crm.ingest.load import ingest_file
+from crm.settings import PROJECT_ROOT, Settings
+from notify.audience import in_holdout
+from notify.campaigns import Campaign, CampaignError, load_campaign, parse_campaign
+from notify.deliver import send_due
+from notify.fake_fcm import FakeFcm
+from notify.fcm import FcmSender
+from notify.journeys import set_paused, step
+
+T0 = datetime(2026, 2, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings(shop: str, tmp_path: Path) -> Settings:
+    # no quiet hours unless a test sets them: the times below are the journey's own
+    return Settings(_env_file=None, database_url=shop, home=tmp_path / "home",
+                    quiet_hours=(0, 0), push_cap_per_day=10)  # fmt: skip
+
+
+@pytest.fixture
+def redis_(settings: Settings):
+    from ml.publish import redis_client
+
+    return redis_client(settings)
+
+
+def journey(**schedule: Any) -> Campaign:
+    c = load_campaign(PROJECT_ROOT / "campaigns" / "cart_reminder.yaml")
+    return c.model_copy(
+        update={"channels": ["push"], "schedule": c.schedule.model_copy(update=schedule)}
+    )
+
+
+def reachable(url: str, held_out: bool = False, n: int = 5) -> list[tuple[str, str]]:
+    """(customer id, time zone) of known customers with push consent and a valid device, in
+    (or out of) the cart_reminder holdout."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select c.customer_id, c.time_zone from marts.dim_customers c"
+            " where c.push_consent and c.is_known and exists (select 1 from marts.push_devices d"
+            " where d.customer_id = c.customer_id and d.is_valid) order by c.customer_id"
+        ).fetchall()
+    return [r for r in rows if in_holdout("cart_reminder", r[0], 10) == held_out][:n]
+
+
+def call(event: str, at: datetime, user: str | None = None, anon: str | None = None,
+         **properties: Any) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"messageId": str(uuid.uuid4()), "type": "track", "event": event,
+                           "timestamp": at.isoformat(), "properties": properties}  # fmt: skip
+    if user:
+        out["userId"] = user
+    out["anonymousId"] = anon or f"anon-{uuid.uuid4()}"
+    return out
+
+
+def cart(at: datetime, user: str | None = None, anon: str | None = None,
+         price: float = 35.0) -> dict[str, Any]:  # fmt: skip
+    return call("Product Added", at, user, anon, product_id="p00101", name="Blue scarf",
+                price=price, currency="USD", quantity=1)  # fmt: skip
+
+
+def order(at: datetime, user: str | None = None, anon: str | None = None) -> dict[str, Any]:
+    return call("Order Completed", at, user, anon, order_id=f"o-{uuid.uuid4().hex[:8]}",
+                total=35.0, revenue=35.0, currency="USD",
+                products=[{"product_id": "p00101", "price": 35.0, "quantity": 1}])  # fmt: skip
+
+
+def load(url: str, settings: Settings, tmp_path: Path, calls: list[dict[str, Any]]) -> None:
+    path = tmp_path / f"load-{uuid.uuid4().hex[:8]}.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in calls))
+    res = ingest_file(path, url=url, settings=settings, source="test")
+    assert res.status == "loaded" and res.loaded == len(calls), res
+
+
+def entries(url: str) -> dict[str, tuple[str, str | None, str | None]]:
+    """trigger messageId -> (state, exit event, customer)."""
+    with psycopg.connect(url) as conn:
+        return {
+            m: (s, x, c)
+            for m, s, x, c in conn.execute(
+                "select trigger_message_id, state, exit_event, customer_id"
+                " from crm.journey_entries where campaign_id = 'cart_reminder'"
+            )
+        }
+
+
+def deliveries(url: str) -> list[tuple[str, str, datetime, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "select customer_id, state, slot, title from crm.deliveries"
+            " where campaign_id = 'cart_reminder' order by delivery_id"
+        ).fetchall()
+
+
+def test_an_abandoned_cart_gets_one_reminder_after_the_wait_and_an_order_cancels_it(
+    shop: str, settings: Settings, tmp_path: Path, fake: FakeFcm, sender: FcmSender, redis_
+) -> None:
+    j = journey()
+    step(shop, [j], T0, settings)  # the journey starts: it reads loads from now on
+    (a, _), (b, _), (c, _), (d, _) = reachable(shop, n=4)
+    carts = {
+        "abandoned": cart(T0, a),
+        "ordered": cart(T0, b),
+        "cheap": cart(T0, c, price=5.0),  # below the journey's price >= 20: never enters
+        "ordered late": cart(T0, d),
+    }
+    load(shop, settings, tmp_path, [*carts.values(), order(T0 + timedelta(minutes=20), b)])
+    report = step(shop, [j], T0 + timedelta(minutes=30), settings)
+    counts = report.journeys["cart_reminder"]
+    assert counts["entered"] == 3 and counts["exited on Order Completed"] == 1
+    assert counts["waiting"] == 2 and not deliveries(shop)
+    # the order of d happened before the reminder was due but reaches us after the wait
+    load(shop, settings, tmp_path, [order(T0 + timedelta(minutes=59), d)])
+    step(shop, [j], T0 + timedelta(minutes=61), settings)
+    state = entries(shop)
+    assert carts["cheap"]["messageId"] not in state
+    assert state[carts["abandoned"]["messageId"]] == ("planned", None, a)
+    assert state[carts["ordered"]["messageId"]][:2] == ("exited", "Order Completed")
+    assert state[carts["ordered late"]["messageId"]][:2] == ("exited", "Order Completed")
+    [(who, what, slot, title)] = deliveries(shop)
+    assert (who, what, slot) == (a, "planned", T0 + timedelta(minutes=61))
+    assert title == "Blue scarf is still in your cart"  # the event's properties
+    sent = send_due(shop, sender, redis_, now=T0 + timedelta(minutes=61), settings=settings)
+    assert sent["sent"] == 1 and len(fake.sent) == 1
+    # evaluated again, and the same load met again: nothing new
+    step(shop, [j], T0 + timedelta(minutes=90), settings)
+    load_again = tmp_path / "again.jsonl"
+    load_again.write_text(json.dumps(carts["abandoned"]) + "\n")
+    assert ingest_file(load_again, url=shop, settings=settings).duplicates == 1
+    step(shop, [j], T0 + timedelta(hours=3), settings)
+    assert len(deliveries(shop)) == 1
+    assert not send_due(shop, sender, redis_, now=T0 + timedelta(hours=3), settings=settings)
+    assert len(fake.sent) == 1
+
+
+def test_an_order_that_arrived_before_its_late_cart_still_cancels_it(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    j = journey()
+    step(shop, [j], T0, settings)
+    [(a, _)] = reachable(shop, n=1)
+    late_cart = cart(T0, a)
+    load(shop, settings, tmp_path, [order(T0 + timedelta(minutes=10), a)])
+    step(shop, [j], T0 + timedelta(minutes=15), settings)
+    load(shop, settings, tmp_path, [late_cart])  # the phone was offline
+    step(shop, [j], T0 + timedelta(minutes=70), settings)
+    assert entries(shop)[late_cart["messageId"]][:2] == ("exited", "Order Completed")
+    assert not deliveries(shop)
+
+
+def test_quiet_hours_hold_the_reminder_until_the_morning(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    quiet = settings.model_copy(update={"quiet_hours": (21, 9)})
+    j = journey()
+    step(shop, [j], T0, quiet)
+    [(a, tz)] = reachable(shop, n=1)
+    zone = ZoneInfo(tz or "UTC")
+    # a cart at 22:30 the customer's time: due at 23:30, in the quiet hours
+    local = datetime(2026, 2, 27, 22, 30, tzinfo=zone)
+    at = local.astimezone(UTC)
+    step(shop, [j], at - timedelta(minutes=1), quiet)
+    load(shop, quiet, tmp_path, [cart(at, a)])
+    step(shop, [j], at + timedelta(minutes=61), quiet)
+    [(who, state, slot, _)] = deliveries(shop)
+    assert (who, state) == (a, "planned")
+    assert slot.astimezone(zone) == datetime(2026, 2, 28, 9, 0, tzinfo=zone)
+
+
+def test_the_holdout_arm_is_counted_and_gets_nothing(
+    shop: str, settings: Settings, tmp_path: Path, fake: FakeFcm, sender: FcmSender, redis_
+) -> None:
+    j = journey()
+    step(shop, [j], T0, settings)
+    [(h, _)] = reachable(shop, held_out=True, n=1)
+    load(shop, settings, tmp_path, [cart(T0, h)])
+    step(shop, [j], T0 + timedelta(minutes=61), settings)
+    [(who, state, _, _)] = deliveries(shop)
+    assert (who, state) == (h, "held_out")
+    assert not send_due(shop, sender, redis_, now=T0 + timedelta(hours=2), settings=settings)
+    assert not fake.sent
+
+
+def test_an_anonymous_device_is_reached_as_the_customer_it_was_stitched_to(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    j = journey()
+    step(shop, [j], T0, settings)
+    reach = {c for c, _ in reachable(shop, n=200)}
+    with psycopg.connect(shop) as conn:
+        devices = conn.execute(
+            "select identifier, customer_id from intermediate.int_identities_stitched"
+            " where identifier <> customer_id and customer_id = any(%s) limit 1",
+            (sorted(reach),),
+        ).fetchall()
+    [(device, customer)] = devices
+    anonymous = cart(T0, anon=device)
+    load(shop, settings, tmp_path, [anonymous])
+    step(shop, [j], T0 + timedelta(minutes=61), settings)
+    assert entries(shop)[anonymous["messageId"]] == ("planned", None, customer)
+    assert [d[0] for d in deliveries(shop)] == [customer]
+
+
+def test_a_paused_journey_plans_nothing_and_overdue_entries_expire(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    j = journey(max_late_hours=2)
+    step(shop, [j], T0, settings)
+    [(a, _)] = reachable(shop, n=1)
+    first = cart(T0, a)
+    load(shop, settings, tmp_path, [first])
+    with psycopg.connect(shop) as conn:
+        assert set_paused(conn, "cart_reminder", True)
+    assert step(shop, [j], T0 + timedelta(minutes=61), settings).journeys["cart_reminder"] == {
+        "paused": 1
+    }
+    assert not deliveries(shop)
+    with psycopg.connect(shop) as conn:
+        set_paused(conn, "cart_reminder", False)
+    step(shop, [j], T0 + timedelta(hours=4), settings)
+    assert entries(shop)[first["messageId"]][0] == "expired"
+    assert not deliveries(shop)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"kind": "trigger", "event": "Product Addded"}, "unknown event 'Product Addded'"),
+        (
+            {"kind": "trigger", "event": "Product Added", "exit_events": ["Order Done"]},
+            "unknown event 'Order Done'",
+        ),
+        (
+            {"kind": "trigger", "trigger": "abandoned_cart", "event": "Product Added"},
+            "needs 'event' or a built-in 'trigger'",
+        ),
+        ({"kind": "recurring", "cron": "0 6 * * 4", "wait_minutes": 30}, "need an 'event'"),
+        (
+            {
+                "kind": "trigger",
+                "event": "Product Added",
+                "where": [{"property": "price", "op": "gte", "value": "20"}],
+            },
+            "'gte' needs a number",
+        ),
+        (
+            {
+                "kind": "trigger",
+                "event": "Product Added",
+                "where": [{"property": "price; drop table x", "op": "eq", "value": 1}],
+            },
+            "where.0.property",
+        ),
+    ],
+)
+def test_a_journey_schedule_gets_one_clear_error_per_mistake(
+    schedule: dict[str, Any], expected: str
+) -> None:
+    import yaml
+
+    data = yaml.safe_load((PROJECT_ROOT / "campaigns" / "cart_reminder.yaml").read_text())
+    data["schedule"] = schedule
+    with pytest.raises(CampaignError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_campaign(data, "cart_reminder.yaml")
