@@ -8,7 +8,7 @@ import logging
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from crm.errors import CrmError
+
+if TYPE_CHECKING:
+    from crm.settings import Settings
 
 app = typer.Typer(
     help="shop-crm: customer engagement on your own PostgreSQL.", no_args_is_help=True
@@ -421,12 +424,7 @@ def campaigns_run(
     campaigns, launched = choose(folder, campaign, launch)
     with ExitStack() as stack:
         if fake_fcm:
-            from notify.fake_fcm import FakeFcm
-
-            fake = stack.enter_context(FakeFcm())
-            settings = settings.model_copy(
-                update={"fcm_endpoint": fake.endpoint, "fcm_ca_file": fake.ca_file}
-            )
+            settings = _with_fake_fcm(stack, settings)
         report = run(url, now, campaigns, launched, launched_by="cli", dry_run=dry_run,
                      send=send, settings=settings)  # fmt: skip
     table = Table("campaign", "planned", "held out", "suppressed",
@@ -440,27 +438,37 @@ def campaigns_run(
         for s in samples[:2]:
             out.print(f"[bold]{cid}[/bold] {s['variant']} via {s['channel']} at "
                       f"{s['slot']:%Y-%m-%d %H:%M} UTC: {s['title']} / {s['body']}")  # fmt: skip
-    if report.sent:
-        out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(report.sent.items())))
+    _print_sent(report.sent)
 
 
-def _journeys_step(folder: Path, at: datetime | None, send: bool, settings: object) -> None:
+def _with_fake_fcm(stack: contextlib.ExitStack, settings: Settings) -> Settings:
+    """``settings`` sending pushes to a local fake FCM that lives as long as ``stack``."""
+    from notify.fake_fcm import FakeFcm
+
+    fake = stack.enter_context(FakeFcm())
+    return settings.model_copy(update={"fcm_endpoint": fake.endpoint, "fcm_ca_file": fake.ca_file})
+
+
+def _print_sent(sent: dict[str, int]) -> None:
+    if sent:
+        out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(sent.items())))
+
+
+def _journeys_step(folder: Path, at: datetime | None, send: bool, settings: Settings) -> None:
     from crm import db
     from notify.journeys import step
     from notify.run import select_campaigns, send_now
 
     url = db.database_url()
     now = at.replace(tzinfo=at.tzinfo or UTC) if at else None
-    report = step(url, select_campaigns(folder), now, settings)  # type: ignore[arg-type]
+    report = step(url, select_campaigns(folder), now, settings)
     for cid, counts in report.journeys.items():
         shown = {k: v for k, v in counts.items() if v and k != "waiting"}
         if shown:
             out.print(f"{cid}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(shown.items()))
                       + f"; waiting {counts.get('waiting', 0):,}")  # fmt: skip
     if send:
-        sent = send_now(url, settings, now)  # type: ignore[arg-type]
-        if sent:
-            out.print("deliveries: " + ", ".join(f"{v:,} {k}" for k, v in sorted(sent.items())))
+        _print_sent(send_now(url, settings, now))
 
 
 @journeys_app.command("run")
@@ -488,12 +496,7 @@ def journeys_run(
     db.upgrade(db.database_url())
     with ExitStack() as stack:
         if fake_fcm:
-            from notify.fake_fcm import FakeFcm
-
-            fake = stack.enter_context(FakeFcm())
-            settings = settings.model_copy(
-                update={"fcm_endpoint": fake.endpoint, "fcm_ca_file": fake.ca_file}
-            )
+            settings = _with_fake_fcm(stack, settings)
         if once:
             _journeys_step(folder, at, send, settings)
             return

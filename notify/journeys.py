@@ -50,6 +50,8 @@ NEW_LOADS = """
                       where r.campaign_id = %(campaign)s and r.load_id = a.load_id)
     order by a.load_id
 """
+# two joins, one per identifier, rather than one join on "same user id or same anonymous id":
+# each probes its own index of crm.journey_exits, where the "or" would not
 EXIT_ENTRIES = """
     with hits as (
         select j.trigger_message_id, x.event, x.message_id, x.event_at
