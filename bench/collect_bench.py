@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import os
 import signal
 import socket
@@ -68,6 +70,7 @@ class Collector:
             env=env, stdout=self.log, stderr=self.log, start_new_session=True,
         )  # fmt: skip
         self.base = f"http://127.0.0.1:{self.port}"
+        self.auth = "Basic " + base64.b64encode(f"{self.key}:".encode()).decode()
         for _ in range(300):
             try:
                 if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
@@ -181,21 +184,29 @@ def wait_loaded(url: str, expected: int, timeout: float = 600) -> float:
 
 
 def post_all(c: Collector, bodies: list[bytes], clients: int) -> None:
+    """Post every body from ``clients`` threads, each on its own keep-alive connection, with
+    the standard library's HTTP client: it shares the two cores with the collector, and costs
+    about a third of httpx's CPU per request (0.4 s against 1.2 s for 1,915 requests)."""
     queue = list(reversed(bodies))
     lock = threading.Lock()
     failures: list[str] = []
+    headers = {"Content-Type": "application/json", "Authorization": c.auth}
 
     def worker() -> None:
-        with httpx.Client(auth=(c.key, ""), timeout=30) as client:
+        conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=30)
+        try:
             while True:
                 with lock:
                     if not queue:
                         return
                     body = queue.pop()
-                r = client.post(f"{c.base}/v1/batch", content=body,
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-                if r.status_code != 200:
-                    failures.append(r.text)
+                conn.request("POST", "/v1/batch", body=body, headers=headers)
+                r = conn.getresponse()
+                text = r.read()
+                if r.status != 200:
+                    failures.append(text.decode())
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A spool segment is closed and loaded after this long (the micro-batch).",
     )
+    collect_segment_bytes: int = Field(
+        default=16 << 20,
+        gt=0,
+        description="A spool segment is closed and loaded sooner once it holds this many bytes.",
+    )
     collect_max_call_bytes: int = Field(
         default=32 * 1024, gt=0, description="Largest call accepted (Segment's limit: 32 KB)."
     )

@@ -23,7 +23,10 @@ import httpx
 import psycopg
 import pytest
 
-from crm.settings import PROJECT_ROOT
+from crm.collect import app as collect_app
+from crm.collect.sources import KeyRing
+from crm.collect.spool import Spool
+from crm.settings import PROJECT_ROOT, Settings
 
 JS = PROJECT_ROOT / "tests" / "js"
 
@@ -126,6 +129,69 @@ def _track(i: int, prefix: str) -> dict[str, object]:
         "properties": {"product_id": f"p{i % 30}"},
         "timestamp": "2026-12-01T10:00:00Z",
     }
+
+
+def test_batches_kept_as_sent_read_as_if_decoded_and_encoded_again(tmp_path: Path) -> None:
+    """The collector splices receivedAt, a missing messageId / timestamp and context.ip into
+    a batch's calls as sent; what the loader then reads is what decoding each call, filling
+    it in and encoding it again gives. Calls it cannot splice safely take that slow path."""
+    spool = Spool(tmp_path / "spool", 1 << 20, 1.0)
+    c = collect_app.Collector(Settings(), spool, KeyRing(tmp_path / "keys.json"), "")
+    try:
+        base = {"type": "track", "event": "Product Viewed", "userId": "u1",
+                "messageId": "m1", "timestamp": "2026-12-01T10:00:00Z"}  # fmt: skip
+        ctx = {"library": {"name": "analytics-python"}, "locale": "de-DE"}
+        spliced = [
+            {**base, "context": ctx},
+            {**base, "context": {**ctx, "ip": "198.51.100.7"}},
+            {k: v for k, v in base.items() if k != "messageId"},
+            {**{k: v for k, v in base.items() if k != "timestamp"}, "originalTimestamp": "x"},
+            {k: v for k, v in base.items() if k != "timestamp"},
+            {**base, "context": {}, "properties": {"name": 'Café \u00e9 "q" }'}},
+            {},
+        ]
+        slow = [
+            {**base, "context": ctx, "properties": ctx},  # the context's bytes twice
+            {**base, "context": {}, "properties": {"name": "{}"}},
+            {**base, "receivedAt": "2020-01-01T00:00:00Z"},
+            {**base, "writeKey": "secret"},
+            {**base, "messageId": None},
+            {**base, "context": None},
+        ]
+
+        def both(body: bytes) -> tuple[bytes | None, list[dict[str, object]]]:
+            fast = c.batch_lines(collect_app._decode_batch(body), "203.0.113.9")
+            full = c.lines(None, json.loads(body), "203.0.113.9")
+            return fast, [json.loads(line) for line in full.splitlines()]
+
+        def same(fast: bytes, full: list[dict[str, object]]) -> None:
+            got = [json.loads(line) for line in fast.splitlines()]
+            assert len(got) == len(full)
+            for a, b in zip(got, full, strict=True):
+                if str(b["messageId"]).startswith("collector-"):
+                    assert str(a["messageId"]).startswith("collector-")
+                    a["messageId"] = b["messageId"]
+                assert a == b
+
+        for call in spliced:
+            for body in (json.dumps({"batch": [call, base]}).encode(),
+                         json.dumps({"batch": [call]}, indent=None, separators=(",", ":"),
+                                    ensure_ascii=False).encode()):  # fmt: skip
+                fast, full = both(body)
+                assert fast is not None, call
+                same(fast, full)
+        for call in slow:
+            fast, _ = both(json.dumps({"batch": [base, call]}).encode())
+            assert fast is None, call
+        pretty = json.dumps({"batch": [base]}, indent=2).encode()
+        assert both(pretty)[0] is None
+        shared = json.dumps({"batch": [base], "context": {"ip": "1.2.3.4"}}).encode()
+        assert both(shared)[0] is None
+        fast, full = both(json.dumps({"batch": [{**base, "context": {}}]}).encode())
+        assert full[0]["context"] == {"ip": "203.0.113.9"} and fast is not None
+        same(fast, full)
+    finally:
+        spool.close()
 
 
 def test_python_client_delivers_every_call_once(collector: Collector) -> None:

@@ -56,7 +56,12 @@ def serve(
     url = db.database_url(settings)
     db.upgrade(url)
     root = spool_dir(settings)
-    spool = Spool(root, settings.collect_spool_max_bytes, settings.collect_flush_seconds)
+    spool = Spool(
+        root,
+        settings.collect_spool_max_bytes,
+        settings.collect_flush_seconds,
+        settings.collect_segment_bytes,
+    )
     limiter = RateLimiter(async_redis_client(settings), settings.redis_prefix)
     collector = Collector(settings, spool, KeyRing(root / "keys.json"), url, limiter)
     collector.start()

@@ -5,8 +5,10 @@ writer thread appends what requests hand it and then calls ``fdatasync`` once fo
 written meanwhile (group commit: one disk flush serves every request that waited on it), and
 only then are those requests answered. A segment older than the flush interval, or idle for a
 fifth of it (no call since: the traffic paused, so waiting longer adds latency and no calls),
-is closed and renamed into ``ready/``, where the loader takes it (it loads a segment as it
-loads any event file, then deletes it). After a crash, segments left in ``open/`` lose a torn
+or holding ``segment_bytes`` (under a burst the loader starts on the first part at once instead
+of after a whole flush interval, and loads it while the next fills), is closed and renamed into
+``ready/``, where the loader takes it (it loads a segment as it loads any event file, then
+deletes it). After a crash, segments left in ``open/`` lose a torn
 last line (it was never acknowledged) and move to ``ready/``.
 """
 
@@ -67,8 +69,11 @@ def _truncate_torn_line(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, root: Path, max_bytes: int, flush_seconds: float) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int, flush_seconds: float, segment_bytes: int = 16 << 20
+    ) -> None:
         self.root, self.max_bytes, self.flush_seconds = root, max_bytes, flush_seconds
+        self.segment_bytes = segment_bytes
         self.idle_seconds = flush_seconds / 5
         self.open_dir, self.ready_dir = root / "open", root / "ready"
         self.open_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +150,7 @@ class Spool:
                 everything
                 or now - seg.opened >= self.flush_seconds
                 or now - seg.written >= self.idle_seconds
+                or seg.size >= self.segment_bytes
             ):
                 os.close(seg.fd)  # its data was fsynced before any request was answered
                 os.replace(seg.path, self.ready_dir / seg.path.name)
