@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A spool segment is closed and loaded after this long (the micro-batch).",
     )
+    collect_loaders: int = Field(
+        default=2,
+        gt=0,
+        description="Spool segments the collector's loader loads at once (a transaction each).",
+    )
     collect_segment_bytes: int = Field(
         default=16 << 20,
         gt=0,

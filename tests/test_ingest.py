@@ -145,6 +145,22 @@ def test_duplicates_across_files_and_renamed_copies_are_counted_not_loaded(
     assert count(db_url, "select count(distinct message_id) from raw.events") == 30
 
 
+def test_a_load_whose_later_batches_meet_known_ids_claims_only_the_new_ones(
+    tmp_path: Path, settings: Settings, db_url: str
+) -> None:
+    """The first batches of a file claim their ids straight away; a later batch that holds
+    known ids (loaded before) falls back to finding them, in the same transaction."""
+    known = write(tmp_path / "known.jsonl", [ev(i) for i in range(9_000, 10_000)])
+    big = write(tmp_path / "big.jsonl", [ev(i) for i in range(10_000)])  # 2 MB: 2+ batches
+    assert big.stat().st_size > 2 << 20 - 1
+    first, second = ingest_paths([known, big], settings=settings)
+    assert (first.loaded, second.loaded, second.duplicates) == (1_000, 9_000, 1_000)
+    assert count(db_url, "select count(*) from raw.events") == 10_000
+    assert count(db_url, "select count(*) from raw.message_ids") == 10_000
+    mine = f"select count(*) from raw.events where load_id = {second.load_id}"
+    assert count(db_url, mine) == 9_000
+
+
 def test_truncated_gzip_loads_readable_lines_and_is_marked_partial(
     tmp_path: Path, settings: Settings, db_url: str
 ) -> None:

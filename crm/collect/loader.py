@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -39,37 +39,23 @@ def ready_segments(ready: Path) -> list[Path]:
     return sorted(ready.glob("*.jsonl"), key=opened)
 
 
-def load_ready(
-    ready: Path,
-    url: str,
-    settings: Settings,
-    on_load: Callable[[FileResult], None] | None = None,
-    pool: Executor | None = None,
-) -> tuple[int, str | None]:
-    """Load every segment waiting in ``ready``; (segments loaded, error that stopped it).
-    Large segments (traffic peaks, a backlog) are parsed in ``pool`` while this process
-    COPYs, as large files are."""
-    done = 0
-    for segment in ready_segments(ready):
-        try:
-            big = segment.stat().st_size >= POOL_MIN_BYTES
-        except FileNotFoundError:  # loaded by another loader meanwhile
-            continue
-        res = ingest_file(
-            segment,
-            url=url,
-            settings=settings,
-            source=f"collector:{source_of(segment)}",
-            pool=pool if big else None,
-        )
-        if res.status not in DONE:
-            return done, res.message or res.status
-        with contextlib.suppress(FileNotFoundError):
-            segment.unlink()
-        done += 1
-        if on_load:
-            on_load(res)
-    return done, None
+def load_segment(
+    segment: Path, url: str, settings: Settings, pool: Executor | None = None
+) -> FileResult | None:
+    """Load one segment as one load (None: another loader took it meanwhile). Large segments
+    (traffic peaks, a backlog) are parsed in ``pool`` while this thread COPYs, as large files
+    are."""
+    try:
+        big = segment.stat().st_size >= POOL_MIN_BYTES
+    except FileNotFoundError:
+        return None
+    return ingest_file(
+        segment,
+        url=url,
+        settings=settings,
+        source=f"collector:{source_of(segment)}",
+        pool=pool if big else None,
+    )
 
 
 def run(
@@ -80,31 +66,68 @@ def run(
     stop: Callable[[], bool] = lambda: False,
     poll_seconds: float = 0.05,
 ) -> None:
-    """Load segments as they arrive until ``stop()``; back off up to 30 s while loads fail."""
+    """Load segments as they arrive until ``stop()``, oldest first, up to
+    ``settings.collect_loaders`` at once (each its own transaction: while one waits on
+    PostgreSQL or its parser, another's work fills the cores; loads may commit out of order,
+    which the incremental models allow for). A segment is deleted once its load committed.
+    While loads fail, back off up to 30 s, with nothing else in flight."""
     backoff = 0.0
     pool = parse_pool(settings)
+    loading: dict[Future[FileResult | None], Path] = {}
+    width = max(1, settings.collect_loaders)
+    loaders = ThreadPoolExecutor(width, thread_name_prefix="crm-load")
     try:
-        while not stop():
-            try:
-                _, error = load_ready(ready, url, settings, on_load, pool)
-            except BrokenProcessPool as exc:  # a parser died (killed, out of memory): new ones
-                log.warning("collector loader: %s; starting new parser processes", exc)
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                pool = parse_pool(settings)
-                error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # keep the loader alive; the segment stays for a retry
-                log.exception("collector loader")
-                error = f"{type(exc).__name__}: {exc}"
+        while not stop() or loading:
+            error = None
+            if not stop():
+                busy = set(loading.values())
+                for segment in ready_segments(ready):
+                    if len(loading) >= width:
+                        break
+                    if segment not in busy:
+                        loading[loaders.submit(load_segment, segment, url, settings, pool)] = (
+                            segment
+                        )
+            if not loading:
+                time.sleep(poll_seconds)
+                continue
+            done, _ = wait(loading, timeout=poll_seconds, return_when=FIRST_COMPLETED)
+            for fut in done:
+                segment = loading.pop(fut)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as exc:  # a parser died (killed, out of memory)
+                    log.warning("collector loader: %s; starting new parser processes", exc)
+                    if pool is not None:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                    pool = parse_pool(settings)
+                    error = f"{type(exc).__name__}: {exc}"
+                    continue
+                except Exception as exc:  # keep the loader alive; the segment stays
+                    log.exception("collector loader")
+                    error = f"{type(exc).__name__}: {exc}"
+                    continue
+                if res is None:
+                    continue
+                if res.status not in DONE:
+                    error = res.message or res.status
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    segment.unlink()
+                if on_load:
+                    on_load(res)
             if error:
                 backoff = min(30.0, max(1.0, backoff * 2))
                 log.warning(
                     "loading collected events failed (%s); retrying in %.0f s", error, backoff
                 )
-                time.sleep(backoff)
-            else:
+                wait(loading)  # the others finish (or fail) before the pause
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline and not stop():
+                    time.sleep(min(poll_seconds * 4, 0.5))
+            elif done:
                 backoff = 0.0
-                time.sleep(poll_seconds)
     finally:
+        loaders.shutdown(wait=True)
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -201,6 +201,7 @@ class _Writer:
         self.loaded = self.duplicates = self.rejected = 0
         # what raw.call_minutes counts: calls stored by type, lines quarantined by type, reason
         self.calls: Counter[tuple[str, str, str]] = Counter()
+        self.all_new = True  # no messageId of this load was known so far
 
     def _stored(self, batch: Parsed, new: set[str]) -> Iterator[str]:
         """The batch's rows whose messageIds are new, counted by type (the second column)."""
@@ -250,13 +251,29 @@ class _Writer:
     def _claim_ids(self, batch: Parsed) -> set[str]:
         """Insert the batch's messageIds into raw.message_ids; return those that were new.
 
-        The ids go to a temporary table first, which finds the few already known with one
-        join; the rest are COPYed straight into raw.message_ids. If a concurrent load claimed
-        one in between, that COPY fails on the unique key and the batch is claimed again with
-        INSERT .. ON CONFLICT DO NOTHING, which waits for the other load's outcome.
+        While every id of the load has been new, the batch's ids are COPYed straight into
+        raw.message_ids: the unique key checks them as it must anyway. Once that fails (an id
+        was known: a client's retry, a day sent both ways), the load goes the careful way:
+        the ids go to a temporary table, one join finds the known ones, and the rest are
+        COPYed. If a concurrent load claimed one in between, that COPY fails on the unique key
+        and the batch is claimed again with INSERT .. ON CONFLICT DO NOTHING, which waits for
+        the other load's outcome.
         """
         conn = self.conn
         conn.execute("select raw.ensure_event_partitions(%s::date[])", (sorted(batch.days),))
+        if self.all_new:
+            try:
+                with (
+                    conn.transaction(),
+                    conn.cursor() as cur,
+                    cur.copy(
+                        "copy raw.message_ids (message_id, event_date, load_id) from stdin"
+                    ) as cp,
+                ):
+                    _write_chunked(cp, batch.keys)
+                return set(batch.ids)
+            except psycopg.errors.UniqueViolation:
+                self.all_new = False
         with conn.cursor() as cur:
             cur.execute(
                 "create temp table if not exists _ids (like raw.message_ids) on commit drop"
