@@ -58,6 +58,24 @@ def load_segment(
     )
 
 
+def load_ready(
+    ready: Path, url: str, settings: Settings, pool: Executor | None = None
+) -> tuple[int, str | None]:
+    """Load every segment waiting in ``ready``, one after another; (segments loaded, the
+    error that stopped it)."""
+    done = 0
+    for segment in ready_segments(ready):
+        res = load_segment(segment, url, settings, pool)
+        if res is None:
+            continue
+        if res.status not in DONE:
+            return done, res.message or res.status
+        with contextlib.suppress(FileNotFoundError):
+            segment.unlink()
+        done += 1
+    return done, None
+
+
 def run(
     ready: Path,
     url: str,
