@@ -8,6 +8,7 @@ file whose checksum has already been loaded is skipped, so re-running is a no-op
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -417,13 +418,16 @@ def ingest_file(
     fast: bool = True,
     pool: Executor | None = None,
     on_lines: Callable[[int], None] | None = None,
+    conn: psycopg.Connection | None = None,
 ) -> FileResult:
-    """Load one file in one transaction (see the module docstring for the guarantees)."""
+    """Load one file in one transaction (see the module docstring for the guarantees), on
+    ``conn`` when given (left open: a loader that loads many small files keeps one)."""
     started = time.perf_counter()
     res = FileResult(path=path, checksum=checksum(path))
     limits = limits_from(settings)
+    opened = contextlib.nullcontext(conn) if conn is not None else db.connect(url)
     try:
-        with db.connect(url) as conn, conn.transaction():
+        with opened as conn, conn.transaction():
             db.require_migrated(conn)
             conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (res.checksum,))
             done = conn.execute(
