@@ -71,6 +71,16 @@ def load_segment(
     return res
 
 
+def _settle(segment: Path, res: FileResult) -> str | None:
+    """Delete the segment of a committed load and return None; else the load's error (the
+    segment stays for a retry)."""
+    if res.status not in DONE:
+        return res.message or res.status
+    with contextlib.suppress(FileNotFoundError):
+        segment.unlink()
+    return None
+
+
 def load_ready(
     ready: Path, url: str, settings: Settings, pool: Executor | None = None
 ) -> tuple[int, str | None]:
@@ -81,10 +91,9 @@ def load_ready(
         res = load_segment(segment, url, settings, pool)
         if res is None:
             continue
-        if res.status not in DONE:
-            return done, res.message or res.status
-        with contextlib.suppress(FileNotFoundError):
-            segment.unlink()
+        error = _settle(segment, res)
+        if error:
+            return done, error
         done += 1
     return done, None
 
@@ -101,19 +110,44 @@ def run(
     ``settings.collect_loaders`` at once (each its own transaction: while one waits on
     PostgreSQL or its parser, another's work fills the cores; loads may commit out of order,
     which the incremental models allow for). A segment is deleted once its load committed.
-    While loads fail, back off up to 30 s, with nothing else in flight."""
+    When a load fails, the others in flight end first, then the loader backs off (up to 30 s)
+    with nothing in flight; parser processes that died are replaced once, meanwhile."""
     backoff = 0.0
     pool = parse_pool(settings)
     loading: dict[Future[FileResult | None], Path] = {}
-    width = max(1, settings.collect_loaders)
-    loaders = ThreadPoolExecutor(width, thread_name_prefix="crm-load")
+    loaders = ThreadPoolExecutor(settings.collect_loaders, thread_name_prefix="crm-load")
+
+    def finish(futures: set[Future[FileResult | None]]) -> tuple[list[str], bool]:
+        """Settle finished loads: (their errors, whether a parser process died)."""
+        errors: list[str] = []
+        broken = False
+        for fut in futures:
+            segment = loading.pop(fut)
+            try:
+                res = fut.result()
+            except BrokenProcessPool as exc:  # a parser died (killed, out of memory)
+                broken = True
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            except Exception as exc:  # keep the loader alive; the segment stays
+                log.exception("collector loader")
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if res is None:
+                continue
+            error = _settle(segment, res)
+            if error:
+                errors.append(error)
+            elif on_load:
+                on_load(res)
+        return errors, broken
+
     try:
         while not stop() or loading:
-            error = None
             if not stop():
                 busy = set(loading.values())
                 for segment in ready_segments(ready):
-                    if len(loading) >= width:
+                    if len(loading) >= settings.collect_loaders:
                         break
                     if segment not in busy:
                         loading[loaders.submit(load_segment, segment, url, settings, pool)] = (
@@ -123,36 +157,19 @@ def run(
                 time.sleep(poll_seconds)
                 continue
             done, _ = wait(loading, timeout=poll_seconds, return_when=FIRST_COMPLETED)
-            for fut in done:
-                segment = loading.pop(fut)
-                try:
-                    res = fut.result()
-                except BrokenProcessPool as exc:  # a parser died (killed, out of memory)
-                    log.warning("collector loader: %s; starting new parser processes", exc)
+            errors, broken = finish(done)
+            if errors:  # the others end too: nothing new starts before the pause
+                more, also_broken = finish(wait(loading).done)
+                errors += more
+                if broken or also_broken:
+                    log.warning("collector loader: a parser process died; starting new ones")
                     if pool is not None:
                         pool.shutdown(wait=False, cancel_futures=True)
                     pool = parse_pool(settings)
-                    error = f"{type(exc).__name__}: {exc}"
-                    continue
-                except Exception as exc:  # keep the loader alive; the segment stays
-                    log.exception("collector loader")
-                    error = f"{type(exc).__name__}: {exc}"
-                    continue
-                if res is None:
-                    continue
-                if res.status not in DONE:
-                    error = res.message or res.status
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    segment.unlink()
-                if on_load:
-                    on_load(res)
-            if error:
                 backoff = min(30.0, max(1.0, backoff * 2))
                 log.warning(
-                    "loading collected events failed (%s); retrying in %.0f s", error, backoff
+                    "loading collected events failed (%s); retrying in %.0f s", errors[0], backoff
                 )
-                wait(loading)  # the others finish (or fail) before the pause
                 deadline = time.monotonic() + backoff
                 while time.monotonic() < deadline and not stop():
                     time.sleep(min(poll_seconds * 4, 0.5))

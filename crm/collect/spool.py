@@ -8,8 +8,8 @@ fifth of it (no call since: the traffic paused, so waiting longer adds latency a
 or holding ``segment_bytes`` (under a burst the loader starts on the first part at once instead
 of after a whole flush interval, and loads it while the next fills), is closed and renamed into
 ``ready/``, where the loader takes it (it loads a segment as it loads any event file, then
-deletes it). After a crash, segments left in ``open/`` lose a torn
-last line (it was never acknowledged) and move to ``ready/``.
+deletes it). After a crash, segments left in ``open/`` lose a torn last line (it was never
+acknowledged) and move to ``ready/``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ EVENT_COLUMNS = (
 CONTACT_COLUMNS = "message_id, user_id, anonymous_id, event_at, traits, load_id"
 MAX_TEXT_PREVIEW = 1_000_000
 COPY_CHUNK = 1 << 20
+_COPY_IDS = "copy raw.message_ids (message_id, event_date, load_id) from stdin"
 BLOCK_BYTES = 1 << 20  # whole lines per unit of work sent to a parser process
 MIN_FLUSH_LINES = 2_000
 POOL_MIN_BYTES = 8 << 20  # smaller files are parsed in-process: a pool would cost more
@@ -267,9 +268,7 @@ class _Writer:
                 with (
                     conn.transaction(),
                     conn.cursor() as cur,
-                    cur.copy(
-                        "copy raw.message_ids (message_id, event_date, load_id) from stdin"
-                    ) as cp,
+                    cur.copy(_COPY_IDS) as cp,
                 ):
                     _write_chunked(cp, batch.keys)
                 return set(batch.ids)
@@ -289,9 +288,7 @@ class _Writer:
             try:
                 with (
                     conn.transaction(),
-                    cur.copy(
-                        "copy raw.message_ids (message_id, event_date, load_id) from stdin"
-                    ) as cp,
+                    cur.copy(_COPY_IDS) as cp,
                 ):
                     if known:
                         pairs = zip(batch.ids, batch.keys, strict=True)
@@ -425,8 +422,8 @@ def ingest_file(
     started = time.perf_counter()
     res = FileResult(path=path, checksum=checksum(path))
     limits = limits_from(settings)
-    opened = contextlib.nullcontext(conn) if conn is not None else db.connect(url)
     try:
+        opened = contextlib.nullcontext(conn) if conn is not None else db.connect(url)
         with opened as conn, conn.transaction():
             db.require_migrated(conn)
             conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (res.checksum,))
