@@ -515,7 +515,8 @@ def journeys_run(
 def journeys_pause(
     campaign_id: Annotated[str, typer.Argument(help="The journey's campaign id.")],
 ) -> None:
-    """Pause a journey: nobody enters, nothing is planned, until it is resumed."""
+    """Pause a journey and its follow-up steps: nobody enters, nothing is planned, until it is
+    resumed."""
     _journey_pause(campaign_id, True)
 
 
@@ -527,14 +528,16 @@ def journeys_resume(
     _journey_pause(campaign_id, False)
 
 
-def _journey_pause(campaign_id: str, paused: bool) -> None:
+def _journey_pause(campaign_id: str, paused: bool, folder: Path = CAMPAIGNS) -> None:
     from crm import db
-    from notify.journeys import set_paused
+    from notify.journeys import set_paused, steps_of
+    from notify.run import select_campaigns
 
+    ids = steps_of(select_campaigns(folder), campaign_id) or [campaign_id]
     with db.connect() as conn:
-        if not set_paused(conn, campaign_id, paused, by="cli"):
+        if not set_paused(conn, ids, paused, by="cli"):
             raise CrmError(f"no journey {campaign_id!r} has started (crm journeys run starts it)")
-    out.print(f"{campaign_id}: {'paused' if paused else 'resumed'}")
+    out.print(f"{', '.join(ids)}: {'paused' if paused else 'resumed'}")
 
 
 @journeys_app.command("status")

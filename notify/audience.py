@@ -134,7 +134,7 @@ def select_audience(
     cur = conn.execute(query, params)
     frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
     frame["held_out"] = [
-        in_holdout(campaign.id, c, campaign.holdout_percent) for c in frame.customer_id
+        in_holdout(campaign.journey, c, campaign.holdout_percent) for c in frame.customer_id
     ]
     return frame
 

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from jinja2 import Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crm.contract import KNOWN_EVENTS
 from crm.errors import CrmError
@@ -233,6 +242,28 @@ class SendTime(BaseModel):
         return self
 
 
+def _fallback(messages: list[Message]) -> None:
+    if not any(m.segment == "*" and m.locale == "*" for m in messages):
+        raise ValueError("messages need one fallback with segment '*' and locale '*'")
+
+
+class FollowUp(BaseModel):
+    """A later step of a journey: its own message, sent ``wait_minutes`` after the same
+    trigger event unless an exit event came first (its own deliveries, the journey's holdout)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]{0,19}$", description="the step's id suffix")
+    wait_minutes: int = Field(
+        gt=0, le=60 * 24 * 30, description="minutes from the trigger event to this step's send"
+    )
+    messages: list[Message] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fallback_message(self) -> FollowUp:
+        _fallback(self.messages)
+        return self
+
+
 class Campaign(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Slug
@@ -246,14 +277,54 @@ class Campaign(BaseModel):
     holdout_percent: float = Field(10.0, ge=0, le=50)
     cap_per_customer: int = Field(1, ge=1, description="sends of this campaign per customer")
     end_date: date
+    followups: list[FollowUp] = Field(
+        default_factory=list,
+        description="event trigger: later steps of the journey, each its own campaign "
+        "'<id>-<name>' with its own deliveries and the journey's holdout",
+    )
+    _journey: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _fallback_message(self) -> Campaign:
-        if not any(m.segment == "*" and m.locale == "*" for m in self.messages):
-            raise ValueError("messages need one fallback with segment '*' and locale '*'")
+        _fallback(self.messages)
         if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels are listed twice")
+        if self.followups:
+            if self.schedule.event is None:
+                raise ValueError("'followups' need an event trigger ('schedule.event')")
+            names = [f.name for f in self.followups]
+            if len(set(names)) != len(names):
+                raise ValueError("followups: each step needs its own name")
+            waits = [self.schedule.wait_minutes] + [f.wait_minutes for f in self.followups]
+            if any(b <= a for a, b in pairwise(waits)):
+                raise ValueError(
+                    "followups: each step's wait_minutes must be longer than the step before"
+                )
         return self
+
+    @property
+    def journey(self) -> str:
+        """The journey a step belongs to (its own id for a campaign without steps)."""
+        return self._journey or self.id
+
+    def steps(self) -> list[Campaign]:
+        """This campaign, then one campaign per follow-up step: the same trigger, exit events,
+        audience, channels, caps and holdout (keyed by the journey, so a customer held out of
+        the first step is held out of every step), its own wait and messages."""
+        out = [self]
+        for f in self.followups:
+            step = self.model_copy(
+                update={
+                    "id": f"{self.id}-{f.name}",
+                    "name": f"{self.name} ({f.name.replace('_', ' ')})",
+                    "messages": f.messages,
+                    "schedule": self.schedule.model_copy(update={"wait_minutes": f.wait_minutes}),
+                    "followups": [],
+                }
+            )
+            step._journey = self.id
+            out.append(step)
+        return out
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -280,16 +351,31 @@ def load_campaign(path: Path) -> Campaign:
 
 
 def load_campaigns(folder: Path) -> list[Campaign]:
-    """Every ``*.yaml`` in ``folder``; all errors of all files at once."""
-    campaigns, errors = [], []
+    """Every ``*.yaml`` in ``folder``, a journey's follow-up steps after it; all errors of all
+    files at once."""
+    campaigns: list[Campaign] = []
+    errors: list[str] = []
     for path in sorted(folder.glob("*.yaml")):
         try:
-            campaigns.append(load_campaign(path))
+            campaigns += load_campaign(path).steps()
         except CampaignError as exc:
             errors.append(str(exc))
+    seen: set[str] = set()
+    for c in campaigns:
+        if c.id in seen:
+            errors.append(f"{folder}: campaign id {c.id!r} is used twice (a file and a step?)")
+        seen.add(c.id)
     if errors:
         raise CampaignError("\n".join(errors))
     return campaigns
+
+
+def find_campaign(folder: Path, campaign_id: str) -> Campaign:
+    """One campaign of ``folder`` by id: a file's, or a journey step's (``<id>-<step>``)."""
+    for c in load_campaigns(folder):
+        if c.id == campaign_id:
+            return c
+    raise CampaignError(f"no campaign {campaign_id!r} in {folder}")
 
 
 def pick_message(campaign: Campaign, segments: set[str], locale: str | None) -> Message:

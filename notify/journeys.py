@@ -51,7 +51,8 @@ NEW_LOADS = """
     order by a.load_id
 """
 # two joins, one per identifier, rather than one join on "same user id or same anonymous id":
-# each probes its own index of crm.journey_exits, where the "or" would not
+# each probes its own index of crm.journey_exits, where the "or" would not. The trigger itself
+# never exits its own entry (an order that starts a "no second order" journey)
 EXIT_ENTRIES = """
     with hits as (
         select j.trigger_message_id, x.event, x.message_id, x.event_at
@@ -60,6 +61,7 @@ EXIT_ENTRIES = """
           on x.campaign_id = j.campaign_id and x.user_id = j.user_id
         where j.campaign_id = %(campaign)s and j.state = 'waiting'
           and x.event_at >= j.triggered_at and x.event_at <= j.due_at
+          and x.message_id <> j.trigger_message_id
         union all
         select j.trigger_message_id, x.event, x.message_id, x.event_at
         from crm.journey_entries j
@@ -67,6 +69,7 @@ EXIT_ENTRIES = """
           on x.campaign_id = j.campaign_id and x.anonymous_id = j.anonymous_id
         where j.campaign_id = %(campaign)s and j.state = 'waiting'
           and x.event_at >= j.triggered_at and x.event_at <= j.due_at
+          and x.message_id <> j.trigger_message_id
     ),
     first as (
         select distinct on (trigger_message_id) * from hits
@@ -117,14 +120,25 @@ def register(conn: psycopg.Connection, campaigns: list[Campaign]) -> None:
         )
 
 
-def set_paused(conn: psycopg.Connection, campaign_id: str, paused: bool, by: str = "cli") -> bool:
-    """Pause or resume a journey; False when no such journey has started."""
+def set_paused(
+    conn: psycopg.Connection, campaign_id: str | list[str], paused: bool, by: str = "cli"
+) -> bool:
+    """Pause or resume a journey (or several: a journey with its follow-up steps); False when
+    none of them has started."""
+    ids = [campaign_id] if isinstance(campaign_id, str) else campaign_id
     cur = conn.execute(
         "update crm.journeys set paused_at = case when %s then now() end,"
-        " paused_by = case when %s then %s end where campaign_id = %s",
-        (paused, paused, by, campaign_id),
+        " paused_by = case when %s then %s end where campaign_id = any(%s)",
+        (paused, paused, by, ids),
     )
     return cur.rowcount > 0
+
+
+def steps_of(campaigns: list[Campaign], journey: str) -> list[str]:
+    """The campaign ids of a journey's steps (the journey's own first), or of the one step
+    named."""
+    ids = [c.id for c in campaigns if is_journey(c) and c.journey == journey]
+    return ids or [c.id for c in campaigns if is_journey(c) and c.id == journey]
 
 
 def _property(f: PropertyFilter) -> tuple[sql.Composable, list[Any]]:

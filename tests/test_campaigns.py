@@ -32,7 +32,8 @@ def example(name: str = "winback_inactive") -> dict:
 def test_the_playbook_examples_are_valid() -> None:
     ids = {c.id for c in load_campaigns(EXAMPLES)}
     assert ids == {"welcome_new_users", "active_recommendations", "buyer_offers",
-                   "winback_inactive", "cart_reminder"}  # fmt: skip
+                   "winback_inactive", "cart_reminder", "cart_reminder-offer",
+                   "browse_abandonment", "post_purchase", "winback_first_order"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ import pytest
 from crm.ingest.load import ingest_file
 from crm.settings import PROJECT_ROOT, Settings
 from notify.audience import in_holdout
-from notify.campaigns import Campaign, CampaignError, load_campaign, parse_campaign
+from notify.campaigns import (
+    Audience,
+    Campaign,
+    CampaignError,
+    load_campaign,
+    load_campaigns,
+    parse_campaign,
+)
 from notify.deliver import send_due
 from notify.fake_fcm import FakeFcm
 from notify.fcm import FcmSender
@@ -99,11 +107,12 @@ def entries(url: str) -> dict[str, tuple[str, str | None, str | None]]:
         }
 
 
-def deliveries(url: str) -> list[tuple[str, str, datetime, str]]:
+def deliveries(url: str, campaign: str = "cart_reminder") -> list[tuple[str, str, datetime, str]]:
     with psycopg.connect(url) as conn:
         return conn.execute(
             "select customer_id, state, slot, title from crm.deliveries"
-            " where campaign_id = 'cart_reminder' order by delivery_id"
+            " where campaign_id = %s order by delivery_id",
+            (campaign,),
         ).fetchall()
 
 
@@ -237,6 +246,94 @@ def test_a_paused_journey_plans_nothing_and_overdue_entries_expire(
     assert not deliveries(shop)
 
 
+def test_the_second_step_goes_a_day_later_to_who_still_has_not_ordered(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    first, offer = journey().steps()
+    assert (offer.id, offer.journey, offer.schedule.wait_minutes) == (
+        "cart_reminder-offer", "cart_reminder", 1440)  # fmt: skip
+    step(shop, [first, offer], T0, settings)
+    (a, _), (b, _) = reachable(shop, n=2)
+    # held out of the journey: of its first step, and so of every step
+    [(h, _)] = [r for r in reachable(shop, held_out=True, n=200)
+                if not in_holdout("cart_reminder-offer", r[0], 10)][:1]  # fmt: skip
+    load(shop, settings, tmp_path, [cart(T0, a), cart(T0, b), cart(T0, h)])
+    step(shop, [first, offer], T0 + timedelta(minutes=61), settings)
+    assert {(w, s) for w, s, _, _ in deliveries(shop)} == {
+        (a, "planned"), (b, "planned"), (h, "held_out")}  # fmt: skip
+    assert not deliveries(shop, "cart_reminder-offer")
+    load(shop, settings, tmp_path, [order(T0 + timedelta(hours=5), b)])
+    report = step(shop, [first, offer], T0 + timedelta(hours=24, minutes=1), settings)
+    assert report.journeys["cart_reminder-offer"]["exited on Order Completed"] == 1
+    got = {w: (s, t) for w, s, _, t in deliveries(shop, "cart_reminder-offer")}
+    assert got == {a: ("planned", "10% off Blue scarf, today only"),
+                   h: ("held_out", "10% off Blue scarf, today only")}  # fmt: skip
+    assert len(deliveries(shop)) == 3  # the first step is not planned again
+
+
+def test_an_order_that_starts_a_journey_does_not_end_it(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    """A journey started by an order and cancelled by the next order (win-back after a
+    first order): the starting order is not its own exit event."""
+    c = load_campaign(PROJECT_ROOT / "campaigns" / "winback_first_order.yaml")
+    j = c.model_copy(update={
+        "channels": ["push"], "audience": Audience(),
+        "schedule": c.schedule.model_copy(update={"wait_minutes": 60})})  # fmt: skip
+    step(shop, [j], T0, settings)
+    (a, _), (b, _) = [r for r in reachable(shop, n=200)
+                      if not in_holdout("winback_first_order", r[0], 10)][:2]  # fmt: skip
+    one, again = order(T0, b), order(T0 + timedelta(minutes=30), b)
+    load(shop, settings, tmp_path, [order(T0, a), one, again])
+    step(shop, [j], T0 + timedelta(minutes=61), settings)
+    with psycopg.connect(shop) as conn:
+        state = dict(conn.execute(
+            "select trigger_message_id, state from crm.journey_entries"
+            " where campaign_id = 'winback_first_order'").fetchall())  # fmt: skip
+    assert state[one["messageId"]] == "exited" and state[again["messageId"]] == "waiting"
+    assert [w for w, *_ in deliveries(shop, "winback_first_order")] == [a]
+
+
+def test_the_day_one_flows_are_journeys_that_plan(shop: str, settings: Settings) -> None:
+    flows = {c.id: c for c in load_campaigns(PROJECT_ROOT / "campaigns") if c.schedule.event}
+    assert set(flows) == {"cart_reminder", "cart_reminder-offer", "browse_abandonment",
+                          "post_purchase", "winback_first_order"}  # fmt: skip
+    report = step(shop, list(flows.values()), T0, settings)
+    assert set(report.journeys) == set(flows)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(schedule={"kind": "recurring", "cron": "0 6 * * 4"}),
+         "'followups' need an event trigger"),
+        (lambda d: d["followups"][0].update(wait_minutes=30),
+         "longer than the step before"),
+        (lambda d: d["followups"].append(dict(d["followups"][0], wait_minutes=2000)),
+         "each step needs its own name"),
+        (lambda d: d["followups"][0].update(messages=d["messages"][1:]),
+         "followups.0: Value error, messages need one fallback"),
+    ],
+)  # fmt: skip
+def test_each_mistake_in_a_followup_is_reported_with_its_place(change, expected: str) -> None:
+    import yaml
+
+    data = yaml.safe_load((PROJECT_ROOT / "campaigns" / "cart_reminder.yaml").read_text())
+    change(data)
+    with pytest.raises(CampaignError, match=expected):
+        parse_campaign(data, "cart_reminder.yaml")
+
+
+def test_a_step_id_that_a_file_also_has_is_an_error(tmp_path: Path) -> None:
+    src = PROJECT_ROOT / "campaigns" / "cart_reminder.yaml"
+    (tmp_path / "cart_reminder.yaml").write_text(src.read_text())
+    (tmp_path / "cart_reminder-offer.yaml").write_text(
+        src.read_text().replace("id: cart_reminder\n", "id: cart_reminder-offer\n")
+        .split("followups:")[0])  # fmt: skip
+    with pytest.raises(CampaignError, match="'cart_reminder-offer' is used twice"):
+        load_campaigns(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("schedule", "expected"),
     [
@@ -277,3 +374,105 @@ def test_a_journey_schedule_gets_one_clear_error_per_mistake(
     data["schedule"] = schedule
     with pytest.raises(CampaignError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         parse_campaign(data, "cart_reminder.yaml")
+
+
+def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_once(
+    shop: str, tmp_path: Path, fake: FakeFcm
+) -> None:
+    """The shop's tracker (segment-analytics-python) posts to ``crm collect``; ``crm journeys
+    run`` is killed after the carts entered and started again: each abandoned cart gets one
+    reminder, through the firebase-admin SDK, and the ordered one none."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from segment.analytics import Client
+
+    from tests.test_collect import Collector, _crm, _free_port
+
+    home = tmp_path / "home"
+    env = {**os.environ, "CRM_DATABASE_URL": shop, "CRM_HOME": str(home),
+           "CRM_COLLECT_FLUSH_SECONDS": "0.2", "CRM_FCM_ENDPOINT": fake.endpoint,
+           "CRM_FCM_CA_FILE": str(fake.ca_file), "CRM_QUIET_HOURS": "[0, 0]",
+           "CRM_PUSH_CAP_PER_DAY": "10"}  # fmt: skip
+    key = _crm(env, "sources", "add", "app").strip().splitlines()[-1]
+    collector = Collector(env, _free_port(), key, shop)
+    collector.start()
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    data = yaml.safe_load((PROJECT_ROOT / "campaigns" / "cart_reminder.yaml").read_text())
+    data.update(channels=["push"], followups=[])
+    data["schedule"]["wait_minutes"] = 1
+    (folder / "cart_reminder.yaml").write_text(yaml.safe_dump(data))
+    log = (tmp_path / "journeys.log").open("ab")
+
+    def journeys() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "crm.cli", "journeys", "run", "--interval", "0.5",
+             "--folder", str(folder)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def count(query: str) -> int:
+        with psycopg.connect(shop) as conn:
+            return int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+
+    def until(what: Callable[[], bool], seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < deadline, (tmp_path / "journeys.log").read_text()
+            time.sleep(0.2)
+
+    proc = journeys()
+    try:
+        until(lambda: count("select count(*) from crm.journeys") == 1)
+        (a, _), (b, _) = reachable(shop, n=2)
+        [(h, _)] = reachable(shop, held_out=True, n=1)
+        reach = {c for c, _ in reachable(shop, n=200)} - {a, b}
+        with psycopg.connect(shop) as conn:
+            [(device, customer)] = conn.execute(
+                "select identifier, customer_id from intermediate.int_identities_stitched"
+                " where identifier <> customer_id and customer_id = any(%s) limit 1",
+                (sorted(reach),),
+            ).fetchall()
+        # carts 45 s ago: due 15 s from now (judged by the events' own time)
+        at = datetime.now(UTC) - timedelta(seconds=45)
+        client = Client(key, host=collector.base, sync_mode=True)
+        product = {"product_id": "p00101", "name": "Blue scarf", "price": 35.0,
+                   "currency": "USD", "quantity": 1}  # fmt: skip
+        for who in (a, b, h):
+            client.track(user_id=who, event="Product Added", properties=product, timestamp=at)
+        client.track(anonymous_id=device, event="Product Added", properties=product,
+                     timestamp=at)  # fmt: skip
+        paid = {"order_id": "o-collect-1", "total": 35.0, "currency": "USD",
+                "products": [{"product_id": "p00101", "price": 35.0}]}  # fmt: skip
+        client.track(user_id=b, event="Order Completed", properties=paid,
+                     timestamp=at + timedelta(seconds=5))  # fmt: skip
+        client.flush()
+        entered = "select count(*) from crm.journey_entries where campaign_id = 'cart_reminder'"
+        until(lambda: count(entered) == 4)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-wait: nothing planned yet
+        proc.wait(30)
+        assert count("select count(*) from crm.deliveries") == 0
+        proc = journeys()
+        until(lambda: len(fake.sent) >= 2)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)  # and once more after sending
+        proc.wait(30)
+        proc = journeys()
+        time.sleep(3)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        collector.kill()
+    with psycopg.connect(shop) as conn:
+        got = dict(conn.execute(
+            "select customer_id, state from crm.deliveries where campaign_id = 'cart_reminder'"
+        ).fetchall())  # fmt: skip
+    assert got == {a: "sent", customer: "sent", h: "held_out"}
+    assert len(fake.sent) == 2
+    assert all("Blue scarf is still in your cart" in json.dumps(m) for m in fake.sent)
