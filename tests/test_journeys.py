@@ -287,7 +287,7 @@ def test_an_order_that_starts_a_journey_does_not_end_it(
     load(shop, settings, tmp_path, [order(T0, a), one, again])
     step(shop, [j], T0 + timedelta(minutes=61), settings)
     with psycopg.connect(shop) as conn:
-        state = dict(conn.execute(
+        state: dict[str, str] = dict(conn.execute(
             "select trigger_message_id, state from crm.journey_entries"
             " where campaign_id = 'winback_first_order'").fetchall())  # fmt: skip
     assert state[one["messageId"]] == "exited" and state[again["messageId"]] == "waiting"
@@ -470,7 +470,7 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
             proc.wait(30)
         collector.kill()
     with psycopg.connect(shop) as conn:
-        got = dict(conn.execute(
+        got: dict[str, str] = dict(conn.execute(
             "select customer_id, state from crm.deliveries where campaign_id = 'cart_reminder'"
         ).fetchall())  # fmt: skip
     assert got == {a: "sent", customer: "sent", h: "held_out"}
