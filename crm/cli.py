@@ -483,6 +483,9 @@ def journeys_run(
         bool, typer.Option(help="Send pushes to a local fake FCM started for this run.")
     ] = False,
     folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+    heartbeat: Annotated[
+        Path | None, typer.Option(help="Touch this file after each step (for health checks).")
+    ] = None,
 ) -> None:
     """Evaluate the journeys as loads land: enter customers on their trigger events, cancel
     on exit events, plan and send what is due. Runs until stopped (Ctrl-C), or --once."""
@@ -506,6 +509,8 @@ def journeys_run(
                 started = time.monotonic()
                 try:
                     _journeys_step(folder, None, send, settings)
+                    if heartbeat is not None:
+                        heartbeat.touch()
                 except CrmError as exc:  # a bad campaign file: say so, keep going
                     console.print(f"[red]{exc}[/red]")
                 time.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -541,20 +546,21 @@ def _journey_pause(campaign_id: str, paused: bool, folder: Path = CAMPAIGNS) -> 
 
 
 @journeys_app.command("status")
-def journeys_status() -> None:
-    """Each journey: paused or running, and its entries by state."""
+def journeys_status(
+    folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+) -> None:
+    """Each journey step: paused or running, its entries by state, and the loads older than
+    10 minutes it has not read (the journeys process is down or stuck)."""
     from crm import db
+    from notify.journeys import control
+    from notify.run import select_campaigns
 
-    with db.connect() as conn:
-        rows = conn.execute(
-            "select j.campaign_id, j.started_at, j.paused_at, e.state, count(e.*)"
-            " from crm.journeys j left join crm.journey_entries e using (campaign_id)"
-            " group by 1, 2, 3, 4 order by 1, 4"
-        ).fetchall()
-    table = Table("journey", "since", "paused", "state", "entries")
-    for cid, started, paused, state, n in rows:
-        table.add_row(cid, f"{started:%Y-%m-%d %H:%M}", f"{paused:%Y-%m-%d %H:%M}" if paused
-                      else "", state or "", f"{n:,}")  # fmt: skip
+    state = control(db.database_url(), select_campaigns(folder))
+    table = Table("journey", "state", "entries", "loads behind")
+    for cid, row in sorted(state.items()):
+        entries = ", ".join(f"{k} {v:,}" for k, v in sorted(row["entries"].items()))
+        table.add_row(cid, "paused" if row["paused"] else "running", entries,
+                      f"{row['loads behind']:,}")  # fmt: skip
     out.print(table)
 
 

@@ -7,7 +7,8 @@
 - Superset on http://127.0.0.1:8088 with the dashboards imported, user ``admin``, a password
   generated once into ``CRM_HOME/superset/admin.password``;
 - the event collector (``crm collect``) on http://127.0.0.1:8090, for trackers pointed at it
-  (write keys from ``crm sources add NAME``).
+  (write keys from ``crm sources add NAME``);
+- the journeys process (``crm journeys run``): event-triggered campaigns, as loads land.
 
 Everything listens on 127.0.0.1 only. The scheduler and triggerer run without their log
 servers (which would listen on every interface): the API server reads finished tasks' logs
@@ -237,6 +238,7 @@ def screens(
         Service("collector", [str(bin_dir / "crm"), "collect", "--host", HOST,
                               "--port", str(collect_port)], env,
                 (collect_port,), f"http://{HOST}:{collect_port}/health"),
+        Service("journeys", [str(bin_dir / "crm"), "journeys", "run"], env),
     ]  # fmt: skip
     if superset_env is not None:
         services.append(

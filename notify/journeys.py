@@ -36,6 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from crm.errors import CrmError
 from crm.settings import Settings, get_settings
 from notify.campaigns import Campaign, PropertyFilter
 from notify.deliver import plan
@@ -331,3 +332,51 @@ def step(
             counts["waiting"] = int(waiting[0]) if waiting else 0
             conn.commit()
     return report
+
+
+BEHIND = """
+    select j.campaign_id, count(a.load_id) from crm.journeys j
+    join raw.load_audit a on a.status in ('loaded', 'partial') and a.finished_at >= j.started_at
+      and a.finished_at < %(before)s
+    where j.paused_at is null and j.campaign_id = any(%(ids)s)
+      and not exists (select 1 from crm.journey_loads r
+                      where r.campaign_id = j.campaign_id and r.load_id = a.load_id)
+    group by 1
+"""
+
+
+def control(
+    url: str,
+    campaigns: list[Campaign],
+    pause: list[str] | tuple[str, ...] = (),
+    resume: list[str] | tuple[str, ...] = (),
+    by: str = "airflow",
+    stalled_minutes: float = 10,
+) -> dict[str, dict[str, Any]]:
+    """Pause and resume journeys (each with its steps), then each started journey step's state:
+    paused or running, its entries by state, and the loads older than ``stalled_minutes`` it
+    has not read yet (more than none: the journeys process is not running, or is stuck)."""
+    journeys = [c for c in campaigns if is_journey(c)]
+    unknown = sorted({*pause, *resume} - {c.journey for c in journeys} - {c.id for c in journeys})
+    if unknown:
+        raise CrmError(f"no journey {unknown}; have {sorted({c.journey for c in journeys})}")
+    ids = [c.id for c in journeys]
+    with psycopg.connect(url) as conn:
+        for name in pause:
+            set_paused(conn, steps_of(journeys, name), True, by=by)
+        for name in resume:
+            set_paused(conn, steps_of(journeys, name), False, by=by)
+        out: dict[str, dict[str, Any]] = {}
+        for cid, paused, state, n in conn.execute(
+            "select j.campaign_id, j.paused_at is not null, e.state, count(e.*)"
+            " from crm.journeys j left join crm.journey_entries e using (campaign_id)"
+            " where j.campaign_id = any(%s) group by 1, 2, 3",
+            (ids,),
+        ):
+            row = out.setdefault(cid, {"paused": paused, "entries": {}, "loads behind": 0})
+            if state:
+                row["entries"][state] = n
+        before = datetime.now(UTC) - timedelta(minutes=stalled_minutes)
+        for cid, n in conn.execute(BEHIND, {"before": before, "ids": ids}):
+            out[cid]["loads behind"] = n
+    return out

@@ -34,7 +34,7 @@ def test_the_full_stack_is_there_and_every_long_running_service_is_health_checke
     services = compose()["services"]
     assert {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
             "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "mlflow",
-            "superset-init", "superset", "collector"} <= set(services)  # fmt: skip
+            "superset-init", "superset", "collector", "journeys"} <= set(services)  # fmt: skip
     for name, svc in services.items():
         if not name.endswith("-init"):
             assert "healthcheck" in svc, name

@@ -275,6 +275,12 @@ def _no_customer_in_mlflow_runs(url: str, artifacts: Path) -> None:
     assert not leaked, sorted(leaked)[:5]
 
 
+def test_journeys_dag_reports_hourly_and_pauses_from_its_form(dagbag) -> None:
+    dag = dagbag.dags["journeys"]
+    assert {"pause", "resume"} <= set(dag.params.keys())
+    assert [t.task_id for t in dag.tasks] == ["status"]
+
+
 def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> None:
     dag = dagbag.dags["send_campaigns"]
     assert "ml/churn_scores" in str(dag.timetable.asset_condition)

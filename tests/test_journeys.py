@@ -302,6 +302,33 @@ def test_the_day_one_flows_are_journeys_that_plan(shop: str, settings: Settings)
     assert set(report.journeys) == set(flows)
 
 
+def test_control_pauses_a_journey_with_its_steps_and_shows_loads_not_read(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    from crm.errors import CrmError
+    from notify.journeys import control
+
+    first, offer = journey().steps()
+    step(shop, [first, offer], T0, settings)
+    [(a, _)] = reachable(shop, n=1)
+    load(shop, settings, tmp_path, [cart(T0, a)])
+    state = control(shop, [first, offer], stalled_minutes=0)
+    assert {c: r["loads behind"] for c, r in state.items()} == {
+        "cart_reminder": 1, "cart_reminder-offer": 1}  # fmt: skip
+    step(shop, [first, offer], T0 + timedelta(minutes=1), settings)
+    state = control(shop, [first, offer], pause=["cart_reminder"], stalled_minutes=0)
+    waiting = {"paused": True, "entries": {"waiting": 1}, "loads behind": 0}
+    assert state == {"cart_reminder": waiting, "cart_reminder-offer": waiting}
+    load(shop, settings, tmp_path, [cart(T0, a)])
+    assert step(shop, [first, offer], T0 + timedelta(minutes=2), settings).journeys == {
+        "cart_reminder": {"paused": 1}, "cart_reminder-offer": {"paused": 1}}  # fmt: skip
+    state = control(shop, [first, offer], resume=["cart_reminder"], stalled_minutes=0)
+    assert [r["paused"] for r in state.values()] == [False, False]
+    assert state["cart_reminder"]["loads behind"] == 1  # the load that came while paused
+    with pytest.raises(CrmError, match="no journey"):
+        control(shop, [first, offer], pause=["cart_reminder_typo"])
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -412,7 +439,7 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
     def journeys() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "crm.cli", "journeys", "run", "--interval", "0.5",
-             "--folder", str(folder)],
+             "--folder", str(folder), "--heartbeat", str(tmp_path / "beat")],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -459,6 +486,7 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
         assert count("select count(*) from crm.deliveries") == 0
         proc = journeys()
         until(lambda: len(fake.sent) >= 2)
+        assert time.time() - (tmp_path / "beat").stat().st_mtime < 10  # compose's health check
         time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)  # and once more after sending
         proc.wait(30)

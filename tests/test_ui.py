@@ -136,16 +136,17 @@ def test_a_taken_port_is_named_with_the_process_holding_it() -> None:
 def test_the_screens_listen_on_the_loopback_only(
     airflow_home: Path, crm_env: object, tmp_path: Path
 ) -> None:
-    """Airflow's four services, the MLflow UI and the collector as `make ui` starts them: every
-    socket any of their processes listens on is bound to 127.0.0.1 (no log server on every
-    interface)."""
+    """Airflow's four services, the MLflow UI, the collector and the journeys process as `make
+    ui` starts them: every socket any of their processes listens on is bound to 127.0.0.1 (no
+    log server on every interface)."""
     from crm.ui import screens, stop_all, wait_for
 
     ports = (_free_port(), _free_port(), _free_port())
     collect_port = _free_port()
     services = screens(tmp_path, None, ports, collect_port)
-    assert [s.name for s in services] == ["airflow-api-server", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "mlflow", "collector"]  # fmt: skip
+    assert [s.name for s in services] == [
+        "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+        "mlflow", "collector", "journeys"]  # fmt: skip
     procs = [
         subprocess.Popen(list(s.command), env=s.env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
