@@ -91,6 +91,8 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	  echo "== Airflow send_campaigns a day later, when every planned slot has come"; \
 	  $(RUN) crm db clock --at $${after}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${after}T08:05:00+00:00 --fake-fcm; \
+	  echo "== crm journeys: carts sent through the collector at $$after 08:40; the abandoned-cart journey an hour and a day later"; \
+	  $(RUN) python -m notify.journey_demo --at $${after}T08:40:00+00:00; \
 	  echo "== dbt: what the campaigns earned so far (the next day's build would do it)"; \
 	  $(RUN) crm transform --select campaign_performance > $(CRM_HOME)/demo-dbt.log 2>&1 \
 	    || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1); \

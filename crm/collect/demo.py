@@ -12,12 +12,14 @@ again later with the day's file: each is loaded once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,19 +75,14 @@ def send(client: Any, call: dict[str, Any]) -> None:
         client.group(user, call["groupId"], call.get("traits"), **common)
 
 
-def main() -> None:
-    from segment.analytics import Client
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("events", type=Path)
-    parser.add_argument("--count", type=int, default=2000)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def running_collector(url: str, name: str = "demo") -> Iterator[tuple[str, str]]:
+    """``crm collect`` on a free port for a source ``name`` with a new write key (an older key
+    of that name is revoked): (its base URL, the key); stopped on exit."""
     settings = get_settings()
-    url = db.database_url(settings)
-    db.upgrade(url)
-    if any(s.name == "demo" and not s.revoked_at for s in sources.list_sources(url)):
-        sources.revoke(url, "demo")
-    key = sources.add(url, "demo")
+    if any(s.name == name and not s.revoked_at for s in sources.list_sources(url)):
+        sources.revoke(url, name)
+    key = sources.add(url, name)
     port = _free_port()
     env = {**os.environ, "CRM_COLLECT_PORT": str(port), "CRM_DATABASE_URL": url}
     log = Path(settings.home) / "demo-collect.log"
@@ -106,6 +103,22 @@ def main() -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"the collector did not start; see {log}")
             time.sleep(0.2)
+        yield base, key
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def main() -> None:
+    from segment.analytics import Client
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("events", type=Path)
+    parser.add_argument("--count", type=int, default=2000)
+    args = parser.parse_args()
+    url = db.database_url(get_settings())
+    db.upgrade(url)
+    with running_collector(url) as (base, key):
         calls = _calls(args.events, args.count)
         with psycopg.connect(url) as conn:
             last = conn.execute("select max(load_id) from raw.load_audit").fetchone()
@@ -141,9 +154,6 @@ def main() -> None:
         )
         if errors or present + rejected < len(ids):
             sys.exit(1)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
 
 
 if __name__ == "__main__":
