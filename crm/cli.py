@@ -19,6 +19,7 @@ from crm.errors import CrmError
 
 if TYPE_CHECKING:
     from crm.settings import Settings
+    from notify.campaigns import Campaign
 
 app = typer.Typer(
     help="shop-crm: customer engagement on your own PostgreSQL.", no_args_is_help=True
@@ -372,13 +373,22 @@ def campaigns_validate(
 def campaigns_audience(
     campaign_id: Annotated[str, typer.Argument(help="The campaign's id (its file name).")],
     folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
+    hours: Annotated[
+        float, typer.Option(help="Journeys: who would have entered from this many hours of events.")
+    ] = 24.0,
 ) -> None:
-    """Preview who a campaign would reach now (nothing is recorded)."""
+    """Preview who a campaign would reach now (nothing is recorded); for a journey, who would
+    have entered it from the last --hours of events (the pipeline's clock), and where each would
+    stand now."""
     from crm import db
     from notify.audience import select_audience
-    from notify.campaigns import load_campaign
+    from notify.campaigns import find_campaign
+    from notify.journeys import is_journey
 
-    campaign = load_campaign(folder / f"{campaign_id}.yaml")
+    campaign = find_campaign(folder, campaign_id)
+    if is_journey(campaign):
+        _journey_audience(campaign, hours)
+        return
     with db.connect() as conn:
         frame = select_audience(conn, campaign, now=db.clock())
     table = Table("lifecycle segment", "customers", "held out", "push consent",
@@ -386,6 +396,33 @@ def campaigns_audience(
     for seg, part in frame.groupby("lifecycle_segment"):
         table.add_row(str(seg), f"{len(part):,}", f"{int(part.held_out.sum()):,}",
                       f"{int(part.push_consent.sum()):,}")  # fmt: skip
+    out.print(table)
+
+
+def _journey_audience(campaign: Campaign, hours: float) -> None:
+    from collections import Counter
+
+    from crm import db
+    from notify.journeys import preview
+
+    with db.connect() as conn:
+        rows = preview(conn, campaign, hours, db.clock())
+    counts: Counter[str] = Counter()
+    for r in rows:
+        state = "due" if r["due"] else "waiting"
+        if not r["known"]:
+            state = "not built yet"
+        if r["held_out"]:
+            state = "held out"
+        counts["exited" if r["exited"] else state] += 1
+    customers = len({r["customer_id"] for r in rows})
+    out.print(
+        f"{campaign.name} ({campaign.id}): {len(rows):,} {campaign.schedule.event} events"
+        f" of {customers:,} customers in the {hours:g} hours before {db.clock():%Y-%m-%d %H:%M}"
+    )
+    table = Table("would stand", "entries")
+    for state in ("waiting", "due", "exited", "held out", "not built yet"):
+        table.add_row(state, f"{counts[state]:,}")
     out.print(table)
 
 

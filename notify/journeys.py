@@ -380,3 +380,53 @@ def control(
         for cid, n in conn.execute(BEHIND, {"before": before, "ids": ids}):
             out[cid]["loads behind"] = n
     return out
+
+
+def preview(
+    conn: psycopg.Connection, campaign: Campaign, hours: float, now: datetime
+) -> list[dict[str, Any]]:
+    """Who would have entered the journey from the events of the ``hours`` before ``now`` (by
+    the events' own time), and where each would stand at ``now``: one row per trigger event with
+    its customer, ``exited`` (an exit event by the same person between the trigger and the end of
+    the wait, as far as it happened by ``now``), ``due`` (the wait is over), ``known`` (in the
+    built customer tables) and ``held_out``. Nothing is recorded."""
+    from notify.audience import in_holdout
+
+    s = campaign.schedule
+    since = now - timedelta(hours=hours)
+    conds: list[sql.Composable] = []
+    params: list[Any] = [s.wait_minutes, since, now, s.event]
+    for f in s.where:
+        cond, values = _property(f)
+        conds.append(cond)
+        params += values
+    params += [since, now, list(s.exit_events)]
+    where = sql.SQL("").join(sql.SQL(" and ") + c for c in conds)
+    rows = conn.execute(
+        sql.SQL(
+            "with t as materialized (select e.message_id, e.user_id, e.anonymous_id,"
+            "  e.event_at, e.event_at + make_interval(mins => %s) as due_at from raw.events e"
+            "  where e.event_at between %s and %s and e.type = 'track' and e.event = %s{}),"
+            " x as materialized (select e.message_id, e.user_id, e.anonymous_id, e.event_at"
+            "  from raw.events e where e.event_at between %s and %s and e.type = 'track'"
+            "  and e.event = any(%s)),"
+            " p as (select t.*, coalesce(t.user_id, s.customer_id, 'anon:' || t.anonymous_id)"
+            "  as customer_id from t left join intermediate.int_identities_stitched s"
+            "  on s.identifier = t.anonymous_id)"
+            " select p.message_id, p.event_at, p.due_at, p.customer_id,"
+            "  exists (select 1 from x where x.message_id <> p.message_id"
+            "   and x.event_at between p.event_at and p.due_at and x.user_id = p.user_id)"
+            "  or exists (select 1 from x where x.message_id <> p.message_id"
+            "   and x.event_at between p.event_at and p.due_at"
+            "   and x.anonymous_id = p.anonymous_id),"
+            "  exists (select 1 from marts.dim_customers c where c.customer_id = p.customer_id)"
+            " from p order by p.event_at"
+        ).format(where),
+        params,
+    ).fetchall()
+    return [
+        {"message_id": m, "event_at": at, "due_at": due, "customer_id": c, "exited": x,
+         "known": k, "due": due <= now, "held_out": in_holdout(campaign.journey, c,
+                                                                 campaign.holdout_percent)}
+        for m, at, due, c, x, k in rows
+    ]  # fmt: skip

@@ -302,6 +302,32 @@ def test_the_day_one_flows_are_journeys_that_plan(shop: str, settings: Settings)
     assert set(report.journeys) == set(flows)
 
 
+def test_the_audience_preview_of_a_journey_reads_recent_events_and_records_nothing(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    from notify.journeys import preview
+
+    j = journey(wait_minutes=30)
+    (a, _), (b, _) = reachable(shop, n=2)
+    [(h, _)] = reachable(shop, held_out=True, n=1)
+    now = datetime.now(UTC)
+    carts = [
+        cart(now - timedelta(minutes=45), a),
+        cart(now, b),
+        cart(now, h),
+        cart(now - timedelta(minutes=80), b),
+    ]  # the last: before the hour
+    load(shop, settings, tmp_path, [*carts, order(now + timedelta(minutes=5), b),
+                                    cart(now, a, price=5.0)])  # fmt: skip
+    with psycopg.connect(shop) as conn:
+        rows = {r["customer_id"]: r for r in preview(conn, j, 1, now + timedelta(minutes=10))}
+        assert conn.execute("select count(*) from crm.journey_entries").fetchone() == (0,)
+    assert set(rows) == {a, b, h} and len(rows) == 3  # not the cheap cart
+    assert (rows[a]["due"], rows[a]["exited"]) == (True, False)
+    assert (rows[b]["due"], rows[b]["exited"]) == (False, True)
+    assert rows[h]["held_out"] and not rows[a]["held_out"] and rows[a]["known"]
+
+
 def test_control_pauses_a_journey_with_its_steps_and_shows_loads_not_read(
     shop: str, settings: Settings, tmp_path: Path
 ) -> None:
