@@ -529,6 +529,8 @@ def journeys_run(
     import time
     from contextlib import ExitStack
 
+    import psycopg
+
     from crm import db
     from crm.settings import get_settings
 
@@ -548,7 +550,8 @@ def journeys_run(
                     _journeys_step(folder, None, send, settings)
                     if heartbeat is not None:
                         heartbeat.touch()
-                except CrmError as exc:  # a bad campaign file: say so, keep going
+                except (CrmError, psycopg.Error) as exc:  # a bad campaign file, or the
+                    # database away or not built yet: say so, keep going
                     console.print(f"[red]{exc}[/red]")
                 time.sleep(max(0.0, interval - (time.monotonic() - started)))
 

@@ -105,7 +105,7 @@ def main() -> None:
             sent = send_now(url, fcm, now)
             for cid, counts in report.journeys.items():
                 shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
-                shown = shown or "nothing new (these calls were loaded before)"
+                shown = shown or "nothing new"
                 print(f"  {now:%Y-%m-%d %H:%M} {cid}: {shown}")
             if sent:
                 print(f"  {now:%Y-%m-%d %H:%M} sent: " + ", ".join(

@@ -161,16 +161,22 @@ def _property(f: PropertyFilter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL("{} = %s").format(prop), [f.property, Jsonb(f.value)]
 
 
-def _enter(conn: psycopg.Connection, campaign: Campaign, loads: list[int]) -> tuple[int, int]:
-    """Entries and exit events from ``loads``; (entered, exits seen)."""
-    s = campaign.schedule
+def _conditions(where: list[PropertyFilter]) -> tuple[sql.Composable, list[Any]]:
+    """`` and ...`` for each condition on the event's properties, and the values it binds."""
     conds: list[sql.Composable] = []
-    params: list[Any] = [campaign.id, s.wait_minutes, loads, s.event]
-    for f in s.where:
+    params: list[Any] = []
+    for f in where:
         cond, values = _property(f)
         conds.append(cond)
         params += values
-    where = sql.SQL("").join(sql.SQL(" and ") + c for c in conds)
+    return sql.SQL("").join(sql.SQL(" and ") + c for c in conds), params
+
+
+def _enter(conn: psycopg.Connection, campaign: Campaign, loads: list[int]) -> tuple[int, int]:
+    """Entries and exit events from ``loads``; (entered, exits seen)."""
+    s = campaign.schedule
+    where, values = _conditions(s.where)
+    params: list[Any] = [campaign.id, s.wait_minutes, loads, s.event, *values]
     entered = conn.execute(
         sql.SQL(
             "insert into crm.journey_entries (campaign_id, trigger_message_id, user_id,"
@@ -220,6 +226,13 @@ def _plan_due(
     ).rowcount
     if expired:
         counts["expired"] += expired
+    due = conn.execute(
+        "select exists (select 1 from crm.journey_entries where campaign_id = %s"
+        " and state = 'waiting' and due_at <= %s)",
+        (campaign.id, now),
+    ).fetchone()
+    if not due or not due[0]:  # nothing due: the customer tables are not needed (nor built)
+        return
     rows = conn.execute(
         DUE_ENTRIES, {"campaign": campaign.id, "now": now, "limit": limit}
     ).fetchall()
@@ -394,14 +407,9 @@ def preview(
 
     s = campaign.schedule
     since = now - timedelta(hours=hours)
-    conds: list[sql.Composable] = []
-    params: list[Any] = [s.wait_minutes, since, now, s.event]
-    for f in s.where:
-        cond, values = _property(f)
-        conds.append(cond)
-        params += values
-    params += [since, now, list(s.exit_events)]
-    where = sql.SQL("").join(sql.SQL(" and ") + c for c in conds)
+    where, values = _conditions(s.where)
+    params: list[Any] = [s.wait_minutes, since, now, s.event, *values, since, now,
+                         list(s.exit_events)]  # fmt: skip
     rows = conn.execute(
         sql.SQL(
             "with t as materialized (select e.message_id, e.user_id, e.anonymous_id,"
