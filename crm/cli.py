@@ -405,8 +405,9 @@ def _journey_audience(campaign: Campaign, hours: float) -> None:
     from crm import db
     from notify.journeys import preview
 
+    now = db.clock()
     with db.connect() as conn:
-        rows = preview(conn, campaign, hours, db.clock())
+        rows = preview(conn, campaign, hours, now)
     counts: Counter[str] = Counter()
     for r in rows:
         state = "due" if r["due"] else "waiting"
@@ -418,7 +419,7 @@ def _journey_audience(campaign: Campaign, hours: float) -> None:
     customers = len({r["customer_id"] for r in rows})
     out.print(
         f"{campaign.name} ({campaign.id}): {len(rows):,} {campaign.schedule.event} events"
-        f" of {customers:,} customers in the {hours:g} hours before {db.clock():%Y-%m-%d %H:%M}"
+        f" of {customers:,} customers in the {hours:g} hours before {now:%Y-%m-%d %H:%M}"
     )
     table = Table("would stand", "entries")
     for state in ("waiting", "due", "exited", "held out", "not built yet"):

@@ -38,6 +38,7 @@ from psycopg.types.json import Jsonb
 
 from crm.errors import CrmError
 from crm.settings import Settings, get_settings
+from notify.audience import in_holdout
 from notify.campaigns import Campaign, PropertyFilter
 from notify.deliver import plan
 
@@ -403,8 +404,6 @@ def preview(
     its customer, ``exited`` (an exit event by the same person between the trigger and the end of
     the wait, as far as it happened by ``now``), ``due`` (the wait is over), ``known`` (in the
     built customer tables) and ``held_out``. Nothing is recorded."""
-    from notify.audience import in_holdout
-
     s = campaign.schedule
     since = now - timedelta(hours=hours)
     where, values = _conditions(s.where)
