@@ -441,6 +441,10 @@ def campaigns_run(
     dry_run: Annotated[
         bool, typer.Option(help="Plan and render, show samples; record and send nothing.")
     ] = False,
+    hours: Annotated[
+        float,
+        typer.Option(help="Dry run of a journey: plan who entered from this many hours of events."),
+    ] = 24.0,
     send: Annotated[bool, typer.Option(help="Send what is due after planning.")] = True,
     fake_fcm: Annotated[
         bool, typer.Option(help="Send pushes to a local fake FCM started for this run.")
@@ -464,13 +468,16 @@ def campaigns_run(
         if fake_fcm:
             settings = _with_fake_fcm(stack, settings)
         report = run(url, now, campaigns, launched, launched_by="cli", dry_run=dry_run,
-                     send=send, settings=settings)  # fmt: skip
-    table = Table("campaign", "planned", "held out", "suppressed",
+                     send=send, settings=settings, hours=hours)  # fmt: skip
+    journeys = any("entries" in counts for counts in report.planned.values())
+    table = Table("campaign", *(("entered", "exited") if journeys else ()), "planned",
+                  "held out", "suppressed",
                   title=f"campaigns as of {now:%Y-%m-%d %H:%M} UTC"
                   + (" (dry run: nothing recorded)" if dry_run else ""))  # fmt: skip
     for cid, counts in report.planned.items():
-        table.add_row(cid, f"{counts.get('planned', 0):,}", f"{counts.get('held_out', 0):,}",
-                      f"{counts.get('suppressed', 0):,}")  # fmt: skip
+        entry = [f"{counts.get(k, 0):,}" for k in ("entries", "exited")] if journeys else []
+        states = [f"{counts.get(k, 0):,}" for k in ("planned", "held_out", "suppressed")]
+        table.add_row(cid, *entry, *states)
     out.print(table if report.planned else f"no campaign due at {now:%Y-%m-%d %H:%M} UTC")
     for cid, samples in report.samples.items():
         for s in samples[:2]:

@@ -46,19 +46,9 @@ def _condition(f: Filter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL("{} {} %s").format(col, sql.SQL(OPS[f.op])), [f.value]
 
 
-# who a trigger fires for at time %(now)s (UTC); a campaign's own audience narrows it further
+# who a built-in trigger fires for at time %(now)s (UTC); a campaign's own audience narrows it
+# further (abandoned_cart is a journey now: notify.campaigns.Schedule)
 TRIGGER_QUERIES = {
-    # a cart add in the last day, none in the last `after_hours`, and no order since
-    "abandoned_cart": """
-        select e.customer_id from marts.fct_product_events e
-        where e.event_name = 'Product Added'
-          and e.event_at > %(now)s - interval '24 hours' and e.event_at <= %(now)s
-        group by e.customer_id
-        having max(e.event_at) <= %(now)s - make_interval(hours => %(after_hours)s)
-           and not exists (select 1 from marts.fct_orders o
-                           where o.customer_id = e.customer_id
-                             and o.ordered_at >= max(e.event_at))
-    """,
     # inactive on the latest snapshot day, something else the day before
     "became_inactive": """
         select t.customer_id from marts.customer_segments_daily t
@@ -75,7 +65,7 @@ def triggered(conn: psycopg.Connection, campaign: Campaign, now: datetime) -> li
     """Customers the campaign's trigger fires for at ``now``."""
     s = campaign.schedule
     assert s.trigger is not None
-    cur = conn.execute(TRIGGER_QUERIES[s.trigger], {"now": now, "after_hours": s.after_hours})
+    cur = conn.execute(TRIGGER_QUERIES[s.trigger], {"now": now})
     return [r[0] for r in cur.fetchall()]
 
 

@@ -53,7 +53,7 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
     "time_zone": ("customers", "time_zone"),
     "is_known": ("customers", "is_known"),
 }
-TRIGGERS = ("abandoned_cart", "became_inactive")
+TRIGGERS = ("abandoned_cart", "became_inactive")  # abandoned_cart: an alias of a journey
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")]
 _jinja = SandboxedEnvironment(autoescape=False)
 
@@ -158,7 +158,10 @@ class Schedule(BaseModel):
     at: datetime | None = Field(None, description="once: when (with a time zone)")
     cron: str | None = Field(None, description="recurring: five-field cron, UTC")
     trigger: Literal["abandoned_cart", "became_inactive"] | None = Field(
-        None, description="trigger: a built-in rule checked on the built customer tables"
+        None,
+        description="trigger: a built-in rule. became_inactive is checked hourly on the built "
+        "customer tables; abandoned_cart is an alias of the journey 'event: Product Added, "
+        "exit_events: [Order Completed], wait_minutes: after_hours * 60'",
     )
     event: str | None = Field(
         None,
@@ -176,7 +179,7 @@ class Schedule(BaseModel):
         "of the wait cancels the message (judged by the events' own times)",
     )
     after_hours: int = Field(
-        1, ge=0, le=72, description="abandoned_cart: hours of silence after the last cart add"
+        1, ge=0, le=72, description="abandoned_cart: hours from the cart add to the reminder"
     )
     max_late_hours: float = Field(
         24,
@@ -210,6 +213,11 @@ class Schedule(BaseModel):
             raise ValueError(
                 "'where', 'wait_minutes', 'exit_events' and 'max_late_hours' need an 'event'"
             )
+        if self.trigger == "abandoned_cart" and self.event is None:
+            # the built-in rule is now an alias of the journey it always meant: a cart add,
+            # reminded after `after_hours` unless an order comes first
+            self.event, self.exit_events = "Product Added", ["Order Completed"]
+            self.wait_minutes, self.trigger = self.after_hours * 60, None
         if self.event is not None:
             for name in (self.event, *self.exit_events):
                 _event_name(name)

@@ -412,7 +412,8 @@ def preview(
     rows = conn.execute(
         sql.SQL(
             "with t as materialized (select e.message_id, e.user_id, e.anonymous_id,"
-            "  e.event_at, e.event_at + make_interval(mins => %s) as due_at from raw.events e"
+            "  e.event_at, e.event_at + make_interval(mins => %s) as due_at,"
+            "  coalesce(e.payload -> 'properties', '{{}}') as properties from raw.events e"
             "  where e.event_at between %s and %s and e.type = 'track' and e.event = %s{}),"
             " x as materialized (select e.message_id, e.user_id, e.anonymous_id, e.event_at"
             "  from raw.events e where e.event_at between %s and %s and e.type = 'track'"
@@ -420,7 +421,7 @@ def preview(
             " p as (select t.*, coalesce(t.user_id, s.customer_id, 'anon:' || t.anonymous_id)"
             "  as customer_id from t left join intermediate.int_identities_stitched s"
             "  on s.identifier = t.anonymous_id)"
-            " select p.message_id, p.event_at, p.due_at, p.customer_id,"
+            " select p.message_id, p.event_at, p.due_at, p.customer_id, p.properties,"
             "  exists (select 1 from x where x.message_id <> p.message_id"
             "   and x.event_at between p.event_at and p.due_at and x.user_id = p.user_id)"
             "  or exists (select 1 from x where x.message_id <> p.message_id"
@@ -432,8 +433,35 @@ def preview(
         params,
     ).fetchall()
     return [
-        {"message_id": m, "event_at": at, "due_at": due, "customer_id": c, "exited": x,
-         "known": k, "due": due <= now, "held_out": in_holdout(campaign.journey, c,
-                                                                 campaign.holdout_percent)}
-        for m, at, due, c, x, k in rows
+        {"message_id": m, "event_at": at, "due_at": due, "customer_id": c, "properties": props,
+         "exited": x, "known": k, "due": due <= now,
+         "held_out": in_holdout(campaign.journey, c, campaign.holdout_percent)}
+        for m, at, due, c, props, x, k in rows
     ]  # fmt: skip
+
+
+def dry_run(
+    conn: psycopg.Connection,
+    campaign: Campaign,
+    now: datetime,
+    settings: Settings,
+    hours: float = 24,
+) -> Counter[str]:
+    """What the journey would plan from the events of the ``hours`` before ``now``: each
+    customer's first entry that no exit event cancelled is planned as one occurrence at
+    ``now``, through the campaign path (holdout, cap, cooldown, consent, suppression list,
+    quiet hours), with the event's properties in the message. Writes deliveries: call it in a
+    transaction that is rolled back. The counts add the entries and the exited ones."""
+    rows = preview(conn, campaign, hours, now)
+    counts: Counter[str] = Counter(entries=len(rows), exited=sum(r["exited"] for r in rows))
+    chosen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if not r["exited"] and r["known"]:
+            chosen.setdefault(r["customer_id"], r["properties"])
+    counts["not built yet"] = sum(not r["known"] for r in rows)
+    if chosen:
+        context = {c: {"event": p} for c, p in chosen.items()}
+        counts.update(
+            plan(conn, campaign, now, settings, occurrence=now, only=list(chosen), context=context)
+        )
+    return +counts

@@ -3,7 +3,8 @@ plan every campaign whose occurrence is due (and any launched by hand), then sen
 delivery whose slot has come.
 
 A dry run plans inside a transaction that is rolled back: it reports what would be planned and
-shows rendered samples, and records and sends nothing.
+shows rendered samples, and records and sends nothing. For an event-triggered journey it plans
+who would have entered from the last ``hours`` of events (``notify.journeys.dry_run``).
 """
 
 from __future__ import annotations
@@ -133,9 +134,15 @@ def run(
     dry_run: bool = False,
     send: bool = True,
     settings: Settings | None = None,
+    hours: float = 24,
 ) -> RunReport:
     """Plan due occurrences of ``campaigns`` and an occurrence at ``now`` of each of
-    ``launch``; then send what is due (unless ``send`` is False or this is a dry run)."""
+    ``launch``; then send what is due (unless ``send`` is False or this is a dry run). A
+    journey is planned as its events arrive (``crm journeys run``); its dry run shows what it
+    would plan from the last ``hours`` of events."""
+    from notify.journeys import dry_run as journey_dry_run
+    from notify.journeys import is_journey
+
     settings = settings or get_settings()
     report = RunReport(dry_run=dry_run)
     todo = [(c, None, source) for c in campaigns] + [(c, now, launched_by) for c in launch or []]
@@ -143,7 +150,10 @@ def run(
         for campaign, occurrence, src in todo:
             if dry_run:
                 with conn.transaction(force_rollback=True):
-                    counts = plan(conn, campaign, now, settings, occurrence, src)
+                    if is_journey(campaign):
+                        counts = journey_dry_run(conn, campaign, now, settings, hours)
+                    else:
+                        counts = plan(conn, campaign, now, settings, occurrence, src)
                     report.samples[campaign.id] = _samples(conn, campaign.id, now)
             else:
                 counts = plan(conn, campaign, now, settings, occurrence, src)

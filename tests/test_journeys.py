@@ -328,6 +328,32 @@ def test_the_audience_preview_of_a_journey_reads_recent_events_and_records_nothi
     assert rows[h]["held_out"] and not rows[a]["held_out"] and rows[a]["known"]
 
 
+def test_the_dry_run_of_a_journey_plans_recent_entries_with_their_event_and_records_nothing(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    from notify.run import run
+
+    j = journey(wait_minutes=30)
+    (a, _), (b, _) = reachable(shop, n=2)
+    [(h, _)] = reachable(shop, held_out=True, n=1)
+    now = datetime.now(UTC)
+    calls = [cart(now - timedelta(minutes=40), a, price=42.0), cart(now - timedelta(minutes=20), a),
+             cart(now - timedelta(minutes=30), b), order(now - timedelta(minutes=25), b),
+             cart(now - timedelta(minutes=10), h), cart(now - timedelta(hours=3), b)]  # fmt: skip
+    load(shop, settings, tmp_path, calls)
+    report = run(shop, now, [j], dry_run=True, settings=settings, hours=2)
+    counts = report.planned[j.id]
+    # a's two carts, b's cart (cancelled by the order), h's; not b's cart of 3 hours ago
+    assert (counts["entries"], counts["exited"]) == (4, 1)
+    assert (counts["planned"], counts["held_out"]) == (1, 1)
+    [sample] = report.samples[j.id]
+    # a's first cart's event is the message's
+    assert sample["title"] == "Blue scarf is still in your cart" and "42.0 USD" in sample["body"]
+    with psycopg.connect(shop) as conn:
+        for table in ("crm.deliveries", "crm.journey_entries", "crm.campaign_runs"):
+            assert conn.execute(f"select count(*) from {table}").fetchone() == (0,), table
+
+
 def test_control_pauses_a_journey_with_its_steps_and_shows_loads_not_read(
     shop: str, settings: Settings, tmp_path: Path
 ) -> None:
@@ -427,6 +453,32 @@ def test_a_journey_schedule_gets_one_clear_error_per_mistake(
     data["schedule"] = schedule
     with pytest.raises(CampaignError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         parse_campaign(data, "cart_reminder.yaml")
+
+
+def test_the_built_in_abandoned_cart_rule_is_an_alias_of_the_cart_journey(
+    shop: str, settings: Settings, tmp_path: Path
+) -> None:
+    import yaml
+
+    from notify.journeys import is_journey
+
+    data = yaml.safe_load((PROJECT_ROOT / "campaigns" / "cart_reminder.yaml").read_text())
+    data.update(channels=["push"], followups=[])
+    data["schedule"] = {"kind": "trigger", "trigger": "abandoned_cart", "after_hours": 2}
+    old = parse_campaign(data, "cart_reminder.yaml")
+    s = old.schedule
+    assert is_journey(old) and s.trigger is None
+    assert (s.event, s.exit_events, s.wait_minutes) == ("Product Added", ["Order Completed"], 120)
+    # and it runs as one: a cart two hours and a minute ago, reminded now
+    (a, _), (b, _) = reachable(shop, n=2)
+    step(shop, [old], T0, settings)
+    load(shop, settings, tmp_path, [cart(T0 - timedelta(minutes=121), a),
+                                    cart(T0 - timedelta(minutes=121), b),
+                                    order(T0 - timedelta(minutes=60), b)])  # fmt: skip
+    report = step(shop, [old], T0, settings)
+    assert report.journeys["cart_reminder"]["planned planned"] == 1, report
+    assert report.journeys["cart_reminder"]["exited on Order Completed"] == 1, report
+    assert [d[0] for d in deliveries(shop)] == [a]
 
 
 def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_once(

@@ -4,7 +4,10 @@
 -- The experiment is intention-to-treat: every audience member with a delivery row is in it,
 -- the treated arm being everyone not held out (including those suppressed or failed), the
 -- control arm the held-out group, whose "slot" is when they would have been sent. Both arms
--- convert alike: an order within `attribution_hours` after the slot. Uplift is the difference
+-- convert alike: an order within `attribution_hours` after the slot. A journey's delivery
+-- counts from its triggering event instead (the cart, the first order: not that order itself)
+-- to `attribution_hours` after the slot, so an order made during the wait, before the message,
+-- counts in both arms alike. Uplift is the difference
 -- in conversion rate (and revenue per member) between the arms, with a 95% normal-approximation
 -- confidence interval. Rows whose slot has not come yet are left out.
 --
@@ -12,10 +15,26 @@
 -- (breakdown 'campaign'), by variant, by segment, by channel, and by all three ('cell').
 with
 
+journey_entries as (
+
+    select campaign_id, customer_id, occurrence, min(triggered_at) as triggered_at
+    from {{ source('crm', 'journey_entries') }}
+    where occurrence is not null
+    group by 1, 2, 3
+
+),
+
 deliveries as (
 
-    select * from {{ source('crm', 'deliveries') }}
-    where slot <= crm.now()
+    select
+        deliveries.*,
+        journey_entries.triggered_at
+    from {{ source('crm', 'deliveries') }} as deliveries
+    left join journey_entries
+        on journey_entries.campaign_id = deliveries.campaign_id
+        and journey_entries.customer_id = deliveries.customer_id
+        and journey_entries.occurrence = deliveries.occurrence
+    where deliveries.slot <= crm.now()
 
 ),
 
@@ -56,7 +75,10 @@ outcomes as (
         on engagement.delivery_id = deliveries.delivery_id::text
     left join orders
         on orders.customer_id = deliveries.customer_id
-        and orders.ordered_at >= deliveries.slot
+        and case
+            when deliveries.triggered_at is null then orders.ordered_at >= deliveries.slot
+            else orders.ordered_at > deliveries.triggered_at
+        end
         and orders.ordered_at
             < deliveries.slot + make_interval(hours => {{ var('attribution_hours') }})
     group by 1, 2, 3, 4, 5, 6, 7, 8, 9
