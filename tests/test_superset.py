@@ -47,6 +47,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _journey_entries(url: str, settings: Settings, now: datetime, home: Path) -> None:
+    """Carts an hour before ``now`` through the cart journey: reminded, held out and cancelled
+    by an order (the journey dashboards' rows)."""
+    import json
+
+    from crm.ingest.load import ingest_file
+    from notify.journeys import step
+    from notify.run import select_campaigns
+    from tests.test_journeys import cart, order, reachable
+
+    journeys = [c for c in select_campaigns() if c.schedule.event]
+    step(url, journeys, now, settings)
+    people = [c for c, _ in reachable(url, n=6)] + [c for c, _ in reachable(url, True, n=2)]
+    calls = [cart(now - timedelta(minutes=70), c) for c in people]
+    calls.append(order(now - timedelta(minutes=40), people[0]))
+    path = home / "journey-carts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(c) + "\n" for c in calls))
+    assert ingest_file(path, url=url, settings=settings, source="test").loaded == len(calls)
+    report = step(url, journeys, now, settings)
+    counts = report.journeys["cart_reminder"]
+    assert counts["exited on Order Completed"] == 1 and counts["planned held_out"] == 2, counts
+
+
 @pytest.fixture(scope="module")
 def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
     """A copy of the ML shop where campaigns were planned and sent and the marts rebuilt."""
@@ -65,6 +89,7 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
                                 push_cap_per_day=10)  # fmt: skip
             now = datetime(2026, 2, 26, 7, tzinfo=UTC)
             run(url, now, select_campaigns(), settings=settings)
+            _journey_entries(url, settings, now, home)
             run(url, now + timedelta(days=1), [], settings=settings)
             assert fake.sent
         redis_client(settings)  # stopped at exit with the others
@@ -72,7 +97,7 @@ def shop_with_campaigns(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterat
         done = subprocess.run(
             [str(PROJECT_ROOT / ".venv" / "bin" / "crm"), "transform", "--select",
              "campaign_performance data_loads_daily data_rejections_daily data_freshness"
-             " consent_history"],
+             " consent_history journey_performance journey_outcomes"],
             env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:]
