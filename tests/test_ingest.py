@@ -6,6 +6,7 @@ import gzip
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -159,6 +160,42 @@ def test_a_load_whose_later_batches_meet_known_ids_claims_only_the_new_ones(
     assert count(db_url, "select count(*) from raw.message_ids") == 10_000
     mine = f"select count(*) from raw.events where load_id = {second.load_id}"
     assert count(db_url, mine) == 9_000
+
+
+def test_an_id_a_concurrent_load_claims_between_probe_and_copy_is_loaded_once(
+    tmp_path: Path, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that met a known id probes for the known ones, then COPYs the rest; another load
+    that claims one of them in between makes that COPY fail, and the batch is claimed again
+    with ON CONFLICT: each id is loaded once, by one of the two."""
+    import crm.ingest.load as load
+
+    [first] = ingest_paths([write(tmp_path / "known.jsonl", [ev(5)])], settings=settings)
+    copies: list[int] = []
+    plain = load._write_chunked
+
+    def racing(cp: psycopg.Copy, lines: Any) -> None:
+        lines = list(lines)
+        if lines and lines[0].count("\t") == 2:  # raw.message_ids rows
+            copies.append(len(lines))
+            if len(copies) == 2:  # the COPY after the probe: another load claims m-7 first
+                with psycopg.connect(db_url, autocommit=True) as other:
+                    other.execute(
+                        "insert into raw.message_ids (message_id, event_date, load_id)"
+                        " values ('m-7', '2026-02-02', %s)",
+                        (first.load_id,),
+                    )
+        plain(cp, lines)
+
+    monkeypatch.setattr(load, "_write_chunked", racing)
+    [res] = ingest_paths([write(tmp_path / "more.jsonl", [ev(i) for i in range(20)])],
+                         settings=settings)  # fmt: skip
+    # the all-new COPY (failed on m-5), the COPY after the probe (failed on m-7), no more
+    assert copies == [20, 19]
+    assert (res.status, res.loaded, res.duplicates) == ("loaded", 18, 2)
+    assert count(db_url, "select count(*) from raw.message_ids") == 20
+    mine = f"select count(*) from raw.events where load_id = {res.load_id}"
+    assert count(db_url, mine) == 18
 
 
 def test_truncated_gzip_loads_readable_lines_and_is_marked_partial(

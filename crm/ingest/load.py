@@ -256,12 +256,14 @@ class _Writer:
         While every id of the load has been new, the batch's ids are COPYed straight into
         raw.message_ids: the unique key checks them as it must anyway. Once that fails (an id
         was known: a client's retry, a day sent both ways), the load goes the careful way:
-        the ids go to a temporary table, one join finds the known ones, and the rest are
-        COPYed. If a concurrent load claimed one in between, that COPY fails on the unique key
-        and the batch is claimed again with INSERT .. ON CONFLICT DO NOTHING, which waits for
-        the other load's outcome.
+        one query probes the index for the batch's ids, and the rest are COPYed. If a
+        concurrent load claimed one in between, that COPY fails on the unique key and the
+        batch is claimed again with INSERT .. ON CONFLICT DO NOTHING, which waits for the other
+        load's outcome.
         """
         conn = self.conn
+        if not batch.ids:
+            return set()
         conn.execute("select raw.ensure_event_partitions(%s::date[])", (sorted(batch.days),))
         if self.all_new:
             try:
@@ -274,15 +276,11 @@ class _Writer:
                 return set(batch.ids)
             except psycopg.errors.UniqueViolation:
                 self.all_new = False
+        # the known ones by index probes: a join of a temporary table hashed all of
+        # raw.message_ids for each batch, which a stream of small loads paid again and again
         with conn.cursor() as cur:
             cur.execute(
-                "create temp table if not exists _ids (like raw.message_ids) on commit drop"
-            )
-            cur.execute("truncate pg_temp._ids")
-            with cur.copy("copy pg_temp._ids (message_id, event_date, load_id) from stdin") as cp:
-                _write_chunked(cp, batch.keys)
-            cur.execute(
-                "select message_id from pg_temp._ids join raw.message_ids using (message_id)"
+                "select message_id from raw.message_ids where message_id = any(%s)", (batch.ids,)
             )
             known = {r[0] for r in cur.fetchall()}
             try:
@@ -298,9 +296,12 @@ class _Writer:
                 return set(batch.ids) - known
             except psycopg.errors.UniqueViolation:
                 log.info("a concurrent load claimed some messageIds; claiming with ON CONFLICT")
+            days, loads = zip(*(k.rsplit("\t", 2)[1:] for k in batch.keys), strict=True)
             cur.execute(
-                "insert into raw.message_ids select * from pg_temp._ids"
-                " on conflict (message_id) do nothing returning message_id"
+                "insert into raw.message_ids (message_id, event_date, load_id)"
+                " select * from unnest(%s::text[], %s::date[], %s::bigint[])"
+                " on conflict (message_id) do nothing returning message_id",
+                (batch.ids, list(days), [int(x) for x in loads]),
             )
             return {r[0] for r in cur.fetchall()}
 

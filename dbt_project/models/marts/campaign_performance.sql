@@ -17,10 +17,14 @@ with
 
 journey_entries as (
 
-    select campaign_id, customer_id, occurrence, min(triggered_at) as triggered_at
+    select
+        campaign_id,
+        customer_id,
+        occurrence,
+        min(triggered_at) as triggered_at
     from {{ source('crm', 'journey_entries') }}
     where occurrence is not null
-    group by 1, 2, 3
+    group by campaign_id, customer_id, occurrence
 
 ),
 
