@@ -486,7 +486,8 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
 ) -> None:
     """The shop's tracker (segment-analytics-python) posts to ``crm collect``; ``crm journeys
     run`` is killed after the carts entered and started again: each abandoned cart gets one
-    reminder, through the firebase-admin SDK, and the ordered one none."""
+    reminder, through the firebase-admin SDK; the ordered one none, nor the one whose order
+    (made during the wait) arrived after its cart had entered."""
     import os
     import signal
     import subprocess
@@ -534,9 +535,9 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
     proc = journeys()
     try:
         until(lambda: count("select count(*) from crm.journeys") == 1)
-        (a, _), (b, _) = reachable(shop, n=2)
+        (a, _), (b, _), (late, _) = reachable(shop, n=3)
         [(h, _)] = reachable(shop, held_out=True, n=1)
-        reach = {c for c, _ in reachable(shop, n=200)} - {a, b}
+        reach = {c for c, _ in reachable(shop, n=200)} - {a, b, late}
         with psycopg.connect(shop) as conn:
             [(device, customer)] = conn.execute(
                 "select identifier, customer_id from intermediate.int_identities_stitched"
@@ -548,7 +549,7 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
         client = Client(key, host=collector.base, sync_mode=True)
         product = {"product_id": "p00101", "name": "Blue scarf", "price": 35.0,
                    "currency": "USD", "quantity": 1}  # fmt: skip
-        for who in (a, b, h):
+        for who in (a, b, h, late):
             client.track(user_id=who, event="Product Added", properties=product, timestamp=at)
         client.track(anonymous_id=device, event="Product Added", properties=product,
                      timestamp=at)  # fmt: skip
@@ -558,7 +559,14 @@ def test_through_the_collector_a_restarted_journeys_process_sends_each_reminder_
                      timestamp=at + timedelta(seconds=5))  # fmt: skip
         client.flush()
         entered = "select count(*) from crm.journey_entries where campaign_id = 'cart_reminder'"
-        until(lambda: count(entered) == 4)
+        until(lambda: count(entered) == 5)
+        # an order made 10 s after the cart, from a phone that was offline: it arrives now
+        client.track(user_id=late, event="Order Completed", timestamp=at + timedelta(seconds=10),
+                     properties={**paid, "order_id": "o-collect-late"})  # fmt: skip
+        client.flush()
+        exited = ("select count(*) from crm.journey_entries where campaign_id = 'cart_reminder'"
+                  " and state = 'exited'")  # fmt: skip
+        until(lambda: count(exited) == 2)
         os.killpg(proc.pid, signal.SIGKILL)  # mid-wait: nothing planned yet
         proc.wait(30)
         assert count("select count(*) from crm.deliveries") == 0
