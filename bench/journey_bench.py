@@ -22,6 +22,7 @@ the carts missed and the pushes duplicated or sent for a cart that had an order 
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import random
 import signal
@@ -157,17 +158,22 @@ def traffic(
     orders: list[tuple[float, str, str]] = []  # due (epoch), user, cart messageId
     product = {"product_id": "p00101", "name": "Blue scarf", "price": 35.0,
                "currency": "USD", "quantity": 1}  # fmt: skip
+
+    def next_order() -> None:
+        """The earliest pending order, sent as made now."""
+        _, user, cart = heapq.heappop(orders)
+        client.track(user_id=user, event="Order Completed", timestamp=datetime.now(UTC),
+                     properties={"order_id": f"o-{cart[:12]}", "total": 35.0, "revenue": 35.0,
+                                 "currency": "USD", "products": [{"product_id": "p00101",
+                                                                  "price": 35.0,
+                                                                  "quantity": 1}]})  # fmt: skip
+
     start = time.time()
     n = 0
     while time.time() - start < minutes * 60:
         due = start + n * gap
         while orders and orders[0][0] <= time.time():
-            _, user, cart = orders.pop(0)
-            client.track(user_id=user, event="Order Completed", timestamp=datetime.now(UTC),
-                         properties={"order_id": f"o-{cart[:12]}", "total": 35.0,
-                                     "revenue": 35.0, "currency": "USD",
-                                     "products": [{"product_id": "p00101", "price": 35.0,
-                                                   "quantity": 1}]})  # fmt: skip
+            next_order()
         pause = due - time.time()
         if pause > 0:
             time.sleep(min(pause, 0.05))
@@ -180,20 +186,14 @@ def traffic(
         ordered = rng.random() < 0.25
         carts[mid] = {"user": user, "at": at, "ordered": ordered}
         if ordered:  # during the wait, well before its end
-            orders.append((at + rng.uniform(0.1, 0.7) * wait, user, mid))
-            orders.sort()
+            heapq.heappush(orders, (at + rng.uniform(0.1, 0.7) * wait, user, mid))
         for _ in range(2):
             client.track(user_id=rng.choice(pool), event="Product Viewed",
                          properties={"product_id": f"p{rng.randrange(120):05d}"})  # fmt: skip
         n += 1
     while orders:
         time.sleep(max(0.0, orders[0][0] - time.time()))
-        _, user, cart = orders.pop(0)
-        client.track(user_id=user, event="Order Completed", timestamp=datetime.now(UTC),
-                     properties={"order_id": f"o-{cart[:12]}", "total": 35.0, "revenue": 35.0,
-                                 "currency": "USD", "products": [{"product_id": "p00101",
-                                                                  "price": 35.0,
-                                                                  "quantity": 1}]})  # fmt: skip
+        next_order()
     client.flush()
     client.join()
     if errors:

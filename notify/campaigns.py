@@ -53,7 +53,6 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
     "time_zone": ("customers", "time_zone"),
     "is_known": ("customers", "is_known"),
 }
-TRIGGERS = ("abandoned_cart", "became_inactive")  # abandoned_cart: an alias of a journey
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")]
 _jinja = SandboxedEnvironment(autoescape=False)
 
