@@ -20,6 +20,8 @@ DEMO_USERS ?= 2000
 DEMO_DAYS ?= 42
 DEMO_SEED ?= 42
 DEMO_START ?= 2026-01-01
+# days after the history in which the simulated customers react to what was sent
+REACT_DAYS ?= 5
 LANDING := $(CRM_HOME)/landing
 
 .PHONY: help env superset-env node-deps demo test test-fast lint format docs dbt-docs bench airflow-db clean clean-db mlflow-ui ui
@@ -67,7 +69,8 @@ DATE = $(RUN) python -c "import datetime as d, sys; print(d.date.fromisoformat('
 demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it one after another, report
 	$(RUN) crm db upgrade
 	$(RUN) crm simulate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --start $(DEMO_START) --out $(LANDING)
-	@last=$$($(DATE) 0); next=$$($(DATE) 1); after=$$($(DATE) 2); set -e; \
+	@last=$$($(DATE) 0); next=$$($(DATE) 1); after=$$($(DATE) 2); end=$$($(DATE) $$((1 + $(REACT_DAYS)))); \
+	  set -e; \
 	  echo "== crm ingest: every landed day but the last, $$last"; \
 	  $(RUN) crm ingest --summary $$(ls -d $(LANDING)/events/dt=* | grep -v "dt=$$last"); \
 	  echo "== crm collect: the shop's tracker sends the first 2,000 calls of $$last over HTTP (Segment's Python library)"; \
@@ -88,15 +91,24 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	  echo "== Airflow send_campaigns at $$next 08:05 UTC: plan, send what is due (pushes through the firebase-admin SDK to a local fake FCM)"; \
 	  $(RUN) crm db clock --at $${next}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${next}T08:05:00+00:00 --fake-fcm; \
-	  echo "== Airflow send_campaigns a day later, when every planned slot has come"; \
+	  echo "== the hourly send_campaigns runs of the day: each sends what has come due (crm campaigns run --until)"; \
+	  $(RUN) crm campaigns run --at $${next}T09:05:00+00:00 --until $${after}T07:05:00+00:00 --fake-fcm \
+	    > $(CRM_HOME)/demo-hourly.log 2>&1 || (tail -n 40 $(CRM_HOME)/demo-hourly.log; exit 1); \
+	  tail -n 14 $(CRM_HOME)/demo-hourly.log; \
+	  echo "== Airflow send_campaigns a day later"; \
 	  $(RUN) crm db clock --at $${after}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${after}T08:05:00+00:00 --fake-fcm; \
 	  echo "== crm journeys: carts sent through the collector at $$after 08:40; the abandoned-cart journey an hour and a day later"; \
 	  $(RUN) python -m notify.journey_demo --at $${after}T08:40:00+00:00; \
-	  echo "== dbt: what the campaigns earned so far (the next day's build would do it)"; \
-	  $(RUN) crm transform --select campaign_performance > $(CRM_HOME)/demo-dbt.log 2>&1 \
-	    || (tail -n 40 $(CRM_HOME)/demo-dbt.log; exit 1); \
-	  $(RUN) crm db clock --at $${after}T08:30:00+00:00
+	  echo "== crm react: the shop's next $(REACT_DAYS) days, everyone on their own baseline, each customer reacting to what was sent (planted effects)"; \
+	  $(RUN) crm react --shop $(LANDING) --out $(CRM_HOME)/reactions --days $(REACT_DAYS); \
+	  echo "== crm collect: the shop's apps and backend send those days over HTTP (Segment's Python library)"; \
+	  $(RUN) python -m crm.collect.demo $(CRM_HOME)/reactions/events --count 0; \
+	  echo "== Airflow build_customer_models at $$end 00:30: the customer tables and what the campaigns earned"; \
+	  $(RUN) crm db clock --at $${end}T00:30:00+00:00 >/dev/null; \
+	  $(RUN) python -m crm.demo build_customer_models $${end}T00:30:00+00:00; \
+	  echo "== crm effects: each campaign's measured uplift beside the true effect the simulated customers were given"; \
+	  $(RUN) crm effects --truth $(CRM_HOME)/reactions
 	@echo "The dashboards count 'the last hour' from the shop's clock above; 'crm db clock --reset' returns to the wall clock."
 	@echo "Re-run safely: 'make demo' again changes nothing already loaded. Database: $$($(RUN) crm db url)"
 	@echo "The screens: make ui (Airflow :8080 with these runs, MLflow :5000, Superset :8088; it prints the logins)"

@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -96,6 +96,92 @@ def simulate(
         f"{summary.late:,} late) in {summary.files} daily files, {summary.orders:,} orders, "
         f"{summary.users:,} people -> {out_dir}"
     )
+
+
+@app.command()
+def react(
+    shop: Annotated[Path, typer.Option(help="The simulated shop to continue.")] = Path(
+        ".crm/landing"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path(
+        ".crm/reactions"
+    ),
+    days: Annotated[int, typer.Option(min=1, help="Days after the history to simulate.")] = 5,
+    seed: Annotated[int | None, typer.Option(help="Seed of the reactions (the shop's).")] = None,
+    effects: Annotated[
+        Path | None, typer.Option(help="Planted effects (JSON, as ground_truth/effects.json).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Simulate again over an earlier output.")] = False,
+) -> None:
+    """Continue a simulated shop after its history: everyone goes on on their baseline and
+    reacts to what shop-crm delivered (crm.deliveries) with planted effects; writes the days'
+    events and the truth into OUT."""
+    import orjson
+
+    from crm import db
+    from crm.simulate.react import PlantedEffects
+    from crm.simulate.react import react as run
+
+    if (out_dir / "manifest.json").exists() and not force:
+        out.print(f"reactions already simulated in {out_dir} (kept, so its truth stays the one "
+                  "loaded; --force simulates again)")  # fmt: skip
+        return
+    planted = PlantedEffects.from_dict(orjson.loads(effects.read_bytes())) if effects else None
+    with _progress() as bar:
+        task = bar.add_task("replaying the history", total=None)
+        summary = run(shop, db.database_url(), out_dir, days, seed, planted,
+                      progress=lambda d: bar.update(task, completed=d + 1))  # fmt: skip
+    out.print(
+        f"wrote {summary.events:,} events over {days} days after the history: "
+        f"{summary.deliveries:,} deliveries read, {summary.received:,} received, "
+        f"{summary.opened:,} opened, {summary.caused_orders:,} orders caused -> {out_dir}"
+    )
+
+
+@app.command()
+def effects(
+    truth: Annotated[Path, typer.Option(help="Output of `crm react`.")] = Path(".crm/reactions"),
+) -> None:
+    """Each campaign's measured uplift (marts.campaign_performance, 95% interval) beside the
+    true one the simulated reactions caused; open rates by send hour and recommendation
+    click-through, measured and planted."""
+    from crm import db
+    from crm.simulate import truth as t
+
+    url = db.database_url()
+    reactions = t.read_reactions(truth)
+    title = "conversion uplift and incremental revenue: true against measured"
+    table = Table("campaign", "treated", "held out", "true uplift", "measured [95%]", "in",
+                  "true incr. revenue", "measured [95%]", "in", title=title)  # fmt: skip
+    for c in t.campaign_truth(url, reactions):
+        ci = (
+            f"{c.uplift:+.3f} [{c.uplift_ci[0]:+.3f}, {c.uplift_ci[1]:+.3f}]"
+            if c.uplift_ci and c.uplift is not None
+            else "-"
+        )
+        rev = (
+            f"{c.incremental_revenue:,.0f} [{c.incremental_revenue_ci[0]:,.0f}, "
+            f"{c.incremental_revenue_ci[1]:,.0f}]"
+            if c.incremental_revenue_ci and c.incremental_revenue is not None
+            else "-"
+        )
+        mark = {True: "yes", False: "NO", None: "-"}
+        table.add_row(c.campaign_id, f"{c.treated:,}", f"{c.held_out:,}", f"{c.true_uplift:+.3f}",
+                      ci, mark[c.covered], f"{c.true_incremental_revenue:,.0f}", rev,
+                      mark[c.revenue_covered])  # fmt: skip
+    out.print(table)
+    title = "send time: open rate at the customer's best hour (ml.send_times)"
+    hours = Table("pushes sent", "sent", "opened (measured)", "planted", title=title)
+    for name, r in sorted(t.send_hour_rates(url, reactions).items()):
+        hours.add_row(name, f"{r.n:,}", f"{r.measured:.3f}", f"{r.planted:.3f}")
+    out.print(hours)
+    title = "recommendations screen: the customer's recommendations against bestsellers"
+    recs = Table("row shown", "products shown", "clicked (measured)", "planted",
+                 "bought (measured)", "planted", title=title)  # fmt: skip
+    for name, (clicks, bought) in t.recommendation_rates(url, reactions).items():
+        recs.add_row(name, f"{clicks.n:,}", f"{clicks.measured:.3f}", f"{clicks.planted:.3f}",
+                     f"{bought.measured:.3f}", f"{bought.planted:.3f}")  # fmt: skip
+    out.print(recs)
 
 
 @app.command()
@@ -449,6 +535,13 @@ def campaigns_run(
     fake_fcm: Annotated[
         bool, typer.Option(help="Send pushes to a local fake FCM started for this run.")
     ] = False,
+    until: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Catch up: run again every hour after --at up to this time, as the hourly "
+            "DAG would have (the pipeline's clock follows each run)."
+        ),
+    ] = None,
     folder: Annotated[Path, typer.Option(help="Folder of campaign files.")] = CAMPAIGNS,
 ) -> None:
     """One delivery run, as the hourly send_campaigns DAG does it: plan due campaigns, then
@@ -457,18 +550,36 @@ def campaigns_run(
 
     from crm import db
     from crm.settings import get_settings
-    from notify.run import choose, run
+    from notify.run import RunReport, choose, run
 
     settings = get_settings()
     url = db.database_url()
     db.upgrade(url)
     now = (at or db.clock(url)).replace(tzinfo=(at.tzinfo if at and at.tzinfo else UTC))
+    if until is not None and (dry_run or launch):
+        raise typer.BadParameter("--until catches up scheduled runs: not with --dry-run, --launch")
+    last = until.replace(tzinfo=until.tzinfo or UTC) if until is not None else now
     campaigns, launched = choose(folder, campaign, launch)
     with ExitStack() as stack:
         if fake_fcm:
             settings = _with_fake_fcm(stack, settings)
-        report = run(url, now, campaigns, launched, launched_by="cli", dry_run=dry_run,
-                     send=send, settings=settings, hours=hours)  # fmt: skip
+        report = RunReport(dry_run=dry_run)
+        tick = now
+        while tick <= last:
+            if until is not None:
+                db.set_clock(url, tick)
+            one = run(url, tick, campaigns, launched, launched_by="cli", dry_run=dry_run,
+                      send=send, settings=settings, hours=hours)  # fmt: skip
+            for cid, counts in one.planned.items():
+                into = report.planned.setdefault(cid, {})
+                for k, v in counts.items():
+                    into[k] = into.get(k, 0) + v
+            for k, v in one.sent.items():
+                report.sent[k] = report.sent.get(k, 0) + v
+            report.samples |= one.samples
+            tick += timedelta(hours=1)
+    if until is not None:
+        now = last
     journeys = any("entries" in counts for counts in report.planned.values())
     table = Table("campaign", *(("entered", "exited") if journeys else ()), "planned",
                   "held out", "suppressed",

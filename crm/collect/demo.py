@@ -1,10 +1,11 @@
 """``make demo``'s collector step: a shop's tracker sending to ``crm collect``.
 
-    python -m crm.collect.demo EVENTS_FILE [--count N]
+    python -m crm.collect.demo EVENTS_FILE_OR_FOLDER [--count N]
 
-Starts the collector (a source ``demo`` with a new write key), sends the first N calls of the
-file through Segment's own Python library (``segment-analytics-python``, as a shop's backend
-runs it: batches, retries, its own messageIds kept from the file), waits until every call is
+Starts the collector (a source ``demo`` with a new write key), sends the first N calls (all with
+``--count 0``) of the file, or of the folder's event files in order, through Segment's own
+Python library (``segment-analytics-python``, as a shop's backend runs it: batches, retries,
+its own messageIds kept from the file), waits until every call is
 in ``raw.events``, prints how fresh that was, and stops the collector. The same calls come
 again later with the day's file: each is loaded once.
 """
@@ -41,12 +42,16 @@ def _free_port() -> int:
 
 
 def _calls(path: Path, count: int) -> list[dict[str, Any]]:
-    calls = []
-    for _, line in iter_lines(path):
-        if line.strip():
-            calls.append(orjson.loads(line))
-        if len(calls) >= count:
-            break
+    files = (
+        sorted(x for x in path.rglob("events.jsonl*") if x.is_file()) if path.is_dir() else [path]
+    )
+    calls: list[dict[str, Any]] = []
+    for file in files:
+        for _, line in iter_lines(file):
+            if count and len(calls) >= count:
+                return calls
+            if line.strip():
+                calls.append(orjson.loads(line))
     return calls
 
 
@@ -76,13 +81,15 @@ def send(client: Any, call: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def running_collector(url: str, name: str = "demo") -> Iterator[tuple[str, str]]:
+def running_collector(
+    url: str, name: str = "demo", rate_limit: int | None = None
+) -> Iterator[tuple[str, str]]:
     """``crm collect`` on a free port for a source ``name`` with a new write key (an older key
-    of that name is revoked): (its base URL, the key); stopped on exit."""
+    of that name is revoked) and ``rate_limit``: (its base URL, the key); stopped on exit."""
     settings = get_settings()
     if any(s.name == name and not s.revoked_at for s in sources.list_sources(url)):
         sources.revoke(url, name)
-    key = sources.add(url, name)
+    key = sources.add(url, name, rate_limit=rate_limit)
     port = _free_port()
     env = {**os.environ, "CRM_COLLECT_PORT": str(port), "CRM_DATABASE_URL": url}
     log = Path(settings.home) / "demo-collect.log"
@@ -114,17 +121,19 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("events", type=Path)
-    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--count", type=int, default=2000, help="0: every call")
     args = parser.parse_args()
     url = db.database_url(get_settings())
     db.upgrade(url)
-    with running_collector(url) as (base, key):
+    # every call at once: days of a shop's traffic replayed in seconds, so no rate limit
+    with running_collector(url, rate_limit=0 if args.count == 0 else None) as (base, key):
         calls = _calls(args.events, args.count)
         with psycopg.connect(url) as conn:
             last = conn.execute("select max(load_id) from raw.load_audit").fetchone()
         before = (last[0] if last else None) or 0
         errors: list[object] = []
-        client = Client(key, host=base, upload_size=100, on_error=lambda e, _: errors.append(e))
+        client = Client(key, host=base, upload_size=100, max_queue_size=len(calls) + 1,
+                        on_error=lambda e, _: errors.append(e))  # fmt: skip
         started = time.monotonic()
         for call in calls:
             send(client, call)
@@ -140,7 +149,7 @@ def main() -> None:
                     (ids, before),
                 ).fetchone()
                 present, rejected = row if row else (0, 0)
-                if present + rejected >= len(ids) or time.monotonic() - acked > 60:
+                if present + rejected >= len(ids) or time.monotonic() - acked > 120:
                     break
                 time.sleep(0.1)
         visible = time.monotonic()

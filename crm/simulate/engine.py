@@ -232,6 +232,7 @@ class Simulator:
         self.buffers: dict[int, list[tuple[float, bytes]]] = {}
         self.summary = SimSummary(out=out)
         self._order_seq = 0
+        self.shop_messages = True  # the shop's own sends of the history (off once shop-crm sends)
         self.people = [self._person(i) for i in range(cfg.users)]
 
     # ---------- population
@@ -633,7 +634,8 @@ class Simulator:
                     hour = rng.uniform(7, 24)
                 t = day_t + hour * 3600 - offset + rng.uniform(0, 60)
                 self._session(p, dev, t, day, source=None)
-            self._messages(p, day, day_t)
+            if self.shop_messages:
+                self._messages(p, day, day_t)
 
     # ---------- output
     def _write_day(self, day: int) -> None:

@@ -8,8 +8,10 @@
 -- counts from its triggering event instead (the cart, the first order: not that order itself)
 -- to `attribution_hours` after the slot, so an order made during the wait, before the message,
 -- counts in both arms alike. Uplift is the difference
--- in conversion rate (and revenue per member) between the arms, with a 95% normal-approximation
--- confidence interval. Rows whose slot has not come yet are left out.
+-- in conversion rate (and revenue per member) between the arms, with a 95% confidence
+-- interval: Agresti-Caffo for the conversion uplift, Welch's normal approximation for revenue
+-- with the holdout's variance at least the treated arm's (tested against the simulated shop's
+-- planted effects: tests/test_loop.py). Rows whose slot has not come yet are left out.
 --
 -- Grain: one row per campaign and breakdown, from grouping sets: the campaign as a whole
 -- (breakdown 'campaign'), by variant, by segment, by channel, and by all three ('cell').
@@ -132,7 +134,13 @@ rates as (
         converted::numeric / nullif(treated, 0) as conversion_rate,
         converted_held_out::numeric / nullif(held_out, 0) as conversion_rate_held_out,
         revenue / nullif(treated, 0) as revenue_per_member,
-        revenue_held_out / nullif(held_out, 0) as revenue_per_member_held_out
+        revenue_held_out / nullif(held_out, 0) as revenue_per_member_held_out,
+        -- Agresti-Caffo: one conversion and one non-conversion added to each arm for the
+        -- interval (a small holdout without a single order would otherwise claim certainty)
+        (converted + 1)::numeric / (treated + 2) as adjusted,
+        (converted_held_out + 1)::numeric / (held_out + 2) as adjusted_held_out,
+        -- the holdout's revenue variance, at least the treated arm's, for the same reason
+        greatest(revenue_var_held_out, revenue_var) as revenue_var_control
     from arms
 
 ),
@@ -158,20 +166,20 @@ final as (
         conversion_rate::float8 as conversion_rate,
         conversion_rate_held_out::float8 as conversion_rate_held_out,
         (conversion_rate - conversion_rate_held_out)::float8 as uplift,
-        (conversion_rate - conversion_rate_held_out - 1.96 * sqrt(
-            conversion_rate * (1 - conversion_rate) / nullif(treated, 0)
-            + conversion_rate_held_out * (1 - conversion_rate_held_out) / nullif(held_out, 0)
+        (adjusted - adjusted_held_out - 1.96 * sqrt(
+            adjusted * (1 - adjusted) / (treated + 2)
+            + adjusted_held_out * (1 - adjusted_held_out) / nullif(held_out + 2, 2)
         ))::float8 as uplift_ci_low,
-        (conversion_rate - conversion_rate_held_out + 1.96 * sqrt(
-            conversion_rate * (1 - conversion_rate) / nullif(treated, 0)
-            + conversion_rate_held_out * (1 - conversion_rate_held_out) / nullif(held_out, 0)
+        (adjusted - adjusted_held_out + 1.96 * sqrt(
+            adjusted * (1 - adjusted) / (treated + 2)
+            + adjusted_held_out * (1 - adjusted_held_out) / nullif(held_out + 2, 2)
         ))::float8 as uplift_ci_high,
         (revenue_per_member - revenue_per_member_held_out)::float8 as revenue_uplift_per_member,
         (revenue_per_member - revenue_per_member_held_out - 1.96 * sqrt(
-            revenue_var / nullif(treated, 0) + revenue_var_held_out / nullif(held_out, 0)
+            revenue_var / nullif(treated, 0) + revenue_var_control / nullif(held_out, 0)
         ))::float8 as revenue_uplift_ci_low,
         (revenue_per_member - revenue_per_member_held_out + 1.96 * sqrt(
-            revenue_var / nullif(treated, 0) + revenue_var_held_out / nullif(held_out, 0)
+            revenue_var / nullif(treated, 0) + revenue_var_control / nullif(held_out, 0)
         ))::float8 as revenue_uplift_ci_high,
         round((revenue_per_member - revenue_per_member_held_out) * treated, 2)::float8
             as incremental_revenue
