@@ -150,6 +150,7 @@ def effects(
 
     url = db.database_url()
     reactions = t.read_reactions(truth)
+    wide = Console(width=max(out.width, 150))  # nine columns: not squeezed into a log's 80
     title = "conversion uplift and incremental revenue: true against measured"
     table = Table("campaign", "treated", "held out", "true uplift", "measured [95%]", "in",
                   "true incr. revenue", "measured [95%]", "in", title=title)  # fmt: skip
@@ -169,19 +170,19 @@ def effects(
         table.add_row(c.campaign_id, f"{c.treated:,}", f"{c.held_out:,}", f"{c.true_uplift:+.3f}",
                       ci, mark[c.covered], f"{c.true_incremental_revenue:,.0f}", rev,
                       mark[c.revenue_covered])  # fmt: skip
-    out.print(table)
+    wide.print(table)
     title = "send time: open rate at the customer's best hour (ml.send_times)"
     hours = Table("pushes sent", "sent", "opened (measured)", "planted", title=title)
     for name, r in sorted(t.send_hour_rates(url, reactions).items()):
         hours.add_row(name, f"{r.n:,}", f"{r.measured:.3f}", f"{r.planted:.3f}")
-    out.print(hours)
+    wide.print(hours)
     title = "recommendations screen: the customer's recommendations against bestsellers"
     recs = Table("row shown", "products shown", "clicked (measured)", "planted",
                  "bought (measured)", "planted", title=title)  # fmt: skip
     for name, (clicks, bought) in t.recommendation_rates(url, reactions).items():
         recs.add_row(name, f"{clicks.n:,}", f"{clicks.measured:.3f}", f"{clicks.planted:.3f}",
                      f"{bought.measured:.3f}", f"{bought.planted:.3f}")  # fmt: skip
-    out.print(recs)
+    wide.print(recs)
 
 
 @app.command()

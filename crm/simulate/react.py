@@ -175,16 +175,17 @@ DELIVERIES = """
     order by d.delivery_id
 """
 BESTSELLERS = """
-    select product_id from marts.fct_order_items
+    select product_id from marts.fct_order_items where ordered_at < %s
     group by product_id order by count(distinct order_id) desc, product_id limit %s
 """
 
 
-def read_deliveries(url: str, until: datetime) -> tuple[list[Delivery], list[str]]:
-    """(every decided delivery with a slot before ``until``, the shop's 30 bestsellers)."""
+def read_deliveries(url: str, since: datetime, until: datetime) -> tuple[list[Delivery], list[str]]:
+    """(every decided delivery with a slot before ``until``, the shop's 30 bestsellers of
+    its orders before ``since``)."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(DELIVERIES, {"shown": SHOWN, "until": until}).fetchall()
-        best = [r[0] for r in conn.execute(BESTSELLERS, (30,)).fetchall()]
+        best = [r[0] for r in conn.execute(BESTSELLERS, (since, 30)).fetchall()]
     out = [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(r[9] or ()))
            for r in rows]  # fmt: skip
     return out, best
@@ -304,8 +305,6 @@ class Reactions:
         props = {"campaign_id": d.campaign_id, "delivery_id": str(d.delivery_id)}
         rec |= {"received": True, "local_hour": round(hour, 2), "preferred_hour": p.preferred_hour,
                 "p_open": round(p_open, 6), "opened": opened}  # fmt: skip
-        if dev is not None:
-            dev.logged_in = True  # a message's device or inbox is the registered customer's
         if d.channel == "push":
             sim.emit(p, dev, t, "track", "Push Notification Received", props)
         else:
@@ -373,6 +372,10 @@ class Reactions:
     def _order(self, d: Delivery, p: Person, dev: Device | None, t: float,
                products: list[Product], rec: dict[str, Any], why: str) -> None:  # fmt: skip
         sim = self.sim
+        if dev is not None and not dev.logged_in and p.registered_day is not None:
+            dev.logged_in = True  # as in the history: a registered customer signs in to order
+            sim.emit(p, dev, t - 20, "identify", traits={"email": p.email})
+            sim.emit(p, dev, t - 19, "track", "Signed In", {"method": "password"})
         lines: dict[str, dict[str, Any]] = {}
         for prod in products:
             if prod.product_id in lines:
@@ -469,9 +472,9 @@ def react(
     if out.resolve() == shop.resolve():
         raise ValueError("write the reactions into a folder of their own, not the shop's")
     r = Reactions(cfg, out, effects or PlantedEffects(), cfg.seed if seed is None else seed)
-    until = datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC) + timedelta(
-        days=cfg.days + days
+    since = datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC) + timedelta(
+        days=cfg.days
     )
-    deliveries, bestsellers = read_deliveries(url, until)
+    deliveries, bestsellers = read_deliveries(url, since, since + timedelta(days=days))
     r.replay(progress)
     return r.run(deliveries, bestsellers, days)
