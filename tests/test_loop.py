@@ -161,19 +161,6 @@ def test_measured_uplift_and_revenue_cover_the_planted_truth(
         assert c.uplift is not None and c.uplift_ci is not None
         half = (c.uplift_ci[1] - c.uplift_ci[0]) / 2
         assert abs(c.uplift - c.true_uplift) < 2 * half, c
-    print(
-        {
-            k: (
-                round(c.true_uplift, 3),
-                c.uplift,
-                c.uplift_ci,
-                c.true_incremental_revenue,
-                c.incremental_revenue,
-                c.incremental_revenue_ci,
-            )
-            for k, c in rows.items()
-        }
-    )
 
 
 def _z(a: float, b: float, na: int, nb: int) -> float:
