@@ -1,104 +1,36 @@
 """The loop closed: shop-crm plans and sends, the simulated shop reacts with planted effects, the
 reactions are loaded and built, and what shop-crm measures is checked against the truth.
 
-One shop for the module: the ML tests' 1,500-person shop (a copy), its send times and
-recommendations fitted by shop-crm's own models, three campaigns with a 50% holdout on three
-days (one with a large planted effect sent at each customer's best hour, one with a planted
-effect of zero sent at a fixed hour, one linking to the customer's recommendations), pushes
-through firebase-admin to the fake FCM every hour as the DAG would, then a week of reactions.
+One experiment for the module (``crm.simulate.experiment``) on a copy of the ML tests'
+1,500-person shop: its send times and recommendations fitted by shop-crm's own models, three
+campaigns with a 50% holdout on three days (a large planted effect sent at each customer's best
+hour, a planted effect of zero sent at a fixed hour, a small one linking to the customer's
+recommendations), pushes through firebase-admin to the fake FCM every hour as the DAG would,
+then a week of reactions, loaded and built.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from crm import db
-from crm.ingest.load import ingest_paths
-from crm.settings import Settings
-from crm.simulate.react import Effect, PlantedEffects, react
+from crm.simulate import experiment
+from crm.simulate.react import react
 from crm.simulate.truth import (
     campaign_truth,
     read_reactions,
     recommendation_rates,
     send_hour_rates,
 )
-from crm.transform import build
-from notify.campaigns import parse_campaign
-from notify.deliver import plan, send_due
-from notify.fake_fcm import FakeFcm
-from notify.fcm import FcmSender
 from tests.conftest import ML_DB, temp_database
 
 START = datetime(2026, 2, 26, 6, 0, tzinfo=UTC)  # the day after the ML shop's history
-DAYS = 7
-PLANTED = PlantedEffects(
-    campaigns={
-        "loop_offer": Effect(0.30, 1.5),
-        "loop_nothing": Effect(0.0, 1.0),
-        "loop_picks": Effect(0.05, 1.0),
-    },
-    default=Effect(0.0),
-    segments={"new": 1.2, "repeat_buyer": 0.8},
-)
-
-
-def _campaign(cid: str, at: datetime, send_time: dict[str, Any], link: str) -> Any:
-    return parse_campaign(
-        {
-            "id": cid,
-            "name": cid,
-            "audience": {"lifecycle": ["new", "active", "buyer", "repeat_buyer"],
-                         "filters": [{"field": "is_known", "op": "eq", "value": True}]},
-            "messages": [{"segment": "*", "locale": "*", "title": "Hello", "body": "For you",
-                          "link": link}],
-            "channels": ["push"],
-            "schedule": {"kind": "once", "at": at.isoformat()},
-            "send_time": send_time,
-            "holdout_percent": 50,
-            "cap_per_customer": 5,
-            "end_date": "2026-12-31",
-        },
-        cid,
-    )  # fmt: skip
-
-
-CAMPAIGNS = [
-    (_campaign("loop_offer", START, {"mode": "best", "window": [9, 21]}, "shop://home"), START),
-    (
-        _campaign("loop_nothing", START + timedelta(days=1), {"mode": "fixed", "hour": 15},
-                  "shop://home"),
-        START + timedelta(days=1),
-    ),
-    (
-        _campaign("loop_picks", START + timedelta(days=2), {"mode": "best", "window": [9, 21]},
-                  "shop://recommendations"),
-        START + timedelta(days=2),
-    ),
-]  # fmt: skip
-
-
-def _fit_models(url: str) -> None:
-    """shop-crm's send-time model and recommender fitted on the shop and published to ml.*."""
-    from ml import publish
-    from ml.data import load_snapshot
-    from ml.recommend.ranker import Recommender
-    from ml.sendtime import SendTimeModel
-
-    snap = load_snapshot(url)
-    frames = {
-        "send_times": SendTimeModel().fit(snap).score(snap),
-        "recommendations": Recommender(horizon_days=14, n=20, seed=0).fit(snap).score(snap),
-    }
-    versions = {"send_times": ("send_time", "crm_send_time", "loop"),
-                "recommendations": ("recommendations", "crm_recommendations", "loop")}  # fmt: skip
-    publish.replace_tables(frames, versions, START - timedelta(hours=1), url)
 
 
 @pytest.fixture(scope="module")
@@ -108,33 +40,8 @@ def loop(
     home = tmp_path_factory.mktemp("loop")
     with temp_database(pg_server_url, "crm_test_loop", ML_DB) as url:
         db.upgrade(url)
-        _fit_models(url)
-        settings = Settings(_env_file=None, database_url=url, home=home / "home",
-                            push_cap_per_day=5)  # fmt: skip
-        from ml.publish import redis_client
-
-        r = redis_client(settings)
-        with FakeFcm() as fake:
-            sender = FcmSender("test-project", endpoint=fake.endpoint, name="loop",
-                               ca_file=fake.ca_file)  # fmt: skip
-            try:
-                tick = START
-                while tick <= START + timedelta(days=3):  # the hourly DAG runs
-                    with psycopg.connect(url) as conn:
-                        for campaign, at in CAMPAIGNS:
-                            if at == tick:
-                                plan(conn, campaign, tick, settings)
-                        conn.commit()
-                    send_due(url, sender, r, now=tick, settings=settings)
-                    tick += timedelta(hours=1)
-            finally:
-                sender.close()
-        react(ml_shop[1], url, home / "reactions", days=DAYS, effects=PLANTED)
-        ingest_paths(sorted((home / "reactions" / "events").iterdir()),
-                     settings=Settings(_env_file=None, database_url=url))  # fmt: skip
-        db.set_clock(url, START + timedelta(days=DAYS))
-        build(url=url, capture=True)
-        yield url, read_reactions(home / "reactions")
+        run = experiment.run(url, ml_shop[1], home / "reactions", START)
+        yield url, read_reactions(run.reactions)
 
 
 def test_measured_uplift_and_revenue_cover_the_planted_truth(
@@ -142,10 +49,10 @@ def test_measured_uplift_and_revenue_cover_the_planted_truth(
 ) -> None:
     url, reactions = loop
     rows = {c.campaign_id: c for c in campaign_truth(url, reactions)}
-    assert set(rows) == {"loop_offer", "loop_nothing", "loop_picks"}
+    assert set(rows) == {"offer", "nothing", "picks"}
     for c in rows.values():  # a 50% holdout of a real audience
         assert c.treated > 150 and c.held_out > 150, c
-    offer, nothing = rows["loop_offer"], rows["loop_nothing"]
+    offer, nothing = rows["offer"], rows["nothing"]
     # the planted effect is there, and large against the interval: it is measured
     assert offer.true_uplift > 0.05 and offer.uplift_ci and offer.uplift_ci[0] > 0, offer
     # ... and nothing where none was planted: the truth is exactly 0 and the interval holds it
@@ -205,13 +112,15 @@ def test_the_reactions_are_deterministic_and_the_holdout_gets_nothing(
     loop: tuple[str, list[dict[str, Any]]], ml_shop: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, reactions = loop
-    again = react(ml_shop[1], url, tmp_path / "again", days=DAYS, effects=PLANTED)
+    again = react(
+        ml_shop[1], url, tmp_path / "again", days=experiment.DAYS, effects=experiment.PLANTED
+    )
     assert again.deliveries == len(reactions)
     assert read_reactions(tmp_path / "again") == reactions
     held = [r for r in reactions if r["state"] == "held_out"]
     assert held and not any(r["received"] or r["orders"] or r["shown"] for r in held)
     # the draw of the effect is made for the held-out members too, at the planted rate
-    offer = [r for r in held if r["campaign_id"] == "loop_offer"]
+    offer = [r for r in held if r["campaign_id"] == "offer"]
     share = sum(r["would_convert"] for r in offer) / len(offer)
     planted = sum(r["planted_conversion"] for r in offer) / len(offer)
     assert abs(share - planted) < 3 * math.sqrt(planted * (1 - planted) / len(offer))
