@@ -146,10 +146,11 @@ BENCH_ML_CUSTOMERS ?= 100000 1000000
 BENCH_ML_SCALE_FROM ?= 100000  # larger sizes copy this size's marts (bench/ml_bench.py)
 BENCH_DBT_EVENTS ?= 1000000 10000000
 
-bench: env superset-env  ## ingest vs COPY and pandas; the collector; journeys; dbt builds; dashboards; ML (1 h+)
+bench: env superset-env  ## ingest vs COPY and pandas; the collector; journeys; measured vs planted effects; dbt builds; dashboards; ML (1 h+)
 	$(RUN) python bench/ingest_bench.py
 	$(RUN) python bench/collect_bench.py
 	$(RUN) python bench/journey_bench.py
+	$(RUN) python bench/loop_bench.py
 	$(RUN) python bench/dbt_bench.py --events $(BENCH_DBT_EVENTS)
 	$(RUN) python bench/dashboard_bench.py --database bench_dbt_$(lastword $(BENCH_DBT_EVENTS)) \
 	  --with-models
