@@ -124,3 +124,55 @@ def test_the_reactions_are_deterministic_and_the_holdout_gets_nothing(
     share = sum(r["would_convert"] for r in offer) / len(offer)
     planted = sum(r["planted_conversion"] for r in offer) / len(offer)
     assert abs(share - planted) < 3 * math.sqrt(planted * (1 - planted) / len(offer))
+
+
+def test_email_and_push_reactions_carry_the_delivery_and_keep_the_contract(
+    ml_shop: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Without a database: synthetic deliveries to the shop's registered customers, by e-mail
+    and push, linking to recommendations; every event emitted passes the loader's contract and
+    each receipt and open names its delivery."""
+    from datetime import timedelta
+
+    import orjson
+
+    from crm.ingest.validate import Limits, parse_line
+    from crm.simulate.react import Delivery, Reactions, read_config
+
+    cfg = read_config(ml_shop[1])
+    r = Reactions(cfg, tmp_path / "out", experiment.PLANTED, seed=1)
+    r.replay()
+    start = START.replace(hour=0)
+    people = [p for p in r.sim.people if p.registered_day is not None][:300]
+    products = tuple(x.product_id for x in r.sim.products[:3])
+    best = [x.product_id for x in r.sim.products[10:16]]
+    end = START + timedelta(days=7)
+    for i, p in enumerate(people):
+        channel = "email" if i % 2 else "push"
+        at = START + timedelta(minutes=i)
+        d = Delivery(i + 1, "picks", p.user_id, channel, "sent", "active", START, at,
+                     "shop://recommendations", products)  # fmt: skip
+        r.react(d, best, start, end)
+    limits = Limits(1 << 20, 32, START - timedelta(days=400), START + timedelta(days=30))
+    # one per messageId (the simulated clients retry some calls, as real ones do)
+    lines = [line for day in r.sim.buffers.values() for _, line in day]
+    for line in lines:
+        parse_line(line, limits)  # raises on anything out of contract
+    events = list({e["messageId"]: e for e in map(orjson.loads, lines)}.values())
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        by_event.setdefault(ev.get("event", ev["type"]), []).append(ev)
+    emails = [x for x in r.truth if x["channel"] == "email"]
+    pushes = [x for x in r.truth if x["channel"] == "push" and x["received"]]
+    assert len(by_event["Email Delivered"]) == len(emails) and pushes
+    assert len(by_event["Push Notification Received"]) == len(pushes)
+    opened = sum(x["opened"] for x in emails)
+    assert 0 < opened == len(by_event["Email Opened"]) == len(by_event["Email Link Clicked"])
+    for name in ("Email Delivered", "Email Opened", "Push Notification Received",
+                 "Push Notification Tapped"):  # fmt: skip
+        ids = {e["properties"]["delivery_id"] for e in by_event[name]}
+        assert ids <= {str(x["delivery_id"]) for x in r.truth}, name
+    # an opened message shows the recommendations screen: both rows, three products each
+    lists = by_event["Product List Viewed"]
+    assert len(lists) == 2 * sum(x.get("opened", False) for x in r.truth)
+    assert {len(e["properties"]["products"]) for e in lists} == {3}
