@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from crm.errors import CrmError
 from crm.simulate.catalog import Product
 from crm.simulate.engine import DAY, Device, Person, SimConfig, Simulator, _poisson, hour_affinity
 
@@ -195,7 +196,7 @@ def read_config(shop: Path) -> SimConfig:
     """The configuration a simulated shop was written with (its ``manifest.json``)."""
     manifest = shop / "manifest.json"
     if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: is {shop} a simulated shop?")
+        raise CrmError(f"{manifest} not found: is {shop} a simulated shop (crm simulate)?")
     cfg = orjson.loads(manifest.read_bytes())["config"]
     fields = {f.name for f in dataclasses.fields(SimConfig)}
     values = {k: v for k, v in cfg.items() if k in fields}
@@ -470,7 +471,7 @@ def react(
     ``out``. ``seed`` (default: the shop's) seeds the reactions."""
     cfg = read_config(shop)
     if out.resolve() == shop.resolve():
-        raise ValueError("write the reactions into a folder of their own, not the shop's")
+        raise CrmError("write the reactions into a folder of their own, not the shop's")
     r = Reactions(cfg, out, effects or PlantedEffects(), cfg.seed if seed is None else seed)
     since = datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC) + timedelta(
         days=cfg.days

@@ -24,13 +24,15 @@ from typing import Any
 import orjson
 import psycopg
 
+from crm.errors import CrmError
+
 ATTRIBUTION_HOURS = 72
 
 
 def read_reactions(truth: Path) -> list[dict[str, Any]]:
     path = truth / "ground_truth" / "reactions.jsonl" if truth.is_dir() else truth
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `crm react` first")
+        raise CrmError(f"{path} not found: run `crm react` first")
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
