@@ -107,6 +107,43 @@ def describe(centroid: pd.Series, overall: pd.Series, spread: pd.Series) -> tupl
     return name, sentence[0].upper() + sentence[1:] + "."
 
 
+# what tells two segments apart, by the feature in which they differ most: (higher, lower)
+CONTRASTS = {
+    "sessions_per_week": ("more visits", "fewer visits"),
+    "views_per_session": ("more views per visit", "fewer views per visit"),
+    "conversion": ("higher conversion", "lower conversion"),
+    "log_order_value": ("bigger orders", "smaller orders"),
+    "price_index": ("pricier items", "cheaper items"),
+    "orders_per_week": ("more orders", "fewer orders"),
+}
+
+
+def unique_names(names: dict[int, str], centroids: pd.DataFrame,
+                 spread: pd.Series) -> dict[int, str]:  # fmt: skip
+    """Segments that got the same name are told apart by what differs most between them: each
+    gets its largest contrast against the others of that name (in behaviour, or a category it
+    views more), the next one if that is taken too, and its id only when nothing is left."""
+    out = dict(names)
+    by_name: dict[str, list[int]] = {}
+    for sid, name in names.items():
+        by_name.setdefault(name, []).append(sid)
+    for name, ids in by_name.items():
+        if len(ids) < 2:
+            continue
+        group = centroids.loc[ids]
+        taken: set[str] = set()
+        for sid in ids:
+            z = (group.loc[sid] - group.drop(index=sid).mean()) / spread.replace(0, 1)
+            options = [(abs(z[c]), CONTRASTS[c][0 if z[c] > 0 else 1]) for c in CONTRASTS
+                       if c in z.index]  # fmt: skip
+            options += [(z[c], f"more {c[4:]}") for c in z.index if c.startswith("cat:")]
+            label = next((lab for _, lab in sorted(options, key=lambda o: -o[0])
+                          if lab not in taken), f"segment {sid}")  # fmt: skip
+            taken.add(label)
+            out[sid] = f"{name} · {label}"
+    return out
+
+
 @dataclass
 class SegmentModel:
     k_range: tuple[int, int] = (3, 8)
@@ -156,6 +193,7 @@ class SegmentModel:
         overall, spread = profile.mean(), profile.std()
         for sid, row in centroids.iterrows():
             self.names[int(sid)], self.descriptions[int(sid)] = describe(row, overall, spread)
+        self.names = unique_names(self.names, centroids, spread)
         return self
 
     def _stable_ids(self, centroids: pd.DataFrame, previous: SegmentModel | None) -> list[int]:

@@ -471,3 +471,21 @@ def test_too_little_history_is_a_clear_skip_not_a_crash(snap: Snapshot) -> None:
         ChurnModel(window_days=14).fit(short, short.end - 14 * DAY)
     with pytest.raises(NotEnoughHistory, match="no customer came back"):
         Recommender(horizon_days=30).fit(short)
+
+
+def test_segments_with_the_same_name_are_told_apart_by_what_differs_most() -> None:
+    from ml.segments import unique_names
+
+    centroids = pd.DataFrame(
+        {"sessions_per_week": [1.0, 1.0, 3.0, 2.0], "log_order_value": [3.0, 5.0, 4.0, 4.0],
+         "cat:garden": [0.1, 0.1, 0.1, 0.6]},
+        index=[1, 2, 3, 4],
+    )  # fmt: skip
+    spread = pd.Series({"sessions_per_week": 1.0, "log_order_value": 1.0, "cat:garden": 0.2})
+    names = {1: "Bargain hunters · toys", 2: "Bargain hunters · toys",
+             3: "Bargain hunters · toys", 4: "Buyers"}  # fmt: skip
+    out = unique_names(names, centroids, spread)
+    assert len(set(out.values())) == 4 and out[4] == "Buyers"
+    assert out[2] == "Bargain hunters · toys · bigger orders"  # 5 against 3.5
+    assert out[3] == "Bargain hunters · toys · more visits"  # 3 against 1
+    assert out[1] == "Bargain hunters · toys · smaller orders"
