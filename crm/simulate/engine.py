@@ -206,6 +206,17 @@ def hour_affinity(send_hour: float, preferred_hour: int) -> float:
     return math.exp(-(d * d) / (2 * 1.5 * 1.5))
 
 
+def open_probability(p: Person, channel: str, local_hour: float, weekday: int) -> float:
+    """The chance that a message received at this local hour and weekday is opened: highest
+    at the preferred hour, higher on the preferred weekday, lower off the preferred channel."""
+    base = 0.45 * (0.12 + 0.88 * hour_affinity(local_hour, p.preferred_hour))
+    if weekday == p.preferred_weekday:
+        base *= 1.3
+    if channel != p.preferred_channel:
+        base *= 0.35
+    return min(base, 0.95)
+
+
 class Simulator:
     def __init__(self, cfg: SimConfig, out: Path) -> None:
         self.cfg = cfg
@@ -580,12 +591,7 @@ class Simulator:
         return self.rng.uniform(8, 22)
 
     def _engages(self, p: Person, channel: str, local_hour: float, weekday: int) -> bool:
-        base = 0.45 * (0.12 + 0.88 * hour_affinity(local_hour, p.preferred_hour))
-        if weekday == p.preferred_weekday:
-            base *= 1.3
-        if channel != p.preferred_channel:
-            base *= 0.35
-        return self.rng.random() < min(base, 0.95)
+        return self.rng.random() < open_probability(p, channel, local_hour, weekday)
 
     def _messages(self, p: Person, day: int, day_t: float) -> None:
         rng = self.rng

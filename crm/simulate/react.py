@@ -51,7 +51,15 @@ import psycopg
 
 from crm.errors import CrmError
 from crm.simulate.catalog import Product
-from crm.simulate.engine import DAY, Device, Person, SimConfig, Simulator, _poisson, hour_affinity
+from crm.simulate.engine import (
+    DAY,
+    Device,
+    Person,
+    SimConfig,
+    Simulator,
+    _poisson,
+    open_probability,
+)
 
 SHOWN = 3  # products per row of the recommendations screen
 CONVERSION_DELAY_HOURS = 8.0  # mean delay from receipt to the order a message causes
@@ -121,16 +129,6 @@ class PlantedEffects:
             default=Effect(**data["default"]) if "default" in data else base.default,
             segments=data.get("segments", base.segments),
         )
-
-
-def open_probability(p: Person, channel: str, local_hour: float, weekday: int) -> float:
-    """The planted chance that a message received at this local hour and weekday is opened."""
-    base = 0.45 * (0.12 + 0.88 * hour_affinity(local_hour, p.preferred_hour))
-    if weekday == p.preferred_weekday:
-        base *= 1.3
-    if channel != p.preferred_channel:
-        base *= 0.35
-    return min(base, 0.95)
 
 
 def liking(p: Person, product: Product) -> float:
