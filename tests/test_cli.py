@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 from typer.testing import CliRunner
 
 from crm.cli import app
@@ -88,3 +89,42 @@ def test_db_clock_sets_the_pipelines_now_for_new_sessions_and_resets_it(
     with psycopg.connect(db_url) as conn:
         row = conn.execute("select crm.now(), now()").fetchone()
     assert row is not None and row[0] == row[1]
+
+
+def test_campaigns_run_until_catches_up_the_hourly_runs_each_sending_what_came_due(
+    shop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from crm.settings import get_settings
+
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    (folder / "hello.yaml").write_text(
+        "id: hello\nname: Hello\naudience: {lifecycle: [active, buyer, repeat_buyer]}\n"
+        "messages: [{segment: '*', locale: '*', title: Hi, body: Hello}]\n"
+        "channels: [push]\nschedule: {kind: once, at: '2026-02-26T06:00:00+00:00'}\n"
+        "send_time: {mode: fixed, hour: 12}\nholdout_percent: 10\nend_date: 2026-12-31\n"
+    )
+    monkeypatch.setenv("CRM_DATABASE_URL", shop)
+    monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CRM_PUSH_CAP_PER_DAY", "5")
+    get_settings.cache_clear()
+    try:
+        r = runner.invoke(app, ["campaigns", "run", "--at", "2026-02-26T06:05:00+00:00",
+                                "--until", "2026-02-27T06:05:00+00:00", "--fake-fcm",
+                                "--folder", str(folder)])  # fmt: skip
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    with psycopg.connect(shop) as conn:
+        sent = conn.execute(
+            "select slot, sent_at from crm.deliveries where campaign_id = 'hello'"
+            " and state = 'sent'"
+        ).fetchall()
+        now = conn.execute("select crm.now()").fetchone()
+    # noon in every zone: slots spread over the day, each sent by the first run after it
+    assert len({slot for slot, _ in sent}) > 3, sent
+    assert all(timedelta(0) <= at - slot < timedelta(hours=1) for slot, at in sent), sent
+    assert now == (datetime(2026, 2, 27, 6, 5, tzinfo=UTC),)
+    assert f"{len(sent):,} sent" in r.output
