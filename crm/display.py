@@ -12,6 +12,7 @@ from rich.table import Table
 # it compares with, and the column it is shown in. Longest first: "popularity_all_time_"
 # before "popularity_".
 BASELINE_PREFIXES = {
+    "model_": "model (lost)",  # the model's figures when its baseline is served instead
     "popularity_all_time_": "all-time pop.",
     "popularity_": "popularity",
     "als_": "ALS",
@@ -27,6 +28,7 @@ class Trained(Protocol):
     reason: str
     metrics: dict[str, float]
     key_metric: str
+    serves: str
 
 
 def number(value: float) -> str:
@@ -65,12 +67,14 @@ def training_tables(results: Sequence[Trained]) -> list[tuple[str, Table]]:
     """Per task, a heading (its version; whether it became champion, and why; a baseline
     that does better on the deciding metric) and a table of each held-out metric, the
     model's beside each baseline's; the deciding metric comes first, marked *."""
-    order = ["popularity", "all-time pop.", "ALS", "EASE", *BASELINE_SUFFIXES.values()]
+    order = ["model (lost)", "popularity", "all-time pop.", "ALS", "EASE",
+             *BASELINE_SUFFIXES.values()]  # fmt: skip
     shown = []
     for r in results:
         rows, columns = _split(r.metrics)
         columns.sort(key=order.index)
         key = r.key_metric
+        served = "model" if r.serves == "model" else f"{r.serves} (served)"
         heading = f"[bold]{r.task}[/bold] " + (
             f"v{r.version}: {'champion' if r.promoted else 'not promoted'} ({r.reason})"
             if r.metrics
@@ -78,9 +82,11 @@ def training_tables(results: Sequence[Trained]) -> list[tuple[str, Table]]:
         )
         decided = rows.get(key, {})
         ahead = [c for c in columns if decided.get(c, float("-inf")) > decided.get("model", 0.0)]
-        if ahead:
+        if ahead and r.serves == "model":
             heading += f"\n  [yellow]{', '.join(ahead)} does better on {key}[/yellow]"
-        table = Table("metric", "model", *columns)
+        elif r.serves != "model":
+            heading += f"\n  [yellow]serves the {r.serves}: the model did not beat it[/yellow]"
+        table = Table("metric", served, *columns)
         for metric in sorted(rows, key=lambda m: m != key):
             values = rows[metric]
             cells = [number(values[c]) if c in values else "" for c in ("model", *columns)]

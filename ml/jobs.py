@@ -1,5 +1,13 @@
 """The ML jobs the ``crm`` CLI and the DAGs run: train (MLflow runs, registry, champion) and
-score (champions -> ml.* tables and Redis)."""
+score (champions -> ml.* tables and Redis).
+
+Every task but segments has a baseline, fitted and evaluated on the same held-out split as the
+model: recency for churn, the single best global hour for send time, popularity for
+recommendations. The model is the candidate only when it beats its baseline (for churn: a
+higher AUC and a calibration error within CALIBRATION_LIMIT, or the baseline's if that is
+larger); otherwise the baseline is, so the task serves the baseline's scores, labelled as such
+(``kind``), until a model beats it. The candidate becomes champion when it beats the current
+champion on the same split by the same rule."""
 
 from __future__ import annotations
 
@@ -13,14 +21,15 @@ import pandas as pd
 from crm.errors import CrmError
 from crm.settings import PROJECT_ROOT, Settings, get_settings
 from ml import tracking
-from ml.churn import ChurnModel
+from ml.churn import ChurnModel, RecencyChurn
 from ml.data import NotEnoughHistory, Snapshot, load_snapshot
-from ml.recommend.ranker import Recommender
+from ml.recommend.ranker import Popular, Recommender
 from ml.segments import SegmentModel
-from ml.sendtime import SendTimeModel
+from ml.sendtime import GlobalHour, SendTimeModel
 
 TASKS = ("segments", "churn", "send_time", "recommendations")
 DAY = pd.Timedelta(days=1)
+CALIBRATION_LIMIT = 0.05  # the largest calibration error a churn model is served with
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +44,8 @@ class TrainParams:
     send_time_holdout_days: int = 14
     recommendations: int = 20
     seed: int = 0
+    # how much a model's deciding metric must exceed its baseline's for the model to be served
+    baseline_margin: float = 0.0
 
 
 @dataclass
@@ -45,6 +56,7 @@ class TaskResult:
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
     key_metric: str = ""  # the metric that decides the champion
+    serves: str = "model"  # "model", or "baseline: ..." when the model lost to its baseline
 
 
 def code_version() -> str:
@@ -104,6 +116,32 @@ def _challenger(
     return model.fit(snap.before(cut)), cut
 
 
+def _baseline(task: str, snap: Snapshot, p: TrainParams, cut: pd.Timestamp | None) -> Any:
+    """The task's baseline, fitted on the same training data as the model (None: segments)."""
+    if task == "churn" and cut is not None:
+        return RecencyChurn(window_days=p.churn_window_days, seed=p.seed).fit(snap, cut)
+    if task == "send_time" and cut is not None:
+        return GlobalHour().fit(snap.before(cut))
+    if task == "recommendations" and cut is not None:
+        model = Popular(horizon_days=p.recommendation_horizon_days, n=p.recommendations)
+        return model.fit(snap.before(cut))
+    return None
+
+
+def beats(task: str, key: str, ours: dict[str, float], other: dict[str, float],
+          margin: float = 0.0) -> tuple[bool, str]:  # fmt: skip
+    """Whether ``ours`` beats ``other`` on the same held-out split, and why (or why not)."""
+    value, against = ours[key], other[key]
+    if not value > against + margin:
+        more = f" + {margin:g}" if margin else ""
+        return False, f"{key} {value:.4f} <= {against:.4f}{more}"
+    if task == "churn":
+        limit = max(CALIBRATION_LIMIT, other.get("calibration_error", 0.0))
+        if ours["calibration_error"] > limit:
+            return False, f"calibration error {ours['calibration_error']:.4f} > {limit:.4f}"
+    return True, f"{key} {value:.4f} > {against:.4f}"
+
+
 def _evaluate(
     task: str, model: Any, snap: Snapshot, cut: pd.Timestamp | None
 ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
@@ -152,26 +190,43 @@ def train(
             if cut is not None:
                 mlflow.log_param("heldout_from", str(cut))
             metrics, tables = _evaluate(task, model, snap, cut)
+            baseline = _baseline(task, snap, p, cut)
+            lost = ""
+            if baseline is not None:
+                base_metrics, base_tables = _evaluate(task, baseline, snap, cut)
+                mlflow.log_metrics({f"baseline_{k}".replace("@", "_at_"): v
+                                    for k, v in base_metrics.items()})  # fmt: skip
+                won, why = beats(task, model.key_metric, metrics, base_metrics, p.baseline_margin)
+                if not won:
+                    lost = f"the model lost to the {baseline.kind}: {why}"
+                    log.warning("%s: %s; the baseline is the candidate", task, lost)
+                    model, tables = baseline, base_tables
+                    # the baseline's own figures, with the model's kept beside them
+                    metrics = {**base_metrics, **{f"model_{k}": v for k, v in metrics.items()
+                                                  if k in base_metrics}}  # fmt: skip
+            kind = getattr(model, "kind", "model")
+            mlflow.set_tag("serves", kind)
             mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
             for name, table in tables.items():
                 mlflow.log_table(table, artifact_file=f"{name}.json")
             mlflow.log_figure(_plot(task, tables), f"{task}.png")
-            champion_value = None
+            decision = None
             if champion is not None:
                 try:
-                    champion_value = _evaluate(task, champion, snap, cut)[0][model.key_metric]
+                    held = _evaluate(task, champion, snap, cut)[0]
                     mlflow.log_metric(
-                        "champion_" + model.key_metric.replace("@", "_at_"), champion_value
+                        "champion_" + model.key_metric.replace("@", "_at_"), held[model.key_metric]
                     )
+                    won, why = beats(task, model.key_metric, metrics, held)
+                    decision = (won, why.replace(" > ", " > champion's ", 1).replace(
+                        " <= ", " <= champion's ", 1))  # fmt: skip
                 except Exception as exc:  # an old champion that cannot score today's data loses
                     log.warning("champion of %s could not be evaluated: %s", task, exc)
-                    champion_value = float("-inf")
-            reg = tracking.log_and_register(task, model, model.key_metric,
-                                            metrics[model.key_metric], champion_value,
-                                            url)  # fmt: skip
-            results.append(
-                TaskResult(task, reg.version, reg.promoted, reg.reason, metrics, model.key_metric)
-            )
+                    decision = (True, f"the champion could not be evaluated: {exc}")
+            reg = tracking.log_and_register(task, model, decision, url)
+            reason = f"{lost}; {reg.reason}" if lost else reg.reason
+            results.append(TaskResult(task, reg.version, reg.promoted, reason, metrics,
+                                      model.key_metric, kind))  # fmt: skip
     return results
 
 
@@ -214,9 +269,10 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     from crm import db
 
     scored_at = db.clock(url)
-    counts = publish.replace_tables(frames, versions, scored_at, url)
+    kinds = {t: getattr(m, "kind", "model") for t, (m, _) in champions.items()}
+    counts = publish.replace_tables(frames, versions, scored_at, url, kinds)
     models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
-    meta = {"scored_at": scored_at.isoformat(), "models": models}
+    meta = {"scored_at": scored_at.isoformat(), "models": models, "serves": kinds}
     popular = getattr(champions["recommendations"][0], "popular_items", [])  # set by score()
     keys = publish.publish_redis(frames, meta, settings, popular=popular)
     return {"rows": counts, "redis_keys": keys, **meta}

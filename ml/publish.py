@@ -6,7 +6,8 @@ Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
                                         scored_at; expires after CRM_REDIS_TTL_SECONDS
   ``<prefix>:segments``                 JSON: the segment catalogue (id, name, description)
   ``<prefix>:recommendations:popular``  JSON: the cold-start list for visitors never seen
-  ``<prefix>:meta:last_score``          JSON: when the last scoring run published, and models
+  ``<prefix>:meta:last_score``          JSON: when the last scoring run published, the models
+                                        and what each serves (the model or its baseline)
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def replace_tables(
     versions: dict[str, tuple[str, str, str]],
     scored_at: datetime,
     url: str | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Replace each ``ml.<table>`` with its frame in ONE transaction (readers see the old
     results or the new ones), and log the run in ml.score_runs. ``versions``: table ->
-    (task, model name, model version)."""
+    (task, model name, model version); ``kinds``: task -> what it serves ("model", or
+    "baseline: ..."), "model" when not given."""
     counts: dict[str, int] = {}
     with db.connect(url) as conn, conn.transaction():
         for table, frame in frames.items():
@@ -72,10 +75,11 @@ def replace_tables(
             with conn.cursor().copy(copy) as cp:
                 for start in range(0, len(data), COPY_ROWS):  # not one string of every row
                     cp.write(_csv(data.iloc[start : start + COPY_ROWS]))
+            kind = (kinds or {}).get(task, "model")
             conn.execute(
                 "insert into ml.score_runs (task, table_name, model_name, model_version, rows,"
-                " scored_at) values (%s, %s, %s, %s, %s, %s)",
-                (task, table, name, version, len(frame), scored_at),
+                " scored_at, model_kind) values (%s, %s, %s, %s, %s, %s, %s)",
+                (task, table, name, version, len(frame), scored_at, kind),
             )
             counts[table] = len(frame)
     return counts

@@ -6,6 +6,9 @@ profile (empirical Bayes: the prior strengths are the ones that best predict a l
 the training data). Few events -> close to the segment; many -> their own habit. Channels:
 each channel's engagement rate under a Beta prior centred on the global rate, among the
 channels the customer consented to.
+
+The baseline, ``GlobalHour``, sends everyone at the hour with most engagements overall: the
+model is served only when it beats it (``ml.jobs``).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class SendTimeModel:
 
     task = "send_time"
     key_metric = "hit_rate"
+    kind = "model"
 
     # ---------- fitting
     def _profiles(self, ev: pd.DataFrame, segments: pd.Series) -> None:
@@ -257,3 +261,26 @@ class SendTimeModel:
         )
         by_hour = pd.DataFrame({"hour": range(HOURS), "global_profile": self.global_profile})
         return metrics, {"global_profile": by_hour}
+
+
+@dataclass
+class GlobalHour(SendTimeModel):
+    """The baseline: everyone's best hour is the global best hour (channels as the model's)."""
+
+    kind = "baseline: global hour"
+
+    def score(self, snap: Snapshot, segments: pd.Series | None = None) -> pd.DataFrame:
+        ids = pd.Index(snap.customers.customer_id)
+        counts = hour_counts(engagement_events(snap, self.session_weight), ids)
+        hour = self.global_best_hour
+        window = float(self.global_profile[[(hour + k) % HOURS for k in (-1, 0, 1)]].sum())
+        out = pd.DataFrame(
+            {
+                "customer_id": ids,
+                "best_hour": hour,
+                "confidence": round(window, 4),
+                "events": counts.sum(axis=1).round(2),
+                "basis": "global",
+            }
+        )
+        return out.merge(self._best_channels(snap), on="customer_id", how="left")

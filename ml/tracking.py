@@ -173,16 +173,13 @@ def record_promotion(url: str | None, name: str, version: str, run_id: str) -> s
 
 
 def log_and_register(
-    task: str,
-    model: Any,
-    metric: str,
-    value: float,
-    champion_value: float | None,
-    url: str | None = None,
+    task: str, model: Any, decision: tuple[bool, str] | None, url: str | None = None
 ) -> Registered:
-    """Log ``model`` in the active run, register it, and move ``champion`` to it when it beats
-    the current champion on the same held-out data (or when there is none), recording the
-    promoted version's artifact digest in ``url``'s ml.model_promotions first."""
+    """Log ``model`` in the active run, register it, and move ``champion`` to it when
+    ``decision`` says it beat the current champion on the same held-out data (None: there is
+    no champion yet), recording the promoted version's artifact digest in ``url``'s
+    ml.model_promotions first. The version is tagged with what it is (``kind``: the model, or
+    a baseline served because the model lost to it)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -193,18 +190,12 @@ def log_and_register(
     )  # fmt: skip
     client = MlflowClient()
     version = str(info.registered_model_version)
-    if champion_value is None:
-        promote, reason = True, "no champion yet"
-    elif value > champion_value:
-        promote, reason = True, f"{metric} {value:.4f} > champion's {champion_value:.4f}"
-    else:
-        promote, reason = False, f"{metric} {value:.4f} <= champion's {champion_value:.4f}"
+    promote, reason = decision or (True, "no champion yet")
     run = mlflow.active_run()
     if promote:
         record_promotion(url, name, version, run.info.run_id if run else "")
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "heldout_metric", metric)
-    client.set_model_version_tag(name, version, "heldout_value", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "kind", getattr(model, "kind", "model"))
     mlflow.set_tag("promoted", str(promote).lower())
     mlflow.set_tag("promotion_reason", reason)
     return Registered(name, version, run.info.run_id if run else "", promote, reason)

@@ -102,6 +102,7 @@ class Recommender:
 
     task = "recommendations"
     key_metric = "ndcg@10"
+    kind = "model"
 
     def _training_groups(self, history: Snapshot, labels: Snapshot, offset: int) -> pd.DataFrame:
         """Candidates from ``history`` labelled by what each customer did in ``labels``."""
@@ -248,6 +249,48 @@ class Recommender:
             ease = ease_lists(data, users, self.n, exclude_seen=self.exclude_seen)
             if ease is not None:
                 results[f"ease{suffix}"] = evaluate_lists(ease, truth, size)
+        table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
+        metrics = comparison_metrics(table)
+        metrics["customers_evaluated"] = float(len(users))
+        return metrics, {"comparison": table}
+
+
+@dataclass
+class Popular(Recommender):
+    """The baseline: the most popular products (decayed, as the cold-start list), the same
+    list for everyone (without what each has seen when ``exclude_seen``)."""
+
+    kind = "baseline: popularity"
+
+    def fit(self, snap: Snapshot) -> Popular:
+        return self
+
+    def recommend(self, snap: Snapshot | None = None, customers: list[str] | None = None,
+                  index: Index | None = None) -> dict[str, list[str]]:  # fmt: skip
+        from ml.recommend.baselines import popularity_lists
+
+        if index is None and snap is None:
+            raise ValueError("recommend needs the data to serve from: a snapshot or an index")
+        ix = index or build_index(snap)  # type: ignore[arg-type]
+        wanted = customers if customers is not None else list(ix.customers)
+        items = ix.products.to_numpy()
+        self.popular_items = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
+        known = [c for c in wanted if c in ix.customers]
+        out = popularity_lists(ix, known, self.n, self.exclude_seen)
+        for c in wanted:
+            out.setdefault(c, self.popular_items)
+        return out
+
+    def compare(
+        self, train: Snapshot, truth: dict[str, dict[str, float]]
+    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+        """Its own ranking quality only (the model's comparison already shows the others)."""
+        ix = build_index(train)
+        users = [u for u in truth if u in ix.customers]
+        users = sample_customers(users, self.max_eval_customers, self.seed)
+        truth = {u: truth[u] for u in users}
+        lists = self.recommend(customers=users, index=ix)
+        results = {"ours": evaluate_lists(lists, truth, len(ix.products))}
         table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
         metrics = comparison_metrics(table)
         metrics["customers_evaluated"] = float(len(users))
