@@ -118,28 +118,29 @@ def _challenger(
 
 def _baseline(task: str, snap: Snapshot, p: TrainParams, cut: pd.Timestamp | None) -> Any:
     """The task's baseline, fitted on the same training data as the model (None: segments)."""
-    if task == "churn" and cut is not None:
+    if cut is None:
+        return None
+    if task == "churn":
         return RecencyChurn(window_days=p.churn_window_days, seed=p.seed).fit(snap, cut)
-    if task == "send_time" and cut is not None:
+    if task == "send_time":
         return GlobalHour().fit(snap.before(cut))
-    if task == "recommendations" and cut is not None:
-        model = Popular(horizon_days=p.recommendation_horizon_days, n=p.recommendations)
-        return model.fit(snap.before(cut))
-    return None
+    model = Popular(horizon_days=p.recommendation_horizon_days, n=p.recommendations)
+    return model.fit(snap.before(cut))
 
 
 def beats(task: str, key: str, ours: dict[str, float], other: dict[str, float],
-          margin: float = 0.0) -> tuple[bool, str]:  # fmt: skip
-    """Whether ``ours`` beats ``other`` on the same held-out split, and why (or why not)."""
+          margin: float = 0.0, whose: str = "") -> tuple[bool, str]:  # fmt: skip
+    """Whether ``ours`` beats ``other`` on the same held-out split, and why (or why not);
+    ``whose`` names the other in the reason ("champion's ")."""
     value, against = ours[key], other[key]
     if not value > against + margin:
         more = f" + {margin:g}" if margin else ""
-        return False, f"{key} {value:.4f} <= {against:.4f}{more}"
+        return False, f"{key} {value:.4f} <= {whose}{against:.4f}{more}"
     if task == "churn":
         limit = max(CALIBRATION_LIMIT, other.get("calibration_error", 0.0))
         if ours["calibration_error"] > limit:
             return False, f"calibration error {ours['calibration_error']:.4f} > {limit:.4f}"
-    return True, f"{key} {value:.4f} > {against:.4f}"
+    return True, f"{key} {value:.4f} > {whose}{against:.4f}"
 
 
 def _evaluate(
@@ -204,8 +205,7 @@ def train(
                     # the baseline's own figures, with the model's kept beside them
                     metrics = {**base_metrics, **{f"model_{k}": v for k, v in metrics.items()
                                                   if k in base_metrics}}  # fmt: skip
-            kind = getattr(model, "kind", "model")
-            mlflow.set_tag("serves", kind)
+            mlflow.set_tag("serves", model.kind)
             mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
             for name, table in tables.items():
                 mlflow.log_table(table, artifact_file=f"{name}.json")
@@ -217,16 +217,14 @@ def train(
                     mlflow.log_metric(
                         "champion_" + model.key_metric.replace("@", "_at_"), held[model.key_metric]
                     )
-                    won, why = beats(task, model.key_metric, metrics, held)
-                    decision = (won, why.replace(" > ", " > champion's ", 1).replace(
-                        " <= ", " <= champion's ", 1))  # fmt: skip
+                    decision = beats(task, model.key_metric, metrics, held, whose="champion's ")
                 except Exception as exc:  # an old champion that cannot score today's data loses
                     log.warning("champion of %s could not be evaluated: %s", task, exc)
                     decision = (True, f"the champion could not be evaluated: {exc}")
-            reg = tracking.log_and_register(task, model, decision, url)
+            reg = tracking.log_and_register(task, model, metrics[model.key_metric], decision, url)
             reason = f"{lost}; {reg.reason}" if lost else reg.reason
             results.append(TaskResult(task, reg.version, reg.promoted, reason, metrics,
-                                      model.key_metric, kind))  # fmt: skip
+                                      model.key_metric, model.kind))  # fmt: skip
     return results
 
 
@@ -269,7 +267,7 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
     from crm import db
 
     scored_at = db.clock(url)
-    kinds = {t: getattr(m, "kind", "model") for t, (m, _) in champions.items()}
+    kinds = {t: m.kind for t, (m, _) in champions.items()}
     counts = publish.replace_tables(frames, versions, scored_at, url, kinds)
     models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
     meta = {"scored_at": scored_at.isoformat(), "models": models, "serves": kinds}

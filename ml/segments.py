@@ -159,6 +159,7 @@ class SegmentModel:
 
     task = "segments"
     key_metric = "silhouette"
+    kind = "model"  # segments have no baseline
 
     def _matrix(self, profile: pd.DataFrame) -> np.ndarray:
         assert self.scaler is not None

@@ -270,17 +270,7 @@ class GlobalHour(SendTimeModel):
     kind = "baseline: global hour"
 
     def score(self, snap: Snapshot, segments: pd.Series | None = None) -> pd.DataFrame:
-        ids = pd.Index(snap.customers.customer_id)
-        counts = hour_counts(engagement_events(snap, self.session_weight), ids)
         hour = self.global_best_hour
         window = float(self.global_profile[[(hour + k) % HOURS for k in (-1, 0, 1)]].sum())
-        out = pd.DataFrame(
-            {
-                "customer_id": ids,
-                "best_hour": hour,
-                "confidence": round(window, 4),
-                "events": counts.sum(axis=1).round(2),
-                "basis": "global",
-            }
-        )
-        return out.merge(self._best_channels(snap), on="customer_id", how="left")
+        out = super().score(snap, segments)
+        return out.assign(best_hour=hour, confidence=round(window, 4), basis="global")

@@ -173,10 +173,15 @@ def record_promotion(url: str | None, name: str, version: str, run_id: str) -> s
 
 
 def log_and_register(
-    task: str, model: Any, decision: tuple[bool, str] | None, url: str | None = None
+    task: str,
+    model: Any,
+    value: float,
+    decision: tuple[bool, str] | None,
+    url: str | None = None,
 ) -> Registered:
     """Log ``model`` in the active run, register it, and move ``champion`` to it when
-    ``decision`` says it beat the current champion on the same held-out data (None: there is
+    ``decision`` says it beat the current champion on the same held-out data (``value``: its
+    deciding metric there; ``decision`` None: there is
     no champion yet), recording the promoted version's artifact digest in ``url``'s
     ml.model_promotions first. The version is tagged with what it is (``kind``: the model, or
     a baseline served because the model lost to it)."""
@@ -195,7 +200,9 @@ def log_and_register(
     if promote:
         record_promotion(url, name, version, run.info.run_id if run else "")
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "kind", getattr(model, "kind", "model"))
+    client.set_model_version_tag(name, version, "heldout_metric", model.key_metric)
+    client.set_model_version_tag(name, version, "heldout_value", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "kind", model.kind)
     mlflow.set_tag("promoted", str(promote).lower())
     mlflow.set_tag("promotion_reason", reason)
     return Registered(name, version, run.info.run_id if run else "", promote, reason)

@@ -169,12 +169,21 @@ class Recommender:
     def recommend(self, snap: Snapshot | None = None, customers: list[str] | None = None,
                   index: Index | None = None) -> dict[str, list[str]]:  # fmt: skip
         """customer -> ranked product ids; customers without history get popular items."""
-        assert self.ranker is not None, "fit first"
         if index is None and snap is None:
             raise ValueError("recommend needs the data to serve from: a snapshot or an index")
         ix = index or build_index(snap)  # type: ignore[arg-type]
         wanted = customers if customers is not None else list(ix.customers)
-        known = [c for c in wanted if c in ix.customers]
+        out = self._ranked(ix, [c for c in wanted if c in ix.customers])
+        items = ix.products.to_numpy()
+        popular = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
+        self.popular_items = popular
+        for c in wanted:
+            out.setdefault(c, popular)
+        return out
+
+    def _ranked(self, ix: Index, known: list[str]) -> dict[str, list[str]]:
+        """The ranker's lists for customers of the index."""
+        assert self.ranker is not None, "fit first"
         out: dict[str, list[str]] = {}
         items = ix.products.to_numpy()
         for start in range(0, len(known), CHUNK):
@@ -183,10 +192,6 @@ class Recommender:
             cand["score"] = self.ranker.predict(cand[FEATURES])
             for r, picked in apply_rules(cand, ix, self.n).items():
                 out[chunk[r]] = [str(items[i]) for i in picked]
-        popular = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
-        self.popular_items = popular
-        for c in wanted:
-            out.setdefault(c, popular)
         return out
 
     def score(self, snap: Snapshot) -> pd.DataFrame:
@@ -224,15 +229,27 @@ class Recommender:
         self, train: Snapshot, truth: dict[str, dict[str, float]]
     ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
         """Every model ranks for the customers of ``truth`` known in ``train``."""
-        from ml.recommend.baselines import als_lists, ease_lists, popularity_lists
-
         ix = build_index(train)
         users = [u for u in truth if u in ix.customers]
         users = sample_customers(users, self.max_eval_customers, self.seed)
         truth = {u: truth[u] for u in users}
+        results = {
+            "ours": evaluate_lists(self.recommend(customers=users, index=ix), truth,
+                                   len(ix.products)),
+            **self._rivals(train, ix, users, truth),
+        }  # fmt: skip
+        table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
+        metrics = comparison_metrics(table)
+        metrics["customers_evaluated"] = float(len(users))
+        return metrics, {"comparison": table}
+
+    def _rivals(self, train: Snapshot, ix: Index, users: list[str],
+                truth: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:  # fmt: skip
+        """The baselines' figures on the same customers: popularity, ALS, EASE."""
+        from ml.recommend.baselines import als_lists, ease_lists, popularity_lists
+
         size = len(ix.products)
         results = {
-            "ours": evaluate_lists(self.recommend(customers=users, index=ix), truth, size),
             "popularity": evaluate_lists(
                 popularity_lists(ix, users, self.n, self.exclude_seen), truth, size
             ),
@@ -249,10 +266,7 @@ class Recommender:
             ease = ease_lists(data, users, self.n, exclude_seen=self.exclude_seen)
             if ease is not None:
                 results[f"ease{suffix}"] = evaluate_lists(ease, truth, size)
-        table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
-        metrics = comparison_metrics(table)
-        metrics["customers_evaluated"] = float(len(users))
-        return metrics, {"comparison": table}
+        return results
 
 
 @dataclass
@@ -265,33 +279,12 @@ class Popular(Recommender):
     def fit(self, snap: Snapshot) -> Popular:
         return self
 
-    def recommend(self, snap: Snapshot | None = None, customers: list[str] | None = None,
-                  index: Index | None = None) -> dict[str, list[str]]:  # fmt: skip
+    def _ranked(self, ix: Index, known: list[str]) -> dict[str, list[str]]:
         from ml.recommend.baselines import popularity_lists
 
-        if index is None and snap is None:
-            raise ValueError("recommend needs the data to serve from: a snapshot or an index")
-        ix = index or build_index(snap)  # type: ignore[arg-type]
-        wanted = customers if customers is not None else list(ix.customers)
-        items = ix.products.to_numpy()
-        self.popular_items = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
-        known = [c for c in wanted if c in ix.customers]
-        out = popularity_lists(ix, known, self.n, self.exclude_seen)
-        for c in wanted:
-            out.setdefault(c, self.popular_items)
-        return out
+        return popularity_lists(ix, known, self.n, self.exclude_seen)
 
-    def compare(
-        self, train: Snapshot, truth: dict[str, dict[str, float]]
-    ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-        """Its own ranking quality only (the model's comparison already shows the others)."""
-        ix = build_index(train)
-        users = [u for u in truth if u in ix.customers]
-        users = sample_customers(users, self.max_eval_customers, self.seed)
-        truth = {u: truth[u] for u in users}
-        lists = self.recommend(customers=users, index=ix)
-        results = {"ours": evaluate_lists(lists, truth, len(ix.products))}
-        table = pd.DataFrame(results).T.reset_index(names="model").astype({"users": int})
-        metrics = comparison_metrics(table)
-        metrics["customers_evaluated"] = float(len(users))
-        return metrics, {"comparison": table}
+    def _rivals(self, train: Snapshot, ix: Index, users: list[str],
+                truth: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:  # fmt: skip
+        """None: the model's comparison already shows the others beside it."""
+        return {}
