@@ -318,7 +318,7 @@ def train(
 
     params = TrainParams(churn_window_days=churn_window_days, recommendations=recommendations,
                          seed=seed)  # fmt: skip
-    with console.status("training (segments, churn, send time, recommendations)"):
+    with console.status("training (segments, churn, send time, recommendations, value)"):
         results = run(tuple(task or TASKS), params)
     from crm.display import training_tables
 

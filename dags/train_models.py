@@ -2,7 +2,7 @@
 ### train_models: retrain the CRM's models, tracked in MLflow
 
 Weekly (Monday 03:00 UTC), or on demand from the trigger form. One task per model: AI
-segments, churn risk, best send time, recommendations. Each training is an MLflow run
+segments, churn risk, best send time, recommendations, customer value. Each training is an MLflow run
 (params, held-out metrics, plots, tables) and registers a new version of `crm_<task>`; the
 alias **champion** moves to it only when it beats the current champion on the same held-out
 data. Scoring (`score_customers`) always uses the champions.
@@ -78,10 +78,15 @@ def train_models() -> None:
     def recommendations() -> dict[str, object]:
         return _train("recommendations")
 
+    @task
+    def value() -> dict[str, object]:
+        return _train("value")
+
     # send times shrink towards segments; run the rest in parallel
     segments() >> send_time()
     churn()
     recommendations()
+    value()
 
 
 train_models()

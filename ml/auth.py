@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from crm.errors import CrmError
 
-TASKS = ("segments", "churn", "send_time", "recommendations")
+TASKS = ("segments", "churn", "send_time", "recommendations", "value")
 
 
 class MlflowAuthError(CrmError):

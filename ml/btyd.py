@@ -133,3 +133,52 @@ class GammaGamma:
         x = np.asarray(x, dtype=float)
         m = np.where(x > 0, np.asarray(m, dtype=float), 0.0)
         return (p * v + p * x * m) / (p * x + q - 1)
+
+
+def mbg_log_likelihood(
+    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Per-customer log-likelihood of MBG/NBD (Batislam, Denizel & Filiztekin 2007): BG/NBD
+    where a customer may also drop out right after the first purchase."""
+    r, alpha, a, b = params
+    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    a2 = betaln(a, b + x + 1) - betaln(a, b)
+    a3 = -(r + x) * np.log(alpha + T)
+    a4 = np.log(a) - np.log(b + x) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+    return a1 + a2 + a3 + np.logaddexp(0.0, a4)
+
+
+@dataclass
+class MBGNBD(BGNBD):
+    """MBG/NBD: a customer with no repeat purchase can be gone too (BG/NBD says alive)."""
+
+    def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> MBGNBD:
+        x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+
+        def nll(logp: np.ndarray) -> float:
+            return -float(mbg_log_likelihood(np.exp(logp), x, t_x, T).sum())
+
+        best = None
+        for start in ([0.0, 0.0, 0.0, 0.0], [np.log(0.5), np.log(5.0), 0.0, np.log(2.0)]):
+            res = minimize(nll, np.array(start), method="Nelder-Mead",
+                           options={"maxiter": 5000, "xatol": 1e-6, "fatol": 1e-6})  # fmt: skip
+            if best is None or res.fun < best.fun:
+                best = res
+        assert best is not None
+        self.r, self.alpha, self.a, self.b = (float(v) for v in np.exp(best.x))
+        return self
+
+    def _dead_odds(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        return a / (b + x) * ((alpha + T) / (alpha + t_x)) ** (r + x)
+
+    def expected(self, t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+        hyp = hyp2f1(r + x, b + x + 1, a + b + x, t / (alpha + T + t))
+        top = (a + b + x) / (a - 1) * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp)
+        return top / (1 + self._dead_odds(x, t_x, T))
+
+    def p_alive(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+        return 1 / (1 + self._dead_odds(x, t_x, T))

@@ -18,13 +18,13 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 from ml.churn import ChurnModel
-from ml.data import Snapshot
+from ml.data import NotEnoughHistory, Snapshot
 from ml.datasets import movielens_snapshot
 from ml.recommend.candidates import holdout_latest
 from ml.recommend.ranker import Recommender, comparison_metrics
 from ml.segments import SegmentModel
 from ml.sendtime import SendTimeModel
-from ml.value import WEEK, read_cdnow
+from ml.value import BTYD, WEEK, CustomerValue, read_cdnow
 from ml.value import compare as value_compare
 
 DAY = pd.Timedelta(days=1)
@@ -78,6 +78,8 @@ def evaluate_project(
            f"(**{m['lift_over_global']:.2f}x**; {int(m['heldout_engagements'])} engagements). "
            f"Target: {TARGETS['send_time']}.",
            _save(_plot("send_time", t), out, "send_time_profile.png")]  # fmt: skip
+    metrics["value"], part = evaluate_value(snap, truth, out)
+    md += part
     seg = SegmentModel().fit(snap)
     m, t = seg.evaluate(snap)
     assigned = seg.assign(snap).set_index("customer_id")
@@ -103,6 +105,62 @@ def evaluate_project(
            f"Target: {TARGETS['recommendations']}.", _table(t["comparison"]),
            _save(_plot("recommendations", t), out, "recommendations.png")]  # fmt: skip
     return metrics, md
+
+
+VALUE_HOLDOUT_DAYS = (14, 21, 28)
+
+
+def evaluate_value(
+    snap: Snapshot, truth: pd.DataFrame | None, out: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """Customer value on the shop: the model against BG/NBD + Gamma-Gamma for several held-out
+    lengths; with the simulator's truth, P(alive) against the customers it had churned."""
+    import matplotlib
+    from sklearn.metrics import roc_auc_score
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, results, plots = [], {}, []
+    for days in VALUE_HOLDOUT_DAYS:
+        cut = snap.end - days * DAY
+        try:
+            pair = {n: m.fit(snap, cut) for n, m in (("value model", CustomerValue()),
+                    ("BG/NBD + Gamma-Gamma", CustomerValue(model=BTYD())))}  # fmt: skip
+        except NotEnoughHistory:
+            continue
+        for name, model in pair.items():
+            m, t = model.evaluate(snap, cut)
+            if truth is not None and "churn_date" in truth:
+                p = model.predict(snap, cut, days)
+                churned = pd.to_datetime(truth.churn_date).reindex(p.index) < cut.tz_convert(None)
+                known = churned.index.isin(truth.index)
+                if 0 < churned[known].sum() < known.sum():
+                    m["auc_p_alive_planted"] = float(roc_auc_score(~churned[known],
+                                                                   p.p_alive[known]))  # fmt: skip
+            results[f"{days}d {name}"] = m
+            rows.append({"held out": f"{days} days", "model": name,
+                         "Poisson deviance": m["poisson_deviance"], "RMSE orders": m["rmse"],
+                         "RMSE spend": m["rmse_spend"], "AUC buys": m["auc"],
+                         "AUC P(alive), planted churn": m.get("auc_p_alive_planted", float("nan")),
+                         "orders predicted / actual": f"{m['predicted_orders']:,.0f} / "
+                                                      f"{m['actual_orders']:,.0f}"})  # fmt: skip
+            plots.append((f"{days} days, {name}", t["by_frequency"]))
+    md = ["### Customer value", "Fitted on orders before the cut-off, scored on the orders "
+          "after it. Customers the simulator had churned by the cut-off are the planted truth "
+          "for P(alive)."]  # fmt: skip
+    if not rows:
+        return results, [*md, "Skipped: too little order history."]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    last = plots[-2][1]
+    ax.plot(last.x, last.actual, "o-", label="actual")
+    for label, t in plots[-2:]:
+        ax.plot(t.x, t.predicted, "--", label=label.split(", ")[1])
+    ax.set(xlabel="repeat orders before the cut-off (7+ pooled)", ylabel="mean orders after",
+           title=plots[-1][0].split(",")[0] + " held out")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return results, [*md, _table(pd.DataFrame(rows)), _save(fig, out, "value_by_frequency.png")]
 
 
 CDNOW_START, CDNOW_END = pd.Timestamp("1997-01-01"), pd.Timestamp("1998-07-01")

@@ -26,8 +26,9 @@ from ml.data import NotEnoughHistory, Snapshot, load_snapshot
 from ml.recommend.ranker import Popular, Recommender
 from ml.segments import SegmentModel
 from ml.sendtime import GlobalHour, SendTimeModel
+from ml.value import BTYD, CustomerValue
 
-TASKS = ("segments", "churn", "send_time", "recommendations")
+TASKS = ("segments", "churn", "send_time", "recommendations", "value")
 DAY = pd.Timedelta(days=1)
 CALIBRATION_LIMIT = 0.05  # the largest calibration error a churn model is served with
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class TrainParams:
     recommendation_horizon_days: int = 7
     send_time_holdout_days: int = 14
     recommendations: int = 20
+    value_holdout_days: int = 28
     seed: int = 0
     # how much a model's deciding metric must exceed its baseline's for the model to be served
     baseline_margin: float = 0.0
@@ -85,6 +87,13 @@ def _plot(task: str, tables: dict[str, pd.DataFrame]) -> Any:
         t = tables["global_profile"]
         ax.bar(t.hour, t.global_profile)
         ax.set(xlabel="local hour", ylabel="share of engagement", title="Global profile")
+    elif task == "value":
+        t = tables["by_frequency"]
+        ax.plot(t.x, t.actual, "o-", label="actual")
+        ax.plot(t.x, t.predicted, "s--", label="predicted")
+        ax.set(xlabel="repeat orders before the cut-off (7+ pooled)",
+               ylabel="mean orders after it", title="Held-out orders by frequency")  # fmt: skip
+        ax.legend()
     elif task == "recommendations":
         t = tables["comparison"].set_index("model")[["ndcg@10", "recall@20", "map@10"]]
         t.plot.bar(ax=ax, rot=0)
@@ -109,6 +118,9 @@ def _challenger(
     if task == "send_time":
         cut = end - p.send_time_holdout_days * DAY
         return SendTimeModel().fit(snap.before(cut)), cut
+    if task == "value":
+        cut = end - p.value_holdout_days * DAY
+        return CustomerValue(seed=p.seed).fit(snap, cut), cut
     cut = end - p.recommendation_horizon_days * DAY
     model = Recommender(
         horizon_days=p.recommendation_horizon_days, n=p.recommendations, seed=p.seed
@@ -124,6 +136,8 @@ def _baseline(task: str, snap: Snapshot, p: TrainParams, cut: pd.Timestamp | Non
         return RecencyChurn(window_days=p.churn_window_days, seed=p.seed).fit(snap, cut)
     if task == "send_time":
         return GlobalHour().fit(snap.before(cut))
+    if task == "value":
+        return CustomerValue(model=BTYD(), seed=p.seed).fit(snap, cut)
     model = Popular(horizon_days=p.recommendation_horizon_days, n=p.recommendations)
     return model.fit(snap.before(cut))
 
@@ -228,6 +242,19 @@ def train(
     return results
 
 
+def _campaign_horizons() -> set[int]:
+    """The value horizons the campaign files filter on (none when they do not load: the
+    campaign checks report that, and scoring goes on)."""
+    from notify.campaigns import CampaignError, load_campaigns, value_horizons
+    from notify.run import CAMPAIGNS
+
+    try:
+        return value_horizons(load_campaigns(CAMPAIGNS))
+    except (CampaignError, OSError) as exc:
+        log.warning("campaign files not read for value horizons: %s", exc)
+        return set()
+
+
 def score(settings: Settings | None = None, snapshot: Snapshot | None = None) -> dict[str, Any]:
     """Score every customer with each task's champion; publish to ml.* and Redis."""
     from ml import publish
@@ -258,9 +285,13 @@ def score(settings: Settings | None = None, snapshot: Snapshot | None = None) ->
         "send_times": champions["send_time"][0].score(snap),
         "recommendations": champions["recommendations"][0].score(snap),
     }
+    frames["customer_value"], frames["customer_value_horizons"] = champions["value"][0].score(
+        snap, tuple(sorted(_campaign_horizons()))
+    )
     task_of = {"customer_segments": "segments", "segment_catalog": "segments",
                "churn_scores": "churn", "send_times": "send_time",
-               "recommendations": "recommendations"}  # fmt: skip
+               "recommendations": "recommendations", "customer_value": "value",
+               "customer_value_horizons": "value"}  # fmt: skip
     versions = {
         t: (task_of[t], tracking.model_name(task_of[t]), champions[task_of[t]][1]) for t in frames
     }

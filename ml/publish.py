@@ -3,7 +3,8 @@ shop's site and apps.
 
 Redis key scheme (prefix = CRM_REDIS_PREFIX, default ``crm``):
   ``<prefix>:customer:<customer_id>``  JSON: segment, churn, top recommendations, send time,
-                                        scored_at; expires after CRM_REDIS_TTL_SECONDS
+                                        predicted value, scored_at; expires after
+                                        CRM_REDIS_TTL_SECONDS
   ``<prefix>:segments``                 JSON: the segment catalogue (id, name, description)
   ``<prefix>:recommendations:popular``  JSON: the cold-start list for visitors never seen
   ``<prefix>:meta:last_score``          JSON: when the last scoring run published, the models
@@ -40,6 +41,14 @@ TABLES = {
         "channel_engagement_rate",
     ],
 }
+TABLES["customer_value"] = [
+    "customer_id", "basis", "orders_to_date", "predicted_orders_90d", "predicted_value_90d",
+    "predicted_orders_365d", "predicted_value_365d", "p_alive", "spend_per_order",
+    "expected_next_order_at", "value_band",
+]  # fmt: skip
+TABLES["customer_value_horizons"] = [
+    "customer_id", "horizon_days", "predicted_orders", "predicted_value",
+]  # fmt: skip
 COPY_ROWS = 200_000  # rows per CSV chunk sent to COPY
 
 
@@ -85,16 +94,31 @@ def replace_tables(
     return counts
 
 
+def _value_docs(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """customer -> the predicted value part of their document."""
+    next_order = pd.to_datetime(frame.expected_next_order_at).dt.strftime("%Y-%m-%d")
+    docs = pd.DataFrame({
+        "band": frame.value_band, "orders_90d": frame.predicted_orders_90d,
+        "value_90d": frame.predicted_value_90d, "orders_365d": frame.predicted_orders_365d,
+        "value_365d": frame.predicted_value_365d, "p_alive": frame.p_alive,
+        "next_order": next_order,
+    }).astype(object)  # fmt: skip
+    docs = docs.where(docs.notna(), None)
+    return dict(zip(frame.customer_id.astype(str), docs.to_dict(orient="records"), strict=True))
+
+
 def customer_documents(
     frames: dict[str, pd.DataFrame], top_n: int = 10
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     segs = frames["customer_segments"].set_index("customer_id")
     churn = frames["churn_scores"].set_index("customer_id")
     send = frames["send_times"].set_index("customer_id")
+    value = _value_docs(frames["customer_value"]) if "customer_value" in frames else {}
     recs = frames["recommendations"]
     recs = recs[recs["rank"] <= top_n].sort_values(["customer_id", "rank"])
     rec_lists = recs.groupby("customer_id").product_id.agg(list)
     ids = set(segs.index) | set(churn.index) | set(send.index) | set(rec_lists.index)
+    ids |= set(value)
     for cid in ids:
         doc: dict[str, Any] = {}
         if cid in segs.index:
@@ -112,6 +136,8 @@ def customer_documents(
                                 "channel": None if pd.isna(ch) else ch}  # fmt: skip
         if cid in rec_lists.index:
             doc["recommendations"] = list(rec_lists[cid])
+        if cid in value:
+            doc["value"] = value[cid]
         yield str(cid), doc
 
 

@@ -14,20 +14,31 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from notify.campaigns import FILTER_FIELDS, Campaign, Filter
+from notify.campaigns import (
+    FILTER_FIELDS,
+    HORIZON_FIELD,
+    Campaign,
+    CampaignError,
+    Filter,
+    value_horizons,
+)
 
-TABLE_ALIASES = {"customers": "c", "features": "f", "churn": "ch"}
+TABLE_ALIASES = {"customers": "c", "features": "f", "churn": "ch", "value": "v"}
 OPS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 BASE = """
     select c.customer_id, c.lifecycle_segment, c.locale, c.time_zone, c.push_consent,
            c.email_consent, s.segment_id, s.segment_name, ch.churn_probability, ch.risk_band,
-           st.best_hour, st.best_channel, f.top_category
+           st.best_hour, st.best_channel, f.top_category, v.predicted_value_365d, v.p_alive,
+           v.value_band
     from marts.dim_customers c
     left join marts.customer_features f on f.customer_id = c.customer_id
     left join ml.customer_segments s on s.customer_id = c.customer_id
     left join ml.churn_scores ch on ch.customer_id = c.customer_id
     left join ml.send_times st on st.customer_id = c.customer_id
+    left join ml.customer_value v on v.customer_id = c.customer_id
 """
+HORIZON_VALUE = """(select h.{} from ml.customer_value_horizons h
+                   where h.customer_id = c.customer_id and h.horizon_days = %s)"""
 
 
 def in_holdout(campaign_id: str, customer_id: str, percent: float) -> bool:
@@ -37,13 +48,20 @@ def in_holdout(campaign_id: str, customer_id: str, percent: float) -> bool:
 
 
 def _condition(f: Filter) -> tuple[sql.Composable, list[Any]]:
-    table, column = FILTER_FIELDS[f.field]
-    col = sql.Identifier(TABLE_ALIASES[table], column)
+    pre: list[Any] = []
+    if f.field in FILTER_FIELDS:
+        table, column = FILTER_FIELDS[f.field]
+        col: sql.Composable = sql.Identifier(TABLE_ALIASES[table], column)
+    else:  # predicted_<orders|value>_<days>d
+        match = HORIZON_FIELD.match(f.field)
+        assert match is not None  # the campaign's validation allowed nothing else
+        what = sql.Identifier(f"predicted_{match.group(1)}")
+        col, pre = sql.SQL(HORIZON_VALUE).format(what), [int(match.group(2))]
     if f.op == "in":
-        return sql.SQL("{} = any(%s)").format(col), [list(f.value)]
+        return sql.SQL("{} = any(%s)").format(col), [*pre, list(f.value)]
     if f.op == "between":
-        return sql.SQL("{} between %s and %s").format(col), list(f.value)
-    return sql.SQL("{} {} %s").format(col, sql.SQL(OPS[f.op])), [f.value]
+        return sql.SQL("{} between %s and %s").format(col), [*pre, *f.value]
+    return sql.SQL("{} {} %s").format(col, sql.SQL(OPS[f.op])), [*pre, f.value]
 
 
 # who a built-in trigger fires for at time %(now)s (UTC); a campaign's own audience narrows it
@@ -114,12 +132,28 @@ def audience_query(
     return sql.SQL(BASE) + where + sql.SQL(" order by c.customer_id"), params
 
 
+def _scored(conn: psycopg.Connection, days: int) -> bool:
+    """Whether the latest scoring run wrote predictions over ``days``."""
+    row = conn.execute(
+        "select exists (select 1 from ml.customer_value_horizons where horizon_days = %s)",
+        (days,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def select_audience(
     conn: psycopg.Connection,
     campaign: Campaign,
     only: list[str] | None = None,
     now: datetime | None = None,
 ) -> pd.DataFrame:
+    missing = [d for d in sorted(value_horizons([campaign])) if not _scored(conn, d)]
+    if missing:
+        raise CampaignError(
+            f"{campaign.id}: predicted orders or value over {missing} days are not "
+            "scored yet; run `crm score` (or score_customers): it scores every horizon the "
+            "campaign files ask for"
+        )
     query, params = audience_query(campaign, only, now)
     cur = conn.execute(query, params)
     frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])

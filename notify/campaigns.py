@@ -10,6 +10,7 @@ customer and an end date.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from functools import lru_cache
 from itertools import pairwise
@@ -49,10 +50,21 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
     "top_category": ("features", "top_category"),
     "push_tap_rate": ("features", "push_tap_rate"),
     "churn_probability": ("churn", "churn_probability"),
+    # predicted customer value (ml.customer_value); any other horizon: HORIZON_FIELD
+    "p_alive": ("value", "p_alive"),
+    "value_band": ("value", "value_band"),
+    "orders_to_date": ("value", "orders_to_date"),
+    "predicted_orders_90d": ("value", "predicted_orders_90d"),
+    "predicted_value_90d": ("value", "predicted_value_90d"),
+    "predicted_orders_365d": ("value", "predicted_orders_365d"),
+    "predicted_value_365d": ("value", "predicted_value_365d"),
     "locale": ("customers", "locale"),
     "time_zone": ("customers", "time_zone"),
     "is_known": ("customers", "is_known"),
 }
+# predicted orders or value over any number of days: scoring computes every horizon the
+# campaign files ask for (ml.customer_value_horizons)
+HORIZON_FIELD = re.compile(r"^predicted_(orders|value)_([1-9][0-9]{0,3})d$")
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")]
 _jinja = SandboxedEnvironment(autoescape=False)
 
@@ -70,8 +82,11 @@ class Filter(BaseModel):
     @field_validator("field")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in FILTER_FIELDS:
-            raise ValueError(f"unknown field {v!r}; choose from {sorted(FILTER_FIELDS)}")
+        if v not in FILTER_FIELDS and not HORIZON_FIELD.match(v):
+            raise ValueError(
+                f"unknown field {v!r}; choose from {sorted(FILTER_FIELDS)}, or "
+                "predicted_orders_<days>d / predicted_value_<days>d for another horizon"
+            )
         return v
 
     @model_validator(mode="after")
@@ -375,6 +390,12 @@ def load_campaigns(folder: Path) -> list[Campaign]:
     if errors:
         raise CampaignError("\n".join(errors))
     return campaigns
+
+
+def value_horizons(campaigns: list[Campaign]) -> set[int]:
+    """The horizons (days) of predicted orders or value the campaigns' audiences filter on."""
+    return {int(m.group(2)) for c in campaigns for f in c.audience.filters
+            if (m := HORIZON_FIELD.match(f.field))}  # fmt: skip
 
 
 def find_campaign(folder: Path, campaign_id: str) -> Campaign:

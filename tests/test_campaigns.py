@@ -152,3 +152,44 @@ def test_audience_snapshot_is_taken_once(ml_shop: tuple[str, Path]) -> None:
         assert nxt[0] == 20 and same == 20
         conn.execute("delete from crm.campaign_audiences where campaign_id = %s", (campaign.id,))
         conn.commit()
+
+
+def test_an_audience_of_valuable_customers_at_risk_of_leaving(shop: str) -> None:
+    """Filters on predicted value and P(alive), from the value model's scores; a horizon no
+    scoring run wrote is a clear error until scoring writes it."""
+    from ml import publish
+    from ml.data import load_snapshot
+    from ml.value import CustomerValue
+
+    snap = load_snapshot(shop)
+    model = CustomerValue().fit(snap, snap.end - timedelta(days=28))
+    data = example("active_recommendations")
+    data["audience"] = {"filters": [
+        {"field": "predicted_value_365d", "op": "gte", "value": 200},
+        {"field": "p_alive", "op": "lt", "value": 0.9},
+        {"field": "predicted_orders_180d", "op": "gt", "value": 0.5},
+    ]}  # fmt: skip
+    campaign = parse_campaign(data)
+
+    def publish_scores(horizons: tuple[int, ...]) -> tuple:
+        values, long = model.score(snap, horizons)
+        frames = {"customer_value": values, "customer_value_horizons": long}
+        versions = {t: ("value", "crm_value", "1") for t in frames}
+        publish.replace_tables(frames, versions, datetime.now(UTC), shop)
+        return values.set_index("customer_id"), long
+
+    publish_scores(())
+    with psycopg.connect(shop) as conn, pytest.raises(CampaignError, match=r"\[180\] days"):
+        select_audience(conn, campaign)
+    values, long = publish_scores((180,))
+    h180 = long[long.horizon_days == 180].set_index("customer_id").predicted_orders
+    expected = values[(values.predicted_value_365d >= 200) & (values.p_alive < 0.9)
+                      & (h180.reindex(values.index) > 0.5)].index  # fmt: skip
+    with psycopg.connect(shop) as conn:
+        got = select_audience(conn, campaign)
+    assert 10 < len(got) < len(values) / 2
+    assert sorted(got.customer_id) == sorted(expected)
+    assert (got.predicted_value_365d >= 200).all() and (got.p_alive < 0.9).all()
+    with pytest.raises(CampaignError, match="predicted_orders_<days>d"):
+        parse_campaign({**data, "audience": {"filters": [
+            {"field": "predicted_spend_365d", "op": "gt", "value": 1}]}})  # fmt: skip

@@ -162,7 +162,13 @@ def test_ml_dags_chain_on_the_marts_asset(dagbag) -> None:
     (task,) = score.tasks
     assert next(o.uri for o in task.outlets).endswith("/ml/churn_scores")
     train = dagbag.dags["train_models"]
-    assert {t.task_id for t in train.tasks} == {"segments", "churn", "send_time", "recommendations"}
+    assert {t.task_id for t in train.tasks} == {
+        "segments",
+        "churn",
+        "send_time",
+        "recommendations",
+        "value",
+    }
     assert train.params["churn_window_days"] == 14
     assert "send_time" in train.task_dict["segments"].downstream_task_ids
 
@@ -203,7 +209,7 @@ def test_train_then_score_dags_publish_champion_scores(
                     (started,),
                 ).fetchone()
             assert per_customer == (5,)  # the trigger form's param reached the recommender
-            assert runs == (4,)
+            assert runs == (5,)
             _no_customer_in_mlflow_runs(ml_shop[0], tmp_path / "home" / "mlartifacts")
         finally:
             get_settings.cache_clear()

@@ -290,7 +290,7 @@ def test_train_registers_champions_and_score_publishes_them(
     with pytest.raises(jobs.NoChampionError, match="crm train"):
         jobs.score(ml_settings, snapshot=snap)
     first = jobs.train(settings=ml_settings, snapshot=snap)
-    assert [r.promoted for r in first] == [True] * 4
+    assert [r.promoted for r in first] == [True] * 5
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("crm_churn", "champion").version) == "1"
     # the same recipe on the same data does not beat the champion: the alias stays
@@ -299,7 +299,12 @@ def test_train_registers_champions_and_score_publishes_them(
     assert str(client.get_model_version_by_alias("crm_churn", "champion").version) == "1"
 
     result = jobs.score(ml_settings, snapshot=snap)
-    assert result["serves"] == dict.fromkeys(jobs.TASKS, "model")
+    served = {r.task: r.serves for r in first}
+    assert result["serves"] == served
+    assert {t: k for t, k in served.items() if t != "value"} == dict.fromkeys(
+        ("segments", "churn", "send_time", "recommendations"), "model"
+    )
+    assert served["value"] in ("model", "baseline: BG/NBD + Gamma-Gamma")
     with db.connect(ml_settings.database_url) as conn:
         n: dict[str, int] = dict(
             conn.execute("select table_name, rows from ml.score_runs").fetchall()
@@ -311,12 +316,15 @@ def test_train_registers_champions_and_score_publishes_them(
             "select max(c) from (select count(*) c from ml.recommendations group by customer_id) t"
         ).fetchone()
     assert n["churn_scores"] > 500 and n["recommendations"] > 1000
+    assert n["customer_value"] == len(snap.customers)
+    assert n["customer_value_horizons"] >= 2 * len(snap.customers)
     assert versions == {"1"}
     assert per_customer == (20,)
     r = publish.redis_client(ml_settings)
     key = f"crm:customer:{snap.customers.customer_id.iloc[0]}"
     doc = json.loads(r.get(key) or "null")
-    assert {"send_time", "recommendations"} <= set(doc)
+    assert {"send_time", "recommendations", "value"} <= set(doc)
+    assert doc["value"]["band"] in ("top", "high", "medium", "low", "none")
     assert 0 < r.ttl(key) <= ml_settings.redis_ttl_seconds
     assert result["redis_keys"] == len(snap.customers)
     assert len(json.loads(r.get("crm:recommendations:popular") or "[]")) == 20
@@ -433,7 +441,7 @@ def test_an_mlflow_server_with_basic_auth_lets_each_job_do_only_its_part(
         mlflow_score_username="crm-score", mlflow_score_password=SecretStr(SCORE_PW),
     )  # fmt: skip
     trained = jobs.train(settings=settings, snapshot=snap)
-    assert [r.promoted for r in trained] == [True] * 4
+    assert [r.promoted for r in trained] == [True] * 5
     result = jobs.score(settings, snapshot=snap)
     assert result["models"]["churn"] == "crm_churn/1" and result["rows"]["churn_scores"] > 500
     with _as("crm-score", SCORE_PW):
@@ -454,8 +462,8 @@ def test_evaluate_writes_a_reproducible_report(
 
     report = run(snap, tmp_path, real_data, truth)
     text = report.read_text()
-    for section in ("Churn risk", "Best send time", "AI segments", "Recommendations", "CDNOW",
-                    "MovieLens"):  # fmt: skip
+    for section in ("Churn risk", "Best send time", "Customer value", "AI segments",
+                    "Recommendations", "CDNOW", "MovieLens"):  # fmt: skip
         assert section in text, section
     assert "Skipped" not in text
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -473,7 +481,17 @@ def test_evaluate_writes_a_reproducible_report(
         best_popularity = max(split["popularity_ndcg@10"], split["popularity_all_time_ndcg@10"])
         assert split["ndcg@10"] >= factor * best_popularity, split
         assert split["ndcg@10"] > max(split[f"{b}_ndcg@10"] for b in baselines), split
-    for png in ("churn_calibration.png", "send_time_profile.png", "recommendations.png"):
+    # customer value over calibration lengths, and against the planted churn
+    assert set(metrics["cdnow"]) == {f"{w}w" for w in (13, 20, 26, 32, 39, 45, 52)}
+    value = metrics["project"]["value"]
+    assert value["28d value model"]["auc_p_alive_planted"] > 0.75
+    for png in (
+        "churn_calibration.png",
+        "send_time_profile.png",
+        "recommendations.png",
+        "value_by_frequency.png",
+        "cdnow_value.png",
+    ):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"]({png})" in text
 
@@ -505,6 +523,53 @@ def test_segments_with_the_same_name_are_told_apart_by_what_differs_most() -> No
     assert out[2] == "Bargain hunters · toys · bigger orders"  # 5 against 3.5
     assert out[3] == "Bargain hunters · toys · more visits"  # 3 against 1
     assert out[1] == "Bargain hunters · toys · smaller orders"
+
+
+def test_value_recovers_planted_churn_and_future_orders(
+    snap: Snapshot, truth: pd.DataFrame
+) -> None:
+    """Fitted before a cut-off: P(alive) tells apart the customers the simulator had churned
+    by then, and predicted orders rank and add up to the orders placed after it."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from ml.value import BTYD, CustomerValue, actual, transactions
+
+    cut = snap.end - 28 * DAY
+    model = CustomerValue().fit(snap, cut)
+    p = model.predict(snap, cut, 28)
+    churned = pd.to_datetime(truth.churn_date).reindex(p.index) < cut.tz_convert(None)
+    known = churned.index.isin(truth.index)
+    auc_alive = roc_auc_score(~churned[known], p.p_alive[known])
+    tx = transactions(snap)
+    n, _ = actual(tx, p.index, cut.tz_convert(None), snap.end.tz_convert(None))
+    rho = spearmanr(p.orders, n).statistic
+    # BG/NBD holds everyone without a repeat purchase alive: MBG/NBD's P(alive) does better
+    base = CustomerValue(model=BTYD()).fit(snap, cut)
+    auc_bgnbd = roc_auc_score(~churned[known], base.predict(snap, cut, 28).p_alive[known])
+    assert auc_alive > 0.75 and auc_alive > auc_bgnbd + 0.1, (auc_alive, auc_bgnbd)
+    assert rho > 0.4, rho
+    assert p.orders.sum() == pytest.approx(n.sum(), rel=0.25)
+    m, tables = model.evaluate(snap, cut)
+    b, _ = base.evaluate(snap, cut)
+    assert m["deviance_skill"] > 0.1 and m["deviance_skill"] >= b["deviance_skill"]
+    assert tables["by_frequency"].actual.iloc[-1] > tables["by_frequency"].actual.iloc[0]
+
+    values, horizons = model.score(snap, (30, 90))
+    buyers = set(transactions(snap).customer_id)
+    assert set(values.customer_id) == set(snap.customers.customer_id.astype(str))
+    v = values.set_index("customer_id")
+    assert (v.loc[list(buyers), "basis"] == "orders").all()
+    assert v.loc[list(buyers), "p_alive"].between(0, 1).all()
+    assert v.loc[list(buyers), "expected_next_order_at"].notna().all()
+    rest = v[v.basis != "orders"]
+    # customers without an order: a first-order chance below one order, no P(alive)
+    assert rest.predicted_orders_365d.between(0, 1).all() and rest.p_alive.isna().all()
+    assert (rest.value_band == "none").all() and set(v.value_band) >= {"top", "high", "low"}
+    # any horizon: expected orders grow with it
+    wide = horizons.pivot(index="customer_id", columns="horizon_days", values="predicted_orders")
+    assert sorted(wide.columns) == [30, 90, 365]
+    assert (wide[30] <= wide[90] + 1e-9).all() and (wide[90] <= wide[365] + 1e-9).all()
 
 
 def test_a_model_that_does_not_beat_its_baseline_is_not_served(
