@@ -9,6 +9,7 @@ first purchase to the end of the calibration period.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 from scipy.optimize import minimize
@@ -37,11 +38,16 @@ class BGNBD:
     a: float = 1.0
     b: float = 1.0
 
-    def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BGNBD:
+    def log_likelihood(
+        self, params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+    ) -> np.ndarray:
+        return log_likelihood(params, x, t_x, T)
+
+    def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> Self:
         x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
 
         def nll(logp: np.ndarray) -> float:
-            return -float(log_likelihood(np.exp(logp), x, t_x, T).sum())
+            return -float(self.log_likelihood(np.exp(logp), x, t_x, T).sum())
 
         best = None
         for start in ([0.0, 0.0, 0.0, 0.0], [np.log(0.5), np.log(5.0), 0.0, np.log(2.0)]):
@@ -152,21 +158,10 @@ def mbg_log_likelihood(
 class MBGNBD(BGNBD):
     """MBG/NBD: a customer with no repeat purchase can be gone too (BG/NBD says alive)."""
 
-    def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> MBGNBD:
-        x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
-
-        def nll(logp: np.ndarray) -> float:
-            return -float(mbg_log_likelihood(np.exp(logp), x, t_x, T).sum())
-
-        best = None
-        for start in ([0.0, 0.0, 0.0, 0.0], [np.log(0.5), np.log(5.0), 0.0, np.log(2.0)]):
-            res = minimize(nll, np.array(start), method="Nelder-Mead",
-                           options={"maxiter": 5000, "xatol": 1e-6, "fatol": 1e-6})  # fmt: skip
-            if best is None or res.fun < best.fun:
-                best = res
-        assert best is not None
-        self.r, self.alpha, self.a, self.b = (float(v) for v in np.exp(best.x))
-        return self
+    def log_likelihood(
+        self, params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+    ) -> np.ndarray:
+        return mbg_log_likelihood(params, x, t_x, T)
 
     def _dead_odds(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
