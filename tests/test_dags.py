@@ -271,7 +271,7 @@ def _no_customer_in_mlflow_runs(url: str, artifacts: Path) -> None:
     assert any(p.suffix == ".json" for p in files)  # the evaluation tables
     said += [p.read_bytes().decode("latin-1") for p in files]
     models = [p for p in files if p.name == "python_model.pkl"]
-    assert len(models) == 4  # one per task
+    assert len(models) == 5  # one per task
     for path in models:
         model = pickle.loads(path.read_bytes())
         strings = list(_strings(model))
