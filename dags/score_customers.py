@@ -5,9 +5,10 @@ Runs whenever `build_customer_models` publishes the marts (asset `marts.dim_cust
 daily as a fallback. Loads each task's **champion** from the MLflow registry
 (`models:/crm_<task>@champion`), scores every customer, and replaces `ml.customer_segments`,
 `ml.segment_catalog`, `ml.churn_scores`, `ml.send_times`, `ml.recommendations`,
-`ml.customer_value` and `ml.customer_value_horizons` in one transaction (readers never see half a run), then writes one Redis key per customer
-(`crm:customer:<id>`, with a TTL) for the shop's site and apps. Fails with a clear message
-when a task has no champion yet: trigger `train_models` first.
+`ml.customer_value` and `ml.customer_value_horizons` in one transaction (readers never see half
+a run), then writes one Redis key per customer (`crm:customer:<id>`, with a TTL) for the shop's
+site and apps. Fails with a clear message when a task has no champion yet: trigger
+`train_models` first.
 
 Same by hand: `crm score`.
 """

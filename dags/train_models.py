@@ -1,8 +1,8 @@
 """
 ### train_models: retrain the CRM's models, tracked in MLflow
 
-Weekly (Monday 03:00 UTC), or on demand from the trigger form. One task per model: AI
-segments, churn risk, best send time, recommendations, customer value. Each training is an MLflow run
+Weekly (Monday 03:00 UTC), or on demand from the trigger form. One task per model: AI segments,
+churn risk, best send time, recommendations, customer value. Each training is an MLflow run
 (params, held-out metrics, plots, tables) and registers a new version of `crm_<task>`; the
 alias **champion** moves to it only when it beats the current champion on the same held-out
 data. Scoring (`score_customers`) always uses the champions.
