@@ -121,7 +121,8 @@ def evaluate_value(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, results, plots = [], {}, []
+    rows, results = [], {}
+    plotted: tuple[int, dict[str, pd.DataFrame]] | None = None  # the longest hold-out's tables
     for days in VALUE_HOLDOUT_DAYS:
         cut = snap.end - days * DAY
         try:
@@ -145,19 +146,22 @@ def evaluate_value(
                          "AUC P(alive), planted churn": m.get("auc_p_alive_planted", float("nan")),
                          "orders predicted / actual": f"{m['predicted_orders']:,.0f} / "
                                                       f"{m['actual_orders']:,.0f}"})  # fmt: skip
-            plots.append((f"{days} days, {name}", t["by_frequency"]))
+            if plotted is None or plotted[0] != days:
+                plotted = (days, {})
+            plotted[1][name] = t["by_frequency"]
     md = ["### Customer value", "Fitted on orders before the cut-off, scored on the orders "
           "after it. Customers the simulator had churned by the cut-off are the planted truth "
           "for P(alive)."]  # fmt: skip
-    if not rows:
+    if plotted is None:
         return results, [*md, "Skipped: too little order history."]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    last = plots[-2][1]
-    ax.plot(last.x, last.actual, "o-", label="actual")
-    for label, t in plots[-2:]:
-        ax.plot(t.x, t.predicted, "--", label=label.split(", ")[1])
+    days, tables = plotted
+    first = next(iter(tables.values()))
+    ax.plot(first.x, first.actual, "o-", label="actual")
+    for name, t in tables.items():
+        ax.plot(t.x, t.predicted, "--", label=name)
     ax.set(xlabel="repeat orders before the cut-off (7+ pooled)", ylabel="mean orders after",
-           title=plots[-1][0].split(",")[0] + " held out")  # fmt: skip
+           title=f"{days} days held out")  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
     return results, [*md, _table(pd.DataFrame(rows)), _save(fig, out, "value_by_frequency.png")]

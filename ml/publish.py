@@ -40,15 +40,26 @@ TABLES = {
         "best_channel",
         "channel_engagement_rate",
     ],
+    "customer_value": [
+        "customer_id",
+        "basis",
+        "orders_to_date",
+        "predicted_orders_90d",
+        "predicted_value_90d",
+        "predicted_orders_365d",
+        "predicted_value_365d",
+        "p_alive",
+        "spend_per_order",
+        "expected_next_order_at",
+        "value_band",
+    ],
+    "customer_value_horizons": [
+        "customer_id",
+        "horizon_days",
+        "predicted_orders",
+        "predicted_value",
+    ],
 }
-TABLES["customer_value"] = [
-    "customer_id", "basis", "orders_to_date", "predicted_orders_90d", "predicted_value_90d",
-    "predicted_orders_365d", "predicted_value_365d", "p_alive", "spend_per_order",
-    "expected_next_order_at", "value_band",
-]  # fmt: skip
-TABLES["customer_value_horizons"] = [
-    "customer_id", "horizon_days", "predicted_orders", "predicted_value",
-]  # fmt: skip
 COPY_ROWS = 200_000  # rows per CSV chunk sent to COPY
 
 

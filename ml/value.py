@@ -105,13 +105,14 @@ class BTYD:
     bgnbd: BGNBD = field(default_factory=BGNBD)
     gamma_gamma: GammaGamma = field(default_factory=GammaGamma)
     kind = "baseline: BG/NBD + Gamma-Gamma"
-    counting: type[BGNBD] = BGNBD
 
     def fit(self, tx: pd.DataFrame, cut: pd.Timestamp) -> BTYD:
-        s = summary(tx, cut)
-        self.bgnbd = self.counting().fit(*_cols(s))
-        self.gamma_gamma = GammaGamma().fit(s.x.to_numpy(), s.m.to_numpy())
+        self._fit_summary(summary(tx, cut))
         return self
+
+    def _fit_summary(self, s: pd.DataFrame) -> None:
+        self.bgnbd = BGNBD().fit(*_cols(s))
+        self.gamma_gamma = GammaGamma().fit(s.x.to_numpy(), s.m.to_numpy())
 
     def orders(self, s: pd.DataFrame, weeks: float) -> np.ndarray:
         return self.bgnbd.expected(weeks, *_cols(s))
@@ -140,12 +141,15 @@ class ValueModel(BTYD):
     alive: MBGNBD | None = None
     kind = "model"
 
+    def _fit_summary(self, s: pd.DataFrame) -> None:
+        super()._fit_summary(s)
+        self.alive = MBGNBD().fit(*_cols(s))
+
     def fit(self, tx: pd.DataFrame, cut: pd.Timestamp) -> ValueModel:
         super().fit(tx, cut)
-        self.alive = MBGNBD().fit(*_cols(summary(tx, cut)))
         start = tx.date.min()
         a, b = start + (cut - start) * 0.25, start + (cut - start) * 0.5
-        early, late = _stage(tx, a, b, self.counting), _stage(tx, b, cut, self.counting)
+        early, late = _stage(tx, a, b), _stage(tx, b, cut)
         if early is None or late is None:
             self.weight = 0.0  # too little history to learn or check a correction
             return self
@@ -170,7 +174,7 @@ class ValueModel(BTYD):
 
     def orders(self, s: pd.DataFrame, weeks: float) -> np.ndarray:
         e = super().orders(s, weeks)
-        if self.booster is None or self.weight == 0 or s.empty:
+        if self.booster is None or s.empty:  # no booster when the weight is 0
             return e
         f = _centred(e, np.asarray(self.booster.predict(s[FEATURES], raw_score=True)))
         return e * np.exp(self.weight * f)
@@ -182,15 +186,39 @@ def _centred(e: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _stage(
-    tx: pd.DataFrame, a: pd.Timestamp, b: pd.Timestamp, counting: type[BGNBD]
+    tx: pd.DataFrame, a: pd.Timestamp, b: pd.Timestamp
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray] | None:
     """Features at ``a``, orders in [a, b), and BG/NBD's expectation fitted at ``a``."""
     s = summary(tx, a)
     if len(s) < 200 or (s.x > 0).sum() < 20:
         return None
     y, _ = actual(tx, s.index, a, b)
-    e = counting().fit(*_cols(s)).expected((b - a) / WEEK, *_cols(s))
+    e = BGNBD().fit(*_cols(s)).expected((b - a) / WEEK, *_cols(s))
     return s, y.to_numpy(), e
+
+
+def scores(n: pd.Series, spend: pd.Series, p: pd.DataFrame) -> dict[str, float]:
+    """A prediction ``p`` (orders, spend) against the orders ``n`` and ``spend`` that came:
+    AUC of 'buys again' (0.5 when everyone or no one did), Poisson deviance and RMSE of
+    orders, RMSE of spend, and the totals predicted."""
+    buys = (n > 0).to_numpy()
+    return {
+        "auc": float(roc_auc_score(buys, p.orders)) if 0 < buys.sum() < len(buys) else 0.5,
+        "poisson_deviance": float(mean_poisson_deviance(n, np.maximum(p.orders, 1e-9))),
+        "rmse": float(np.sqrt(((p.orders - n) ** 2).mean())),
+        "rmse_spend": float(np.sqrt(((p.spend - spend) ** 2).mean())),
+        "predicted_orders": float(p.orders.sum()),
+        "predicted_spend": float(p.spend.sum()),
+    }
+
+
+def by_frequency(s: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """BTYD's classic diagnostic: the mean of each column by calibration-period repeat
+    purchases (7+ pooled), with the customers in each group."""
+    frame = pd.DataFrame({"x": s.x.clip(upper=7).astype(int).to_numpy(), **columns})
+    table = frame.groupby("x").mean().reset_index()
+    table["customers"] = frame.groupby("x").size().to_numpy()
+    return table
 
 
 def compare(
@@ -206,28 +234,21 @@ def compare(
     out: dict[str, float] = {"customers": float(len(s)), "weeks": weeks,
                              "actual_transactions": float(n.sum()),
                              "actual_spend": float(spend.sum())}  # fmt: skip
-    by_x = pd.DataFrame({"x": s.x.clip(upper=7).astype(int), "actual": n})
+    columns = {"actual": n.to_numpy()}
     for name, model in (("model", ValueModel(seed=seed)), ("btyd", BTYD(seed=seed))):
         p = model.fit(tx, cut).predict(s, weeks)
-        out |= {
-            f"auc_{name}": float(roc_auc_score(n > 0, p.orders)),
-            f"poisson_deviance_{name}": float(mean_poisson_deviance(n, np.maximum(p.orders, 1e-9))),
-            f"rmse_{name}": float(np.sqrt(((p.orders - n) ** 2).mean())),
-            f"rmse_spend_{name}": float(np.sqrt(((p.spend - spend) ** 2).mean())),
-            f"predicted_transactions_{name}": float(p.orders.sum()),
-            f"predicted_spend_{name}": float(p.spend.sum()),
-        }
+        for key, value in scores(n, spend, p).items():
+            key = key.replace("predicted_orders", "predicted_transactions")
+            out[f"{key}_{name}"] = value
         if isinstance(model, ValueModel):
             out["correction_weight"] = model.weight
-        by_x[name] = p.orders.to_numpy()
-    table = by_x.groupby("x").mean().reset_index()
-    table["customers"] = by_x.groupby("x").size().to_numpy()
-    return out, table
+        columns[name] = p.orders.to_numpy()
+    return out, by_frequency(s, columns)
 
 
 # ---------- the product task: the shop's orders, scored for every customer
 
-HORIZONS_DAYS = (90, 365)  # always scored; campaigns may ask for more (``horizons_in_use``)
+HORIZONS_DAYS = (90, 365)  # always scored; campaign files may ask for more (value_horizons)
 FIRST_ORDER_WEEKS = 8  # the window first-order rates are measured over, and extrapolated to
 
 
@@ -276,7 +297,8 @@ def _naive(cut: pd.Timestamp) -> pd.Timestamp:
 @dataclass
 class CustomerValue:
     """The ``value`` task: ``model`` (the hybrid, or BTYD as the baseline) on the shop's
-    orders; customers without an order get their lifecycle segment's first-order rate."""
+    orders; customers without an order get the first-order rate of customers like them (by
+    recent visits), growing over at most ``FIRST_ORDER_WEEKS``."""
 
     model: BTYD = field(default_factory=ValueModel)
     seed: int = 0
@@ -312,27 +334,17 @@ class CustomerValue:
         s = summary(tx, _naive(cut))
         n, spend = actual(tx, s.index, _naive(cut), end)
         p = self.model.predict(s, (end - _naive(cut)) / WEEK)
-        deviance = mean_poisson_deviance(n, np.maximum(p.orders, 1e-9))
+        metrics = scores(n, spend, p)
         null = mean_poisson_deviance(n, np.full(len(n), max(float(n.mean()), 1e-9)))
-        buys = (n > 0).to_numpy()
-        metrics = {
-            "deviance_skill": float(1 - deviance / null) if null > 0 else 0.0,
-            "poisson_deviance": float(deviance),
-            "rmse": float(np.sqrt(((p.orders - n) ** 2).mean())),
-            "rmse_spend": float(np.sqrt(((p.spend - spend) ** 2).mean())),
-            "auc": float(roc_auc_score(buys, p.orders)) if 0 < buys.sum() < len(buys) else 0.5,
-            "predicted_orders": float(p.orders.sum()),
+        metrics |= {
+            "deviance_skill": float(1 - metrics["poisson_deviance"] / null) if null > 0 else 0.0,
             "actual_orders": float(n.sum()),
-            "predicted_spend": float(p.spend.sum()),
             "actual_spend": float(spend.sum()),
             "customers": float(len(s)),
         }
         if isinstance(self.model, ValueModel):
             metrics["correction_weight"] = self.model.weight
-        by_x = pd.DataFrame({"x": s.x.clip(upper=7).astype(int), "actual": n.to_numpy(),
-                             "predicted": p.orders.to_numpy()})  # fmt: skip
-        table = by_x.groupby("x").mean().reset_index()
-        table["customers"] = by_x.groupby("x").size().to_numpy()
+        table = by_frequency(s, {"actual": n.to_numpy(), "predicted": p.orders.to_numpy()})
         return metrics, {"by_frequency": table}
 
     def score(
