@@ -185,6 +185,19 @@ class Settings(BaseSettings):
         "dashboard serves an erased person from cache. Unset: Superset does not cache (the "
         "embedded default), nothing to flush.",
     )
+    score_shards: int = Field(
+        default=0,
+        ge=0,
+        description="Shards a scoring job splits the customers into (a stable hash of the "
+        "customer id), each its own Airflow task. 0: one per CRM_SCORE_SHARD_CUSTOMERS "
+        "customers.",
+    )
+    score_shard_customers: int = Field(
+        default=150_000,
+        gt=0,
+        description="Customers per scoring shard when CRM_SCORE_SHARDS is 0: a shard task's "
+        "memory grows with it (docs/scaling.md).",
+    )
     redis_ttl_seconds: int = Field(
         default=3 * 86400,
         ge=60,

@@ -1,16 +1,25 @@
 """
-### score_customers: fresh scores for every customer after each dbt build
+### score_customers: fresh scores for every customer after each dbt build, in shards
 
 Runs whenever `build_customer_models` publishes the marts (asset `marts.dim_customers`), and
-daily as a fallback. Loads each task's **champion** from the MLflow registry
-(`models:/crm_<task>@champion`), scores every customer, and replaces `ml.customer_segments`,
-`ml.segment_catalog`, `ml.churn_scores`, `ml.send_times`, `ml.recommendations`,
-`ml.customer_value` and `ml.customer_value_horizons` in one transaction (readers never see half
-a run), then writes one Redis key per customer (`crm:customer:<id>`, with a TTL) for the shop's
-site and apps. Fails with a clear message when a task has no champion yet: trigger
-`train_models` first.
+daily as a fallback. Pins each task's **champion** from the MLflow registry
+(`models:/crm_<task>@champion`) and splits the customers into shards (a stable hash of the
+customer id; `CRM_SCORE_SHARDS`, or one per `CRM_SCORE_SHARD_CUSTOMERS` customers), each shard
+a mapped task on whichever worker is free:
 
-Same by hand: `crm score`.
+1. `plan`: the job (champion versions, shard count, staging tables);
+2. `item_stats` per shard, then `build_items` once: the shop's item state (co-visitation,
+   EASE, popularity) the shards share;
+3. `score_shard` per shard: its customers' segments, churn, send times, recommendations and
+   predicted value, into staging (a failed shard retries alone);
+4. `swap`: every `ml.*` table replaced in one transaction once all shards have scored (until
+   then readers keep the previous run, and Redis is untouched);
+5. `publish` per shard: its customers' Redis keys (`crm:customer:<id>`, with a TTL); `finish`:
+   the shared keys and the run's meta.
+
+Fails with a clear message when a task has no champion yet: trigger `train_models` first.
+
+Same by hand: `crm score` (`--workers N` for parallel processes).
 """
 
 from __future__ import annotations
@@ -43,15 +52,59 @@ SCORES = table_asset("ml", "churn_scores")
     default_args={"owner": "data-science", "retries": 2, "retry_delay": timedelta(minutes=5)},
 )
 def score_customers() -> None:
-    @task(outlets=[SCORES])
-    def score() -> dict[str, object]:
-        from ml.jobs import score as run
+    @task(multiple_outputs=True)
+    def plan() -> dict[str, object]:
+        from ml.shards import plan as new_job
 
-        result = run()
+        job = new_job()
+        return {"job_id": job.job_id, "shards": list(range(job.shards)), "models": job.models}
+
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
+    def item_stats(job_id: str, shard: int) -> dict[str, int]:
+        from ml.shards import items_step
+
+        return items_step(job_id, shard)
+
+    @task
+    def build_items(job_id: str) -> dict[str, int]:
+        from ml.shards import build_items as build
+
+        return build(job_id)
+
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
+    def score_shard(job_id: str, shard: int) -> dict[str, int]:
+        from ml.shards import score_step
+
+        return score_step(job_id, shard)
+
+    @task(outlets=[SCORES])
+    def swap(job_id: str) -> dict[str, int]:
+        from ml.shards import swap as replace
+
+        return replace(job_id)
+
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
+    def publish(job_id: str, shard: int) -> int:
+        from ml.shards import publish_step
+
+        return publish_step(job_id, shard)
+
+    @task
+    def finish(job_id: str) -> dict[str, object]:
+        from ml.shards import finish as done
+
+        result = done(job_id)
         return {"rows": result["rows"], "redis_keys": result["redis_keys"],
                 "models": result["models"]}  # fmt: skip
 
-    score()
+    job = plan()
+    job_id, shards = job["job_id"], job["shards"]
+    stats = item_stats.partial(job_id=job_id).expand(shard=shards)
+    items = build_items(job_id)
+    scored = score_shard.partial(job_id=job_id).expand(shard=shards)
+    swapped = swap(job_id)
+    published = publish.partial(job_id=job_id).expand(shard=shards)
+    stats >> items >> scored >> swapped >> published >> finish(job_id)
 
 
 score_customers()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,6 +89,9 @@ class Snapshot:
     items: pd.DataFrame
     product_events: pd.DataFrame
     messages: pd.DataFrame
+    # "now" when it is not this data's own: a shard of the shop (``load_snapshot(shard=...)``)
+    # holds some customers' events only, and every shard scores as of the whole shop's end
+    as_of: pd.Timestamp | None = None
 
     def __post_init__(self) -> None:
         for t, c in TIME_COLUMNS.items():
@@ -106,7 +110,9 @@ class Snapshot:
 
     @property
     def end(self) -> pd.Timestamp:
-        """Just after the latest event: the natural 'now' of this data."""
+        """Just after the latest event: the natural 'now' of this data (``as_of`` if set)."""
+        if self.as_of is not None:
+            return self.as_of
         latest = max(
             (getattr(self, t)[c].max() for t, c in TIME_COLUMNS.items() if len(getattr(self, t))),
             default=pd.Timestamp("1970-01-01", tz="UTC"),
@@ -117,13 +123,13 @@ class Snapshot:
         """Only what happened strictly before ``cutoff``."""
         cut = pd.Timestamp(cutoff)
         parts = {t: self._slice(t, None, cut) for t in TIME_COLUMNS}
-        return dataclasses.replace(self, **parts)
+        return dataclasses.replace(self, **parts, as_of=None)
 
     def between(self, start: datetime | pd.Timestamp, end: datetime | pd.Timestamp) -> Snapshot:
         """Only what happened in [start, end): the label window of a time split."""
         lo, hi = pd.Timestamp(start), pd.Timestamp(end)
         parts = {t: self._slice(t, lo, hi) for t in TIME_COLUMNS}
-        return dataclasses.replace(self, **parts)
+        return dataclasses.replace(self, **parts, as_of=None)
 
     def fingerprint(self) -> str:
         """A short id of the data (sizes and time range), logged with every MLflow run."""
@@ -181,13 +187,45 @@ def _arrow_type(column: str) -> Any:
     return pa.float64() if column in FLOATS else pa.int64() if column in INTEGERS else pa.string()
 
 
-def load_snapshot(url: str | None = None) -> Snapshot:
-    """Read the marts into memory (the ML jobs' only input)."""
+def sharded(query: str, shard: tuple[int, int] | None) -> str:
+    """``query`` keeping only shard ``k`` of ``n``'s customers (``ml.shard_of``, a stable hash
+    of the customer id); the products, shared by every shard, are kept whole."""
+    if shard is None or "customer_id" not in query.split("from")[0]:
+        return query
+    k, n = shard
+    glue = "and" if re.search(r"\bwhere\b", query) else "where"
+    return f"{query} {glue} ml.shard_of(customer_id, {int(n)}) = {int(k)}"
+
+
+def load_snapshot(
+    url: str | None = None,
+    shard: tuple[int, int] | None = None,
+    as_of: pd.Timestamp | None = None,
+    tables: tuple[str, ...] | None = None,
+) -> Snapshot:
+    """Read the marts into memory (the ML jobs' only input): the whole shop, or with ``shard``
+    = (k, n) only the customers of shard k of n (and every product); ``tables`` reads only
+    those (the others empty), ``as_of`` sets the snapshot's "now"."""
     frames: dict[str, pd.DataFrame] = {}
     with db.connect(url) as conn:
         conn.execute("set timezone to 'UTC'")
         for name, sql in QUERIES.items():
-            frames[name] = _read(conn, sql)
+            query = sharded(sql, shard)
+            if tables is not None and name not in tables and name != "products":
+                query += " limit 0"
+            frames[name] = _read(conn, query)
             if name in TIME_COLUMNS:
                 by_time(frames[name], TIME_COLUMNS[name], in_place=True)
-    return Snapshot(**frames)
+    return Snapshot(**frames, as_of=as_of)
+
+
+def shop_end(url: str | None = None) -> pd.Timestamp:
+    """What ``load_snapshot(url).end`` is, computed in the database without reading the rows."""
+    parts = " union all ".join(
+        f"select max({TIME_COLUMNS[t]}) from ({QUERIES[t]}) {t}" for t in TIME_COLUMNS
+    )
+    with db.connect(url) as conn:
+        conn.execute("set timezone to 'UTC'")
+        row = conn.execute(f"select max(m) from ({parts}) q(m)").fetchone()
+    latest = row[0] if row and row[0] is not None else pd.Timestamp("1970-01-01", tz="UTC")
+    return pd.Timestamp(latest).ceil("D")

@@ -255,53 +255,16 @@ def _campaign_horizons() -> set[int]:
         return set()
 
 
-def score(settings: Settings | None = None, snapshot: Snapshot | None = None) -> dict[str, Any]:
-    """Score every customer with each task's champion; publish to ml.* and Redis."""
-    from ml import publish
+def score(
+    settings: Settings | None = None,
+    snapshot: Snapshot | None = None,
+    shards: int | None = None,
+    workers: int = 1,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Score every customer with each task's champion; publish to ml.* and Redis: a scoring
+    job in shards (``ml.shards``), in this process or ``workers`` processes; ``snapshot``:
+    that data, as one shard."""
+    from ml import shards as sharded
 
-    settings = settings or get_settings()
-    url = settings.database_url and str(settings.database_url)
-    snap = snapshot or load_snapshot(url)
-    tracking.setup(settings, "score")
-    champions = {}
-    for task in TASKS:
-        found = tracking.load_champion(task, url)
-        if found is None:
-            raise NoChampionError(
-                f"no champion for {tracking.model_name(task)}: run `crm train` (or trigger the "
-                "train_models DAG) first"
-            )
-        champions[task] = found
-    segments_model, _seg_v = champions["segments"]
-    segs = segments_model.assign(snap)
-    catalog = segments_model.catalog()
-    catalog["customers"] = (
-        catalog.segment_id.map(segs.segment_id.value_counts()).fillna(0).astype(int)
-    )
-    frames = {
-        "customer_segments": segs,
-        "segment_catalog": catalog,
-        "churn_scores": champions["churn"][0].score(snap),
-        "send_times": champions["send_time"][0].score(snap),
-        "recommendations": champions["recommendations"][0].score(snap),
-    }
-    frames["customer_value"], frames["customer_value_horizons"] = champions["value"][0].score(
-        snap, tuple(sorted(_campaign_horizons()))
-    )
-    task_of = {"customer_segments": "segments", "segment_catalog": "segments",
-               "churn_scores": "churn", "send_times": "send_time",
-               "recommendations": "recommendations", "customer_value": "value",
-               "customer_value_horizons": "value"}  # fmt: skip
-    versions = {
-        t: (task_of[t], tracking.model_name(task_of[t]), champions[task_of[t]][1]) for t in frames
-    }
-    from crm import db
-
-    scored_at = db.clock(url)
-    kinds = {t: m.kind for t, (m, _) in champions.items()}
-    counts = publish.replace_tables(frames, versions, scored_at, url, kinds)
-    models = {t: f"{tracking.model_name(t)}/{v}" for t, (_, v) in champions.items()}
-    meta = {"scored_at": scored_at.isoformat(), "models": models, "serves": kinds}
-    popular = getattr(champions["recommendations"][0], "popular_items", [])  # set by score()
-    keys = publish.publish_redis(frames, meta, settings, popular=popular)
-    return {"rows": counts, "redis_keys": keys, **meta}
+    return sharded.run(settings, shards, workers, snapshot, progress)

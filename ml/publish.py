@@ -152,11 +152,8 @@ def customer_documents(
         yield str(cid), doc
 
 
-def publish_redis(
-    frames: dict[str, pd.DataFrame],
-    meta: dict[str, Any],
-    settings: Settings | None = None,
-    popular: list[str] | None = None,
+def publish_customers(
+    frames: dict[str, pd.DataFrame], scored_at: str, settings: Settings | None = None
 ) -> int:
     """One key per customer with a TTL (a customer no longer scored expires), in pipelines."""
     settings = settings or get_settings()
@@ -165,15 +162,30 @@ def publish_redis(
     n = 0
     pipe = r.pipeline(transaction=False)
     for cid, doc in customer_documents(frames):
-        doc["scored_at"] = meta["scored_at"]
+        doc["scored_at"] = scored_at
         pipe.set(f"{prefix}:customer:{cid}", json.dumps(doc, separators=(",", ":")), ex=ttl)
         n += 1
         if n % 5000 == 0:
             pipe.execute()
-    if popular:
-        pipe.set(f"{prefix}:recommendations:popular", json.dumps(popular), ex=ttl)
-    catalog = frames["segment_catalog"].to_dict(orient="records")
-    pipe.set(f"{prefix}:segments", json.dumps(catalog, default=str), ex=ttl)
-    pipe.set(f"{prefix}:meta:last_score", json.dumps(meta, default=str))
     pipe.execute()
     return n
+
+
+def publish_shared(
+    catalog: pd.DataFrame,
+    popular: list[str],
+    meta: dict[str, Any],
+    settings: Settings | None = None,
+) -> None:
+    """The keys every customer shares: the segment catalogue, the cold-start list, and the
+    last scoring run's meta (written last: it says the run is published)."""
+    settings = settings or get_settings()
+    r = redis_client(settings)
+    prefix, ttl = settings.redis_prefix, settings.redis_ttl_seconds
+    pipe = r.pipeline(transaction=False)
+    if popular:
+        pipe.set(f"{prefix}:recommendations:popular", json.dumps(popular), ex=ttl)
+    rows = catalog[TABLES["segment_catalog"]].to_dict(orient="records")
+    pipe.set(f"{prefix}:segments", json.dumps(rows, default=str), ex=ttl)
+    pipe.set(f"{prefix}:meta:last_score", json.dumps(meta, default=str))
+    pipe.execute()

@@ -32,8 +32,8 @@ CATEGORY_WEIGHT = 0.6  # how much tastes count next to behaviour in the distance
 MIN_SESSIONS = 2
 
 
-def customer_profile(snap: Snapshot) -> pd.DataFrame:
-    """One row per customer with at least MIN_SESSIONS sessions."""
+def _profiled_views(snap: Snapshot) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(customers with at least MIN_SESSIONS sessions and their weeks, their product views)."""
     s = snap.sessions
     end = snap.end
     g = s.groupby("customer_id")
@@ -46,6 +46,36 @@ def customer_profile(snap: Snapshot) -> pd.DataFrame:
         pe.customer_id.isin(out.index) & pe.event_name.isin(["Product Viewed", "Product Clicked"]),
         ["customer_id", "category", "price"],
     ]
+    return out, views
+
+
+def view_prices(snap: Snapshot) -> pd.DataFrame:
+    """How many views of the profiled customers were at each (category, price): counts add
+    up over shards of customers, and give the categories' median prices."""
+    views = _profiled_views(snap)[1]
+    return views.groupby(["category", "price"]).size().rename("views").reset_index()
+
+
+def median_prices(counts: pd.DataFrame) -> pd.Series:
+    """category -> the median price of its views, from ``view_prices`` (summed over shards):
+    the middle value, or the mean of the two middle ones, as ``Series.median``."""
+    out = {}
+    summed = counts.groupby(["category", "price"]).views.sum()
+    for category, group in summed.groupby(level="category"):
+        prices = group.index.get_level_values("price").to_numpy(float)
+        cum = group.to_numpy().cumsum()
+        total = int(cum[-1])
+        lo = prices[np.searchsorted(cum, (total - 1) // 2, side="right")]
+        hi = prices[np.searchsorted(cum, total // 2, side="right")]
+        out[category] = (lo + hi) / 2
+    return pd.Series(out, name="price", dtype=float)
+
+
+def customer_profile(snap: Snapshot, medians: pd.Series | None = None) -> pd.DataFrame:
+    """One row per customer with at least MIN_SESSIONS sessions; prices are relative to
+    ``medians`` (category -> median price of views: the whole shop's when ``snap`` is a shard
+    of it), computed from ``snap`` when not given."""
+    out, views = _profiled_views(snap)
     out["sessions_per_week"] = np.log1p(out.sessions / out.weeks)
     out["views_per_session"] = np.log1p(views.groupby("customer_id").size() / out.sessions).fillna(
         0
@@ -55,7 +85,7 @@ def customer_profile(snap: Snapshot) -> pd.DataFrame:
     out["conversion"] = orders / out.sessions
     out["orders_per_week"] = np.log1p(orders / out.weeks)
     out["log_order_value"] = np.log1p(o.revenue.mean().reindex(out.index).fillna(0))
-    median = views.groupby("category").price.median()
+    median = views.groupby("category").price.median() if medians is None else medians
     rel = np.log(views.price / views.category.map(median)).replace([np.inf, -np.inf], np.nan)
     out["price_index"] = rel.groupby(views.customer_id).mean().reindex(out.index).fillna(0)
     shares = pd.crosstab(views.customer_id, views.category, normalize="index")
@@ -217,9 +247,9 @@ class SegmentModel:
                 ids[i], fresh = fresh, fresh + 1
         return ids
 
-    def assign(self, snap: Snapshot) -> pd.DataFrame:
+    def assign(self, snap: Snapshot, medians: pd.Series | None = None) -> pd.DataFrame:
         assert self.kmeans is not None, "fit first"
-        profile = customer_profile(snap)
+        profile = customer_profile(snap, medians)
         if not len(profile):
             return pd.DataFrame(columns=["customer_id", "segment_id", "segment_name"])
         x = self._matrix(profile)

@@ -208,20 +208,32 @@ def log_and_register(
     return Registered(name, version, run.info.run_id if run else "", promote, reason)
 
 
-def load_champion(task: str, url: str | None = None) -> tuple[Any, str] | None:
-    """(model, version) behind ``models:/crm_<task>@champion``, or None before any training.
+def champion_version(task: str) -> str | None:
+    """The version ``models:/crm_<task>@champion`` points at, or None before any training."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name(task), CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def load_champion(
+    task: str, url: str | None = None, version: str | None = None
+) -> tuple[Any, str] | None:
+    """(model, version) behind ``models:/crm_<task>@champion`` (or of that ``version``, one
+    the alias pointed at: what every shard of a scoring job loads), or None before any
+    training.
 
     The version's artifacts are downloaded once, their digest checked against what the
     training job recorded in ``url``'s ml.model_promotions, and only then unpickled, from
     that same download: UntrustedChampion otherwise, naming the version."""
     import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     name = model_name(task)
-    try:
-        version = str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
+    version = version or champion_version(task)
+    if version is None:
         return None
     with db.connect(url) as conn:
         row = conn.execute(

@@ -280,8 +280,35 @@ def ml_settings(ml_shop: tuple[str, Path], pg_server_url: str, tmp_path: Path):
         )
 
 
+KEYS = {"customer_segments": ["customer_id"], "segment_catalog": ["segment_id"],
+        "churn_scores": ["customer_id"], "send_times": ["customer_id"],
+        "recommendations": ["customer_id", "rank"], "customer_value": ["customer_id"],
+        "customer_value_horizons": ["customer_id", "horizon_days"]}  # fmt: skip
+
+
+def _published(settings: Settings) -> dict[str, pd.DataFrame]:
+    """Every ml.* table a scoring run replaces, in key order, without its scoring time."""
+    with db.connect(settings.database_url) as conn:
+        return {
+            t: pd.DataFrame(conn.execute(f"select * from ml.{t} order by {', '.join(k)}").fetchall(),
+                            columns=[c.name for c in conn.execute(f"select * from ml.{t} limit 0")
+                                     .description or []]).drop(columns="scored_at")
+            for t, k in KEYS.items()
+        }  # fmt: skip
+
+
+def _docs(settings: Settings, ids: list[str]) -> list[dict]:
+    from ml import publish
+
+    r = publish.redis_client(settings)
+    docs = [json.loads(r.get(f"crm:customer:{c}") or "null") for c in ids]
+    for doc in docs:
+        doc.pop("scored_at", None)
+    return docs
+
+
 def test_train_registers_champions_and_score_publishes_them(
-    ml_settings: Settings, snap: Snapshot
+    ml_settings: Settings, snap: Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
@@ -331,6 +358,47 @@ def test_train_registers_champions_and_score_publishes_them(
     # every customer has recommendations, cold ones the popular items
     assert n["recommendations"] == 20 * len(snap.customers)
 
+    # In shards: a shard that fails leaves ml.* and Redis as the last run left them ...
+    from ml import shards
+
+    one_shard, meta = _published(ml_settings), r.get("crm:meta:last_score")
+    ids = list(snap.customers.customer_id.sample(200, random_state=1))
+    docs = _docs(ml_settings, ids)
+    real = shards._shard_snapshot
+
+    def lost(job, shard, url, snapshot, tables):  # type: ignore[no-untyped-def]
+        if shard == 2 and tables is None:
+            raise RuntimeError("worker lost")
+        return real(job, shard, url, snapshot, tables)
+
+    monkeypatch.setattr(shards, "_shard_snapshot", lost)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        jobs.score(ml_settings, shards=3)
+    failed = shards.load_job(shards_job(ml_settings), str(ml_settings.database_url))
+    with pytest.raises(shards.ShardsMissing, match=r"shards \[2\] have not scored"):
+        shards.swap(failed.job_id, ml_settings)
+    for table, frame in _published(ml_settings).items():
+        pd.testing.assert_frame_equal(frame, one_shard[table], obj=table)
+    assert r.get("crm:meta:last_score") == meta and _docs(ml_settings, ids) == docs
+    # ... the shard retried alone completes the job ...
+    monkeypatch.setattr(shards, "_shard_snapshot", real)
+    shards.score_step(failed.job_id, 2, ml_settings)
+    shards.score_step(failed.job_id, 2, ml_settings)  # a retry replaces its own rows
+    shards.swap(failed.job_id, ml_settings)
+    for k in range(3):
+        shards.publish_step(failed.job_id, k, ml_settings)
+    done = shards.finish(failed.job_id, ml_settings)
+    assert done["redis_keys"] == len(snap.customers)
+    # ... and three shards in two processes score exactly what one shard does
+    three = jobs.score(ml_settings, shards=3, workers=2)
+    assert three["shards"] == 3 and three["rows"] == result["rows"]
+    for table, frame in _published(ml_settings).items():
+        pd.testing.assert_frame_equal(frame, one_shard[table], obj=table, rtol=1e-9)
+    assert _docs(ml_settings, ids) == docs
+    with db.connect(ml_settings.database_url) as conn:
+        staged = conn.execute("select count(*) from pg_tables where schemaname = 'ml_stage'")
+        assert staged.fetchone() == (0,)  # every job's staging dropped
+
     # Someone else with access to the MLflow server registers a model and moves the alias to
     # it: scoring refuses to load (unpickle) it, names it, and the published scores stay.
     import mlflow
@@ -357,6 +425,13 @@ def test_train_registers_champions_and_score_publishes_them(
             "select count(*), min(model_version), max(model_version) from ml.churn_scores"
         ).fetchone()
     assert kept == (n["churn_scores"], "1", "1")
+
+
+def shards_job(settings: Settings) -> str:
+    """The latest scoring job's id."""
+    with db.connect(settings.database_url) as conn:
+        row = conn.execute("select job_id from ml.score_jobs order by started_at desc limit 1")
+        return str(row.fetchone()[0])  # type: ignore[index]
 
 
 TRAIN_PW, SCORE_PW = "train-Pw-for-this-test", "score-Pw-for-this-test"  # 12+ characters

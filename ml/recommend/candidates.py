@@ -143,73 +143,181 @@ def ease_weights(gram: sp.spmatrix, lam: float) -> np.ndarray:
     return b
 
 
-def build_index(snap: Snapshot) -> Index:
-    inter = interactions(snap)
-    end = snap.end
-    products = pd.Index(
-        sorted(set(snap.products.product_id.dropna()) | set(inter.product_id.dropna()))
+@dataclass
+class _Prepared:
+    """A snapshot's interactions indexed: customers and products as matrix rows and columns."""
+
+    inter: pd.DataFrame
+    customers: pd.Index
+    products: pd.Index
+    age: np.ndarray  # days before the end
+    r: np.ndarray
+    c: np.ndarray
+    idle: np.ndarray  # per customer: days since the latest interaction
+    since_last: np.ndarray  # per interaction: days before its customer's latest one
+    history: sp.csr_matrix  # customers x products, log of weights decayed from the latest
+
+    @classmethod
+    def of(
+        cls,
+        snap: Snapshot,
+        end: pd.Timestamp,
+        products: pd.Index | None = None,
+        with_catalog: bool = False,
+    ) -> _Prepared:
+        """``products``: the columns (those interacted with, and the catalogue's if
+        ``with_catalog``, when not given)."""
+        inter = interactions(snap)
+        if products is None:
+            known = set(snap.products.product_id.dropna()) if with_catalog else set()
+            products = pd.Index(sorted(known | set(inter.product_id.dropna())))
+        customers = pd.Index(sorted(inter.customer_id.unique()))
+        age = ((end - inter["at"]) / DAY).to_numpy(float)
+        r = customers.get_indexer(inter.customer_id)
+        c = products.get_indexer(inter.product_id)
+        idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999)
+        since_last = age - idle.to_numpy()[r]  # 0 on each customer's latest interaction
+        # co-visitation's input: items interacted with by the same customer, by how strongly
+        weight = inter.weight.to_numpy(float) * 0.5 ** (since_last / COVISIT_HALF_LIFE_DAYS)
+        history = sp.csr_matrix((weight, (r, c)), shape=(len(customers), len(products)))
+        history.data = np.log1p(history.data)
+        return cls(inter, customers, products, age, r, c, idle.to_numpy(), since_last, history)
+
+
+@dataclass
+class ItemStats:
+    """Item statistics of some of the shop's customers (a scoring shard's): each is a sum (or
+    a maximum) over customers, so the shards' add up to the whole shop's."""
+
+    products: pd.Index  # the products these customers interacted with, sorted
+    gram: sp.csr_matrix  # products x products: history' history
+    popularity: np.ndarray  # time-decayed weights
+    popularity_recent: np.ndarray
+    all_time: np.ndarray
+    oldest_days: np.ndarray  # days since the product's first interaction
+    repeat: pd.DataFrame  # per category: (customer, product) pairs bought, and bought twice
+
+
+def item_stats(snap: Snapshot, end: pd.Timestamp, prep: _Prepared | None = None) -> ItemStats:
+    p = prep or _Prepared.of(snap, end)
+    n = len(p.products)
+    weight = p.inter.weight.to_numpy(float)
+    cat_map = snap.products.set_index("product_id").category
+    buys = snap.items.groupby(["customer_id", "product_id"]).size().rename("n").reset_index()
+    buys = buys[buys.customer_id.isin(p.customers)]
+    buys["category"] = buys.product_id.map(cat_map)
+    repeat = buys.assign(again=buys.n >= 2).groupby("category").again.agg(["size", "sum"])
+    oldest = np.full(n, np.nan)
+    first = pd.Series(p.age).groupby(p.c).max()
+    oldest[first.index.to_numpy()] = first.to_numpy()
+    return ItemStats(
+        products=p.products,
+        gram=(p.history.T @ p.history).tocsr(),
+        popularity=np.bincount(p.c, weights=weight * 0.5 ** (p.age / HALF_LIFE_DAYS), minlength=n),
+        popularity_recent=np.bincount(
+            p.c, weights=weight * 0.5 ** (p.age / RECENT_HALF_LIFE_DAYS), minlength=n
+        ),
+        all_time=np.bincount(p.c, weights=weight, minlength=n),
+        oldest_days=oldest,
+        repeat=repeat.rename(columns={"size": "pairs", "sum": "again"}).astype(float),
     )
-    customers = pd.Index(sorted(inter.customer_id.unique()))
-    age = ((end - inter["at"]) / DAY).to_numpy(float)
-    decay = 0.5 ** (age / HALF_LIFE_DAYS)
-    r = customers.get_indexer(inter.customer_id)
-    c = products.get_indexer(inter.product_id)
-    shape = (len(customers), len(products))
-    w = sp.csr_matrix((inter.weight.to_numpy(float) * decay, (r, c)), shape=shape)
-    # days since each customer's latest interaction (customers come from the interactions)
-    idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999).to_numpy()
-    since_last = age - idle[r]  # 0 on each customer's latest interaction
-    # co-visitation: items interacted with by the same customer, weighted by how strongly
-    binary = sp.csr_matrix(
-        (inter.weight.to_numpy(float) * 0.5 ** (since_last / COVISIT_HALF_LIFE_DAYS), (r, c)),
-        shape=shape,
-    )
-    binary.data = np.log1p(binary.data)
-    gram = (binary.T @ binary).tocsr()
+
+
+@dataclass
+class ItemState:
+    """What candidate generation knows of the products: the whole shop's, built once."""
+
+    products: pd.Index
+    covisit: sp.csr_matrix
+    ease: np.ndarray | None
+    popularity: np.ndarray
+    popularity_recent: np.ndarray
+    popularity_all_time: np.ndarray
+    first_seen_days: np.ndarray
+    category_of: np.ndarray
+    categories: pd.Index
+    repeat_rate: np.ndarray
+    price: np.ndarray
+    end: pd.Timestamp
+
+
+def item_state(parts: list[ItemStats], catalog: pd.DataFrame, end: pd.Timestamp) -> ItemState:
+    """The shop's item state from its customers' statistics (one part, or one per shard) and
+    the catalogue (``marts.dim_products``)."""
+    seen = set().union(*(set(p.products) for p in parts)) if parts else set()
+    products = pd.Index(sorted(set(catalog.product_id.dropna()) | seen))
+    n = len(products)
+    gram = sp.csr_matrix((n, n))
+    popularity, recent, all_time = np.zeros(n), np.zeros(n), np.zeros(n)
+    oldest = np.full(n, np.nan)
+    repeat = pd.DataFrame(columns=["pairs", "again"], dtype=float)
+    for part in parts:
+        at = products.get_indexer(part.products)
+        move = sp.csr_matrix((np.ones(len(at)), (np.arange(len(at)), at)), shape=(len(at), n))
+        gram = gram + (move.T @ part.gram @ move)
+        popularity[at] += part.popularity
+        recent[at] += part.popularity_recent
+        all_time[at] += part.all_time
+        oldest[at] = np.fmax(oldest[at], part.oldest_days)
+        repeat = repeat.add(part.repeat, fill_value=0)
+    gram = gram.tocsr()
     covisit = gram.copy()
     covisit.setdiag(0)
     covisit.eliminate_zeros()
     # normalise by item popularity so blockbusters do not swamp everything (cosine-like)
     norm = np.sqrt(gram.diagonal()) + 1e-9
-    covisit = sp.diags(1 / norm) @ covisit @ sp.diags(1 / norm)
+    covisit = (sp.diags(1 / norm) @ covisit @ sp.diags(1 / norm)).tocsr()
     # EASE (Steck 2019) on the same input: the item-to-item weights a ridge regression of
     # each item on all the others learns; a ranker feature and a candidate source
-    ease = ease_weights(gram, EASE_LAMBDA) if len(products) <= EASE_MAX_ITEMS else None
-    del gram
-    popularity = np.asarray(w.sum(axis=0)).ravel()
-    cat_map = snap.products.set_index("product_id").category
+    ease = ease_weights(gram, EASE_LAMBDA) if n <= EASE_MAX_ITEMS else None
+    cat_map = catalog.set_index("product_id").category
     cat_series = pd.Series(products.map(cat_map), index=products).fillna("unknown")
     categories = pd.Index(sorted(cat_series.unique()))
-    category_of = categories.get_indexer(cat_series)
+    # repurchase: in which categories do buyers buy the same product again?
+    rate = repeat.again / repeat.pairs
+    price = pd.Series(products.map(catalog.set_index("product_id").price)).fillna(0)
+    return ItemState(
+        products=products, covisit=covisit, ease=ease, popularity=popularity,
+        popularity_recent=recent, popularity_all_time=all_time,
+        first_seen_days=np.nan_to_num(oldest, nan=999.0),
+        category_of=categories.get_indexer(cat_series), categories=categories,
+        repeat_rate=cat_series.map(rate).fillna(0).to_numpy(), price=price.to_numpy(float),
+        end=end,
+    )  # fmt: skip
+
+
+def customer_index(snap: Snapshot, items: ItemState, prep: _Prepared | None = None) -> Index:
+    """The index of ``snap``'s customers (all of them, or one shard's) over ``items``."""
+    end = items.end
+    p = prep or _Prepared.of(snap, end, items.products)
+    shape = (len(p.customers), len(items.products))
+    weight = p.inter.weight.to_numpy(float)
+    w = sp.csr_matrix((weight * 0.5 ** (p.age / HALF_LIFE_DAYS), (p.r, p.c)), shape=shape)
     it = snap.items
     buys = it.groupby(["customer_id", "product_id"]).size().rename("n").reset_index()
-    buys = buys[buys.customer_id.isin(customers)]
-    br, bc = customers.get_indexer(buys.customer_id), products.get_indexer(buys.product_id)
+    buys = buys[buys.customer_id.isin(p.customers)]
+    br, bc = p.customers.get_indexer(buys.customer_id), items.products.get_indexer(buys.product_id)
     bought = sp.csr_matrix((buys.n.to_numpy(float), (br, bc)), shape=shape)
     last = it.groupby(["customer_id", "product_id"]).ordered_at.max().reset_index()
-    last = last[last.customer_id.isin(customers)]
-    lr, lc = customers.get_indexer(last.customer_id), products.get_indexer(last.product_id)
+    last = last[last.customer_id.isin(p.customers)]
+    lr, lc = p.customers.get_indexer(last.customer_id), items.products.get_indexer(last.product_id)
     last_days = sp.csr_matrix(
         (((end - last.ordered_at) / DAY).to_numpy() + 1, (lr, lc)), shape=shape
     )
-    # repurchase: in which categories do buyers buy the same product again?
-    buys["category"] = buys.product_id.map(cat_map)
-    rate = buys.assign(again=buys.n >= 2).groupby("category").again.mean()
-    repeat_rate = cat_series.map(rate).fillna(0).to_numpy()
-    price_map = snap.products.set_index("product_id").price
-    price = pd.Series(products.map(price_map)).fillna(0).to_numpy(float)
-    recent = 0.5 ** (age / RECENT_HALF_LIFE_DAYS)
-    popularity_recent = np.bincount(c, weights=inter.weight.to_numpy(float) * recent,
-                                    minlength=len(products))  # fmt: skip
-    first = pd.Series(age).groupby(c).max()
-    first_seen_days = np.full(len(products), 999.0)
-    first_seen_days[first.index.to_numpy()] = first.to_numpy()
-    latest = inter.weight.to_numpy(float) * 0.5 ** (since_last / LATEST_VISIT_HALF_LIFE_DAYS)
-    recent_w = sp.csr_matrix((latest, (r, c)), shape=shape)
-    all_time = np.bincount(c, weights=inter.weight.to_numpy(float), minlength=len(products))
-    return Index(customers, products, w, covisit, popularity, category_of, categories,
-                 repeat_rate, bought, last_days, price, end, popularity_recent,
-                 first_seen_days, recent_w, idle, all_time, binary, ease)  # fmt: skip
+    latest = weight * 0.5 ** (p.since_last / LATEST_VISIT_HALF_LIFE_DAYS)
+    recent_w = sp.csr_matrix((latest, (p.r, p.c)), shape=shape)
+    return Index(p.customers, items.products, w, items.covisit, items.popularity,
+                 items.category_of, items.categories, items.repeat_rate, bought, last_days,
+                 items.price, end, items.popularity_recent, items.first_seen_days, recent_w,
+                 p.idle, items.popularity_all_time, p.history, items.ease)  # fmt: skip
+
+
+def build_index(snap: Snapshot) -> Index:
+    """The index of every customer of ``snap``, its item state from the same customers."""
+    end = snap.end
+    prep = _Prepared.of(snap, end, with_catalog=True)
+    items = item_state([item_stats(snap, end, prep)], snap.products, end)
+    return customer_index(snap, items, prep)
 
 
 def candidates(

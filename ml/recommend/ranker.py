@@ -19,8 +19,10 @@ from ml.recommend.candidates import (
     CHUNK,
     FEATURES,
     Index,
+    ItemState,
     build_index,
     candidates,
+    customer_index,
     heldout_gains,
     holdout_latest,
     sample_customers,
@@ -167,15 +169,19 @@ class Recommender:
         return self
 
     def recommend(self, snap: Snapshot | None = None, customers: list[str] | None = None,
-                  index: Index | None = None) -> dict[str, list[str]]:  # fmt: skip
-        """customer -> ranked product ids; customers without history get popular items."""
+                  index: Index | None = None,
+                  items: ItemState | None = None) -> dict[str, list[str]]:  # fmt: skip
+        """customer -> ranked product ids; customers without history get popular items.
+        ``items``: the whole shop's item state when ``snap`` holds some customers only."""
         if index is None and snap is None:
             raise ValueError("recommend needs the data to serve from: a snapshot or an index")
+        if index is None and items is not None:
+            index = customer_index(snap, items)  # type: ignore[arg-type]
         ix = index or build_index(snap)  # type: ignore[arg-type]
         wanted = customers if customers is not None else list(ix.customers)
         out = self._ranked(ix, [c for c in wanted if c in ix.customers])
-        items = ix.products.to_numpy()
-        popular = [str(items[i]) for i in np.argsort(-ix.popularity)[: self.n]]
+        ids = ix.products.to_numpy()
+        popular = [str(ids[i]) for i in np.argsort(-ix.popularity)[: self.n]]
         self.popular_items = popular
         for c in wanted:
             out.setdefault(c, popular)
@@ -194,10 +200,10 @@ class Recommender:
                 out[chunk[r]] = [str(items[i]) for i in picked]
         return out
 
-    def score(self, snap: Snapshot) -> pd.DataFrame:
+    def score(self, snap: Snapshot, items: ItemState | None = None) -> pd.DataFrame:
         """Every customer of the snapshot; those with no product history (new, anonymous)
-        get the popular items (cold start)."""
-        lists = self.recommend(snap, customers=list(snap.customers.customer_id))
+        get the popular items (cold start). ``items``: the shop's item state (a shard)."""
+        lists = self.recommend(snap, customers=list(snap.customers.customer_id), items=items)
         sizes = np.fromiter((len(v) for v in lists.values()), dtype=np.int64, count=len(lists))
         rank = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
         frame = pd.DataFrame(  # columns, not a tuple per row (22M rows at 1M customers)

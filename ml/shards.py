@@ -1,0 +1,480 @@
+"""Scoring in shards: each customer's shard is a stable hash of the customer id
+(``ml.shard_of``), and a scoring job runs in steps that Airflow maps over the shards (or
+``crm score`` runs in-process, or in ``--workers`` processes):
+
+1. ``plan``: the champions every shard uses (their versions pinned), the shard count, the
+   shop's "now" and a staging table per ``ml.*`` table (schema ``ml_stage``).
+2. ``items`` per shard: the additive item statistics of the shard's customers (co-visitation
+   gram, popularity, repurchase, view prices), stored in ``ml.score_job_artifacts``.
+3. ``build_items``: the shop's item state from the shards' statistics, built once (EASE's
+   inverse included) and stored for the shards.
+4. ``score`` per shard: the shard's customers only (their rows of the marts), every task's
+   champion, written to the staging tables (a retried shard replaces its own rows).
+5. ``swap``: when every shard has scored, one transaction replaces every ``ml.*`` table from
+   staging, with the value bands and segment sizes of the whole shop; until then readers keep
+   the previous run. A failed shard leaves ``ml.*`` and Redis as they were.
+6. ``publish`` per shard: the shard's Redis keys, from its staged rows; ``finish``: the shared
+   keys (segments, the cold-start list, the run's meta) and the staging dropped.
+
+Memory per step is bounded by the shard (plus the item state: EASE's dense items x items
+matrix is 200 MB at its 5,000-item limit), not by the shop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import pickle
+import resource
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from psycopg import sql
+
+from crm import db
+from crm.errors import CrmError
+from crm.settings import Settings, get_settings
+from ml import tracking
+from ml.data import Snapshot, load_snapshot, shop_end
+
+log = logging.getLogger(__name__)
+STAGED = (
+    "customer_segments",
+    "segment_catalog",
+    "churn_scores",
+    "send_times",
+    "recommendations",
+    "customer_value",
+    "customer_value_horizons",
+)
+TASK_OF = {"customer_segments": "segments", "segment_catalog": "segments",
+           "churn_scores": "churn", "send_times": "send_time",
+           "recommendations": "recommendations", "customer_value": "value",
+           "customer_value_horizons": "value"}  # fmt: skip
+STALE_HOURS = 24  # a job still scoring after this long is abandoned (its staging dropped)
+
+
+class ShardsMissing(CrmError):
+    """The swap found shards that have not scored: nothing was replaced."""
+
+
+@dataclass
+class ScoreJob:
+    job_id: str
+    shards: int
+    scored_at: datetime
+    as_of: pd.Timestamp
+    versions: dict[str, str]  # task -> champion version, the same in every shard
+    kinds: dict[str, str]  # task -> what the champion serves (the model or a baseline)
+    horizons: list[int]  # value horizons the campaign files filter on
+    recommendations: int  # the length of the cold-start list
+
+    @property
+    def models(self) -> dict[str, str]:
+        return {t: f"{tracking.model_name(t)}/{v}" for t, v in self.versions.items()}
+
+
+def _url(settings: Settings) -> str:
+    return db.database_url(settings)
+
+
+def shard_count(customers: int, settings: Settings) -> int:
+    if settings.score_shards:
+        return settings.score_shards
+    return max(1, math.ceil(customers / settings.score_shard_customers))
+
+
+def _stage(job_id: str, table: str) -> sql.Identifier:
+    return sql.Identifier("ml_stage", f"{job_id}__{table}")
+
+
+def _columns(table: str) -> list[str]:
+    from ml.publish import TABLES
+
+    return [*TABLES[table], "model_version", "scored_at"]
+
+
+def load_job(job_id: str, url: str) -> ScoreJob:
+    with db.connect(url) as conn:
+        row = conn.execute(
+            "select shards, scored_at, as_of, plan, state from ml.score_jobs where job_id = %s",
+            (job_id,),
+        ).fetchone()
+    if row is None:
+        raise CrmError(f"no scoring job {job_id!r} in ml.score_jobs")
+    shards, scored_at, as_of, plan, state = row
+    if state == "abandoned":
+        raise CrmError(f"scoring job {job_id} was abandoned; run a new one")
+    return ScoreJob(job_id, shards, scored_at, pd.Timestamp(as_of), plan["versions"],
+                    plan["kinds"], plan["horizons"], plan["recommendations"])  # fmt: skip
+
+
+def _drop_staging(conn: Any, job_id: str) -> None:
+    for table in STAGED:
+        conn.execute(sql.SQL("drop table if exists {}").format(_stage(job_id, table)))
+
+
+def plan(
+    settings: Settings | None = None, shards: int | None = None, snapshot: Snapshot | None = None
+) -> ScoreJob:
+    """A new scoring job: champions pinned, shards counted, staging tables created."""
+    from ml.jobs import TASKS, NoChampionError, _campaign_horizons
+
+    settings = settings or get_settings()
+    url = _url(settings)
+    tracking.setup(settings, "score")
+    versions, kinds = {}, {}
+    recommendations, catalog = 20, None
+    for task in TASKS:
+        found = tracking.load_champion(task, url)  # checks the artifacts' digest: trusted
+        if found is None:
+            raise NoChampionError(
+                f"no champion for {tracking.model_name(task)}: run `crm train` (or trigger the "
+                "train_models DAG) first"
+            )
+        model, versions[task] = found
+        kinds[task] = model.kind
+        if task == "recommendations":
+            recommendations = int(model.n)
+        if task == "segments":
+            catalog = model.catalog()
+    with db.connect(url) as conn:
+        row = conn.execute("select count(*) from marts.dim_customers").fetchone()
+    customers = len(snapshot.customers) if snapshot is not None else int(row[0] if row else 0)
+    n = 1 if snapshot is not None else (shards or shard_count(customers, settings))
+    as_of = snapshot.end if snapshot is not None else shop_end(url)
+    scored_at = db.clock(url)
+    job_id = f"s{scored_at:%Y%m%d%H%M%S}{secrets.token_hex(3)}"
+    spec = {"versions": versions, "kinds": kinds, "recommendations": recommendations,
+            "horizons": sorted(_campaign_horizons()), "customers": customers}  # fmt: skip
+    with db.connect(url) as conn, conn.transaction():
+        stale = conn.execute(
+            "update ml.score_jobs set state = 'abandoned', finished_at = now()"
+            " where state in ('scoring', 'swapped') and started_at < now() - %s * interval '1h'"
+            " returning job_id",
+            (STALE_HOURS,),
+        ).fetchall()
+        for (old,) in stale:
+            log.warning("scoring job %s never finished: abandoned, its staging dropped", old)
+            _drop_staging(conn, old)
+            conn.execute("delete from ml.score_job_artifacts where job_id = %s", (old,))
+        conn.execute(
+            "insert into ml.score_jobs (job_id, shards, scored_at, as_of, plan)"
+            " values (%s, %s, %s, %s, %s)",
+            (job_id, n, scored_at, as_of.to_pydatetime(), json.dumps(spec)),
+        )
+        for table in STAGED:
+            conn.execute(
+                sql.SQL("create unlogged table {} (like {}, shard integer not null)").format(
+                    _stage(job_id, table), sql.Identifier("ml", table)
+                )
+            )
+        assert catalog is not None
+        _copy(conn, job_id, "segment_catalog", catalog.assign(customers=0), -1,
+              versions["segments"], scored_at)  # fmt: skip
+    return load_job(job_id, url)
+
+
+def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int,
+          version: str, scored_at: datetime) -> None:  # fmt: skip
+    from ml.publish import COPY_ROWS, TABLES, _csv
+
+    cols = TABLES[table]
+    data = frame[cols].assign(model_version=version, scored_at=scored_at.isoformat(), shard=shard)
+    copy = sql.SQL("copy {} ({}) from stdin (format csv, null '\\N')").format(
+        _stage(job_id, table),
+        sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at", "shard"])),
+    )
+    with conn.cursor().copy(copy) as cp:
+        for start in range(0, len(data), COPY_ROWS):
+            cp.write(_csv(data.iloc[start : start + COPY_ROWS]))
+
+
+def _done(conn: Any, job: ScoreJob, step: str, shard: int, rows: dict[str, int],
+          started: float) -> None:  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.execute(
+        "insert into ml.score_job_shards (job_id, step, shard, rows, seconds, peak_mb)"
+        " values (%s, %s, %s, %s, %s, %s) on conflict (job_id, step, shard) do update set"
+        " rows = excluded.rows, seconds = excluded.seconds, peak_mb = excluded.peak_mb,"
+        " finished_at = now()",
+        (job.job_id, step, shard, json.dumps(rows), time.perf_counter() - started, peak),
+    )
+
+
+def _put(conn: Any, job_id: str, name: str, value: Any) -> None:
+    conn.execute(
+        "insert into ml.score_job_artifacts (job_id, name, payload) values (%s, %s, %s)"
+        " on conflict (job_id, name) do update set payload = excluded.payload",
+        (job_id, name, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)),
+    )
+
+
+def _get(conn: Any, job_id: str, name: str) -> Any:
+    row = conn.execute(
+        "select payload from ml.score_job_artifacts where job_id = %s and name = %s",
+        (job_id, name),
+    ).fetchone()
+    if row is None:
+        raise CrmError(f"scoring job {job_id}: no {name!r} yet (its earlier step has not run)")
+    return pickle.loads(row[0])  # written by this job's own earlier step, in our database
+
+
+def _shard_snapshot(
+    job: ScoreJob, shard: int, url: str, snapshot: Snapshot | None, tables: tuple[str, ...] | None
+) -> Snapshot:
+    if snapshot is not None:
+        return snapshot
+    return load_snapshot(url, shard=(shard, job.shards), as_of=job.as_of, tables=tables)
+
+
+def items_step(job_id: str, shard: int, settings: Settings | None = None,
+               snapshot: Snapshot | None = None) -> dict[str, int]:  # fmt: skip
+    """The item statistics of shard ``shard``'s customers."""
+    from ml.recommend.candidates import item_stats
+    from ml.segments import view_prices
+
+    started = time.perf_counter()
+    url = _url(settings or get_settings())
+    job = load_job(job_id, url)
+    snap = _shard_snapshot(job, shard, url, snapshot, ("sessions", "items", "product_events"))
+    stats = item_stats(snap, job.as_of)
+    prices = view_prices(snap)
+    rows = {"products": len(stats.products), "customers": int(snap.sessions.customer_id.nunique())}
+    with db.connect(url) as conn, conn.transaction():
+        _put(conn, job_id, f"items/{shard}", (stats, prices))
+        _done(conn, job, "items", shard, rows, started)
+    return rows
+
+
+def build_items(job_id: str, settings: Settings | None = None) -> dict[str, int]:
+    """The shop's item state from every shard's statistics, built once for the shards."""
+    from ml.recommend.candidates import item_state
+    from ml.segments import median_prices
+
+    url = _url(settings or get_settings())
+    job = load_job(job_id, url)
+    with db.connect(url) as conn:
+        done = {s for (s,) in conn.execute("select shard from ml.score_job_shards where job_id"
+                                           " = %s and step = 'items'", (job_id,))}  # fmt: skip
+        missing = sorted(set(range(job.shards)) - done)
+        if missing:
+            raise ShardsMissing(f"scoring job {job_id}: shards {missing} have no item statistics")
+        parts = [_get(conn, job_id, f"items/{s}") for s in range(job.shards)]
+    catalog = load_snapshot(url, tables=()).products
+    state = item_state([p[0] for p in parts], catalog, job.as_of)
+    medians = median_prices(pd.concat([p[1] for p in parts], ignore_index=True))
+    items = state.products.to_numpy()
+    popular = [str(items[i]) for i in np.argsort(-state.popularity)]  # as Recommender's
+    with db.connect(url) as conn, conn.transaction():
+        _put(conn, job_id, "items", (state, medians, popular[: job.recommendations]))
+        conn.execute("delete from ml.score_job_artifacts where job_id = %s and name like"
+                     " 'items/%%'", (job_id,))  # fmt: skip
+    return {"products": len(state.products)}
+
+
+def score_step(job_id: str, shard: int, settings: Settings | None = None,
+               snapshot: Snapshot | None = None) -> dict[str, int]:  # fmt: skip
+    """Score shard ``shard``'s customers with the job's champions into the staging tables."""
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    url = _url(settings)
+    job = load_job(job_id, url)
+    tracking.setup(settings, "score")
+    champions = {}
+    for task, version in job.versions.items():
+        found = tracking.load_champion(task, url, version)
+        assert found is not None
+        champions[task] = found[0]
+    with db.connect(url) as conn:
+        state, medians, _popular = _get(conn, job_id, "items")
+    snap = _shard_snapshot(job, shard, url, snapshot, None)
+    frames = {
+        "customer_segments": champions["segments"].assign(snap, medians),
+        "churn_scores": champions["churn"].score(snap),
+        "send_times": champions["send_time"].score(snap),
+        "recommendations": champions["recommendations"].score(snap, items=state),
+    }
+    frames["customer_value"], frames["customer_value_horizons"] = champions["value"].score(
+        snap, tuple(job.horizons)
+    )
+    del snap
+    rows = {t: len(f) for t, f in frames.items()}
+    with db.connect(url) as conn, conn.transaction():
+        for table, frame in frames.items():
+            conn.execute(sql.SQL("delete from {} where shard = %s").format(_stage(job_id, table)),
+                         (shard,))  # fmt: skip
+            _copy(conn, job_id, table, frame, shard, job.versions[TASK_OF[table]], job.scored_at)
+        _done(conn, job, "score", shard, rows, started)
+    return rows
+
+
+BANDS_SQL = """
+with ranked as (
+    select customer_id, row_number() over (order by predicted_value_365d, customer_id)::float8
+           / count(*) over () as r
+    from {stage} where basis = 'orders')
+update {stage} v set value_band = case when r > 0.95 then 'top' when r > 0.80 then 'high'
+                                       when r > 0.50 then 'medium' else 'low' end
+from ranked where v.customer_id = ranked.customer_id"""
+
+
+def swap(job_id: str, settings: Settings | None = None) -> dict[str, int]:
+    """Replace every ``ml.*`` table from the job's staging in one transaction, once every
+    shard has scored; log the run in ml.score_runs."""
+    url = _url(settings or get_settings())
+    job = load_job(job_id, url)
+    counts: dict[str, int] = {}
+    with db.connect(url) as conn, conn.transaction():
+        state = conn.execute("select state from ml.score_jobs where job_id = %s for update",
+                             (job_id,)).fetchone()  # fmt: skip
+        if state and state[0] != "scoring":  # swapped already: a retry after the commit
+            return dict(conn.execute("select table_name, rows from ml.score_runs where"
+                                     " scored_at = %s", (job.scored_at,)).fetchall())  # fmt: skip
+        done = {s for (s,) in conn.execute("select shard from ml.score_job_shards where job_id"
+                                           " = %s and step = 'score'", (job_id,))}  # fmt: skip
+        missing = sorted(set(range(job.shards)) - done)
+        if missing:
+            raise ShardsMissing(
+                f"scoring job {job_id}: shards {missing} have not scored; ml.* keeps the "
+                "previous run"
+            )
+        conn.execute(sql.SQL(BANDS_SQL).format(stage=_stage(job_id, "customer_value")))
+        sizes = sql.SQL(
+            "update {cat} c set customers = coalesce((select count(*) from {segs} s"
+            " where s.segment_id = c.segment_id), 0)"
+        )
+        conn.execute(sizes.format(cat=_stage(job_id, "segment_catalog"),
+                                  segs=_stage(job_id, "customer_segments")))  # fmt: skip
+        for table in STAGED:
+            cols = sql.SQL(", ").join(map(sql.Identifier, _columns(table)))
+            ident = sql.Identifier("ml", table)
+            conn.execute(sql.SQL("truncate {}").format(ident))
+            cur = conn.execute(
+                sql.SQL("insert into {} ({}) select {} from {}").format(
+                    ident, cols, cols, _stage(job_id, table)
+                )
+            )
+            counts[table] = cur.rowcount
+            task = TASK_OF[table]
+            conn.execute(
+                "insert into ml.score_runs (task, table_name, model_name, model_version, rows,"
+                " scored_at, model_kind) values (%s, %s, %s, %s, %s, %s, %s)",
+                (task, table, tracking.model_name(task), job.versions[task], counts[table],
+                 job.scored_at, job.kinds[task]),
+            )  # fmt: skip
+        conn.execute("update ml.score_jobs set state = 'swapped' where job_id = %s", (job_id,))
+    return counts
+
+
+def _staged(conn: Any, job_id: str, table: str, shard: int) -> pd.DataFrame:
+    from ml.publish import TABLES
+
+    cols = sql.SQL(", ").join(map(sql.Identifier, TABLES[table]))
+    query = sql.SQL("copy (select {} from {} where shard = {}) to stdout (format csv, header)")
+    buf = io.BytesIO()
+    with conn.cursor().copy(query.format(cols, _stage(job_id, table), sql.Literal(shard))) as cp:
+        for chunk in cp:
+            buf.write(chunk)
+    buf.seek(0)
+    return pd.read_csv(buf, dtype={"customer_id": str, "product_id": str})
+
+
+def publish_step(job_id: str, shard: int, settings: Settings | None = None) -> int:
+    """Shard ``shard``'s customer keys in Redis, from its staged rows (after the swap)."""
+    from ml.publish import publish_customers
+
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    url = _url(settings)
+    job = load_job(job_id, url)
+    with db.connect(url) as conn:
+        state = conn.execute("select state from ml.score_jobs where job_id = %s",
+                             (job_id,)).fetchone()  # fmt: skip
+        if not state or state[0] == "scoring":
+            raise CrmError(f"scoring job {job_id} has not swapped: Redis is not published")
+        tables = ("customer_segments", "churn_scores", "send_times", "recommendations",
+                  "customer_value")  # fmt: skip
+        frames = {t: _staged(conn, job_id, t, shard) for t in tables}
+    n = publish_customers(frames, job.scored_at.isoformat(), settings)
+    with db.connect(url) as conn, conn.transaction():
+        _done(conn, job, "publish", shard, {"redis_keys": n}, started)
+    return n
+
+
+def finish(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The shared Redis keys and the run's meta, once every shard is published; the staging
+    and artifacts dropped. Returns what ``crm score`` reports."""
+    from ml.publish import publish_shared
+
+    settings = settings or get_settings()
+    url = _url(settings)
+    job = load_job(job_id, url)
+    with db.connect(url) as conn:
+        published: dict[int, int] = dict(conn.execute(
+            "select shard, (rows->>'redis_keys')::int from ml.score_job_shards"
+            " where job_id = %s and step = 'publish'", (job_id,)).fetchall())  # fmt: skip
+        missing = sorted(set(range(job.shards)) - set(published))
+        if missing:
+            raise ShardsMissing(f"scoring job {job_id}: shards {missing} not published")
+        _state, _medians, popular = _get(conn, job_id, "items")
+        catalog = _staged(conn, job_id, "segment_catalog", -1)
+        rows: dict[str, int] = dict(conn.execute("select table_name, rows from ml.score_runs where"
+                                 " scored_at = %s", (job.scored_at,)).fetchall())  # fmt: skip
+    meta = {"scored_at": job.scored_at.isoformat(), "models": job.models, "serves": job.kinds}
+    publish_shared(catalog, popular, meta, settings)
+    with db.connect(url) as conn, conn.transaction():
+        _drop_staging(conn, job_id)
+        conn.execute("delete from ml.score_job_artifacts where job_id = %s", (job_id,))
+        conn.execute("update ml.score_jobs set state = 'published', finished_at = now()"
+                     " where job_id = %s", (job_id,))  # fmt: skip
+    return {"rows": rows, "redis_keys": sum(published.values()), **meta, "job_id": job_id,
+            "shards": job.shards}  # fmt: skip
+
+
+def _each(step: Callable[..., Any], job_id: str, shards: Iterable[int], settings: Settings,
+          workers: int, **kw: Any) -> list[Any]:  # fmt: skip
+    shards = list(shards)
+    if workers <= 1 or len(shards) <= 1:
+        return [step(job_id, s, settings, **kw) for s in shards]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(step, [job_id] * len(shards), shards, [settings] * len(shards)))
+
+
+def run(
+    settings: Settings | None = None,
+    shards: int | None = None,
+    workers: int = 1,
+    snapshot: Snapshot | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every step of a scoring job in this process (``workers`` > 1: the shards' steps in that
+    many processes); ``snapshot``: score that data as one shard instead of reading the marts."""
+    settings = settings or get_settings()
+    settings = settings.model_copy(update={"database_url": _url(settings)})
+    say = progress or (lambda _msg: None)
+    job = plan(settings, shards, snapshot)
+    ids = range(job.shards)
+    extra = {"snapshot": snapshot} if snapshot is not None else {}
+    say(f"item statistics of {job.shards} shard(s)")
+    _each(items_step, job.job_id, ids, settings, workers, **extra)
+    say("the shop's item state")
+    build_items(job.job_id, settings)
+    say(f"scoring {job.shards} shard(s)")
+    _each(score_step, job.job_id, ids, settings, workers, **extra)
+    say("swapping ml.* tables")
+    swap(job.job_id, settings)
+    say("publishing Redis keys")
+    _each(publish_step, job.job_id, ids, settings, workers)
+    return finish(job.job_id, settings)
