@@ -86,8 +86,8 @@ demo: env airflow-db  ## simulate a shop, load it, run the Airflow DAGs on it on
 	  echo "== crm train: the weekly training (MLflow runs; a version becomes champion only if it does better)"; \
 	  $(RUN) crm db clock --at $${next}T00:55:00+00:00 >/dev/null; \
 	  $(RUN) crm train 2> $(CRM_HOME)/demo-train.log || (tail -n 40 $(CRM_HOME)/demo-train.log; exit 1); \
-	  echo "== Airflow score_customers: every customer scored with the champions (ml.* and Redis)"; \
-	  $(RUN) python -m crm.demo score_customers $${next}T01:00:00+00:00; \
+	  echo "== Airflow score_customers: every customer scored with the champions, in 2 shards (mapped tasks), swapped into ml.* at once, then Redis"; \
+	  CRM_SCORE_SHARDS=2 $(RUN) python -m crm.demo score_customers $${next}T01:00:00+00:00; \
 	  echo "== Airflow send_campaigns at $$next 08:05 UTC: plan, send what is due (pushes through the firebase-admin SDK to a local fake FCM)"; \
 	  $(RUN) crm db clock --at $${next}T08:05:00+00:00 >/dev/null; \
 	  $(RUN) python -m crm.demo send_campaigns $${next}T08:05:00+00:00 --fake-fcm; \

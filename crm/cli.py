@@ -333,28 +333,34 @@ def train(
 def score(
     shards: Annotated[
         int | None,
-        typer.Option(help="Shards (default CRM_SCORE_SHARDS, or one per "
-                     "CRM_SCORE_SHARD_CUSTOMERS customers).", min=1),
+        typer.Option(
+            help="Shards (default CRM_SCORE_SHARDS, or one per "
+            "CRM_SCORE_SHARD_CUSTOMERS customers).",
+            min=1,
+        ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Processes scoring shards at once.", min=1)
-    ] = 1,
+    workers: Annotated[int, typer.Option(help="Processes scoring shards at once.", min=1)] = 1,
 ) -> None:
     """Score every customer with the champions, in shards; publish to ml.* and Redis (the
     ml.* tables swapped at once when every shard has scored)."""
     from ml.jobs import score as run
 
     with console.status("scoring customers") as status:
-        result = run(shards=shards, workers=workers,
-                     progress=lambda msg: status.update(f"scoring customers: {msg}"))
+        result = run(
+            shards=shards,
+            workers=workers,
+            progress=lambda msg: status.update(f"scoring customers: {msg}"),
+        )
     scored_at = datetime.fromisoformat(str(result["scored_at"])).astimezone(UTC)
     table = Table("table", "rows", title=f"scores published {scored_at:%Y-%m-%d %H:%M} UTC")
     for name, n in result["rows"].items():
         table.add_row(f"ml.{name}", f"{n:,}")
     out.print(table)
     models = ", ".join(f"{task} {ref}" for task, ref in result["models"].items())
-    out.print(f"Redis: {result['redis_keys']:,} customer keys. Champions used: {models}. "
-              f"Shards: {result['shards']} (job {result['job_id']}).")
+    out.print(
+        f"Redis: {result['redis_keys']:,} customer keys. Champions used: {models}. "
+        f"Shards: {result['shards']} (job {result['job_id']})."
+    )
 
 
 @app.command()

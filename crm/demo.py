@@ -30,7 +30,7 @@ from crm.display import number
 from crm.settings import get_settings
 
 RETURNED = re.compile(r"Returned value was: (.*?) \[airflow")
-STARTED = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+STARTED = re.compile(r"\[DAG TEST\] starting task_id=(\S+)(?: map_index=(-?\d+))?")
 FINISHED = re.compile(r"DagRun Finished: dag_id=(\S+?), .*?state=(\w+)")
 
 
@@ -48,7 +48,8 @@ def read_log(text: str) -> DagRunLog:
     task = None
     for line in text.splitlines():
         if m := STARTED.search(line):
-            task = m.group(1)
+            index = int(m.group(2) or -1)
+            task = m.group(1) if index < 0 else f"{m.group(1)}[{index}]"  # a mapped task's
             run.tasks.append(task)
         elif (m := RETURNED.search(line)) and task:
             try:

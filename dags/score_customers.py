@@ -7,7 +7,7 @@ daily as a fallback. Pins each task's **champion** from the MLflow registry
 customer id; `CRM_SCORE_SHARDS`, or one per `CRM_SCORE_SHARD_CUSTOMERS` customers), each shard
 a mapped task on whichever worker is free:
 
-1. `plan`: the job (champion versions, shard count, staging tables);
+1. `plan`: the job (champion versions, shard count, staging tables); `shards` lists them;
 2. `item_stats` per shard, then `build_items` once: the shop's item state (co-visitation,
    EASE, popularity) the shards share;
 3. `score_shard` per shard: its customers' segments, churn, send times, recommendations and
@@ -52,12 +52,18 @@ SCORES = table_asset("ml", "churn_scores")
     default_args={"owner": "data-science", "retries": 2, "retry_delay": timedelta(minutes=5)},
 )
 def score_customers() -> None:
-    @task(multiple_outputs=True)
-    def plan() -> dict[str, object]:
+    @task
+    def plan() -> str:
         from ml.shards import plan as new_job
 
-        job = new_job()
-        return {"job_id": job.job_id, "shards": list(range(job.shards)), "models": job.models}
+        return new_job().job_id
+
+    @task
+    def shards(job_id: str) -> list[int]:
+        from crm.db import database_url
+        from ml.shards import load_job
+
+        return list(range(load_job(job_id, database_url()).shards))
 
     @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
     def item_stats(job_id: str, shard: int) -> dict[str, int]:
@@ -97,13 +103,13 @@ def score_customers() -> None:
         return {"rows": result["rows"], "redis_keys": result["redis_keys"],
                 "models": result["models"]}  # fmt: skip
 
-    job = plan()
-    job_id, shards = job["job_id"], job["shards"]
-    stats = item_stats.partial(job_id=job_id).expand(shard=shards)
+    job_id = plan()
+    each = shards(job_id)
+    stats = item_stats.partial(job_id=job_id).expand(shard=each)
     items = build_items(job_id)
-    scored = score_shard.partial(job_id=job_id).expand(shard=shards)
+    scored = score_shard.partial(job_id=job_id).expand(shard=each)
     swapped = swap(job_id)
-    published = publish.partial(job_id=job_id).expand(shard=shards)
+    published = publish.partial(job_id=job_id).expand(shard=each)
     stats >> items >> scored >> swapped >> published >> finish(job_id)
 
 

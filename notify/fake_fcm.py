@@ -10,7 +10,8 @@ HTTP/1.1 instead. Behaviour, configurable per instance:
   503 ``UNAVAILABLE`` with a ``Retry-After`` header (a storm: ``storm`` requests in a row);
 - ``latency_ms`` per request.
 Accepted messages are kept in ``sent`` (with the message's ``data``) for tests to inspect, and
-the HTTP version of each request in ``http_versions``.
+the HTTP version of each request in ``http_versions``; ``keep_requests`` keeps every request's
+headers and body in ``received`` (to compare what two senders send).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class FakeFcm:
     requests: int = 0
     http_versions: Counter[str] = field(default_factory=Counter)
     clients: set[tuple[str, int]] = field(default_factory=set)  # (host, port) of connections
+    keep_requests: bool = False
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     port: int = 0
     ca_file: str | None = None
     _storm_left: int = 0
@@ -175,6 +178,9 @@ class FakeFcm:
                 self.clients.add(tuple(scope["client"]))
             if self.latency_ms:
                 await asyncio.sleep(self.latency_ms / 1000)
+            if self.keep_requests:
+                names = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                self.received.append((names, b"".join(chunks)))
             message = json.loads(b"".join(chunks) or b"{}").get("message", {})
             project = path[len(PATH_PREFIX) : -len(PATH_SUFFIX)]
             status, body, headers = self.respond(project, message)

@@ -159,8 +159,14 @@ def test_build_dag_builds_the_marts_and_stops_at_a_failing_test(
 def test_ml_dags_chain_on_the_marts_asset(dagbag) -> None:
     score = dagbag.dags["score_customers"]
     assert "marts/dim_customers" in str(score.timetable.asset_condition)
-    (task,) = score.tasks
-    assert next(o.uri for o in task.outlets).endswith("/ml/churn_scores")
+    steps = ["plan", "shards", "item_stats", "build_items", "score_shard", "swap", "publish",
+             "finish"]  # fmt: skip
+    assert [t.task_id for t in score.topological_sort()] == steps
+    mapped = {t.task_id for t in score.tasks if t.is_mapped}
+    assert mapped == {"item_stats", "score_shard", "publish"}
+    swap = score.task_dict["swap"]
+    assert next(o.uri for o in swap.outlets).endswith("/ml/churn_scores")
+    assert swap.upstream_task_ids == {"plan", "score_shard"}
     train = dagbag.dags["train_models"]
     assert {t.task_id for t in train.tasks} == {
         "segments",
@@ -199,8 +205,12 @@ def test_train_then_score_dags_publish_champion_scores(
             bag = DagBag(dag_folder=str(DAGS))
             train = without_deadline(bag.dags["train_models"]).test(run_conf={"recommendations": 5})
             assert train.state == "success"
+            monkeypatch.setenv("CRM_SCORE_SHARDS", "2")
+            get_settings.cache_clear()
             score = without_deadline(bag.dags["score_customers"]).test()
             assert score.state == "success"
+            tis = [(ti.task_id, ti.map_index, ti.state) for ti in score.get_task_instances()]
+            assert sorted(i for t, i, s in tis if t == "score_shard" and s == "success") == [0, 1]
             with psycopg.connect(ml_shop[0]) as conn:
                 per_customer = conn.execute("select max(rank) from ml.recommendations").fetchone()
                 runs = conn.execute(

@@ -13,6 +13,8 @@ LOG = """\
 [airflow.task.operators] loc=python.py:233
 2026-12-04T15:22:04Z [info ] [DAG TEST] starting task_id=send map_index=-1 [airflow.sdk]
 2026-12-04T15:22:05Z [info ] Done. Returned value was: {'sent': 541} [airflow.task.operators]
+2026-12-04T15:22:05Z [info ] [DAG TEST] starting task_id=score_shard map_index=1 [airflow.sdk]
+2026-12-04T15:22:05Z [info ] Done. Returned value was: {'churn_scores': 12} [airflow.task]
 2026-12-04T15:22:06Z [info ] DagRun Finished: dag_id=send_campaigns, logical_date=2026-02-13 \
 08:05:00+00:00, run_id=manual__x, state=success, run_type=manual [airflow.models.dagrun]
 """
@@ -20,7 +22,8 @@ LOG = """\
 
 def test_a_runs_state_and_each_tasks_return_value_are_read_and_shown() -> None:
     run = read_log(LOG)
-    assert run.state == "success" and run.tasks == ["plan", "send"]
+    assert run.state == "success" and run.tasks == ["plan", "send", "score_shard[1]"]
+    assert run.returned["score_shard[1]"] == {"churn_scores": 12}  # each mapped task its own
     assert run.returned["send"] == {"sent": 541}
     console = Console(width=80, record=True, color_system=None)
     show("send_campaigns", run, console)
