@@ -236,6 +236,12 @@ class Settings(BaseSettings):
         "claim protocol keeps them from sharing a delivery). More than the machine's cores "
         "gains nothing.",
     )
+    send_batch: int = Field(
+        default=0,
+        ge=0,
+        description="Deliveries a sender claims, re-checks, caps, sends and records at once. "
+        "0: 500 with CRM_FCM_TRANSPORT=sdk (its batch limit), 2,000 with curl.",
+    )
 
     quiet_hours: tuple[int, int] = Field(
         default=(21, 9),

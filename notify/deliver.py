@@ -290,37 +290,51 @@ class Caps:
 
     def __init__(self, r: redis.Redis, settings: Settings) -> None:
         self.r, self.s = r, settings
+        self._take: Any = None
+
+    # one script call per batch: each customer's day counter and 7-day window, taken only if
+    # both stay within the caps (what is refused is given back), in the order given
+    TAKE = """
+    local now, cutoff = tonumber(ARGV[1]), tonumber(ARGV[2])
+    local per_day, per_week = tonumber(ARGV[3]), tonumber(ARGV[4])
+    local out = {}
+    for i = 1, #KEYS, 2 do
+        local day, week, member = KEYS[i], KEYS[i + 1], ARGV[4 + (i + 1) / 2]
+        local day_n = redis.call('INCR', day)
+        redis.call('EXPIRE', day, 172800)
+        redis.call('ZADD', week, now, member)
+        redis.call('ZREMRANGEBYSCORE', week, 0, cutoff)
+        local week_n = redis.call('ZCARD', week)
+        redis.call('EXPIRE', week, 691200)
+        if day_n <= per_day and week_n <= per_week then
+            out[#out + 1] = 1
+        else
+            redis.call('DECR', day)
+            redis.call('ZREM', week, member)
+            out[#out + 1] = 0
+        end
+    end
+    return out
+    """
 
     def take_many(self, wanted: list[tuple[str, ZoneInfo]], now: datetime) -> list[bool]:
         """One push each for these customers, if their caps allow: one round trip to Redis
-        for a whole batch (Redis runs the commands in order, so a customer twice in the
-        batch counts twice). What is refused is given back."""
-        pipe = self.r.pipeline(transaction=False)
-        keys = []
+        for a whole batch (a script: a customer twice in the batch counts twice). What is
+        refused is given back."""
+        if not wanted:
+            return []
+        keys, members = [], []
+        stamp = now.timestamp()
         for customer_id, tz in wanted:
             day = now.astimezone(tz).date().isoformat()
             pre = f"{self.s.redis_prefix}:cap:{customer_id}"
-            d_key, w_key = f"{pre}:day:{day}", f"{pre}:week"
-            keys.append((d_key, w_key))
-            pipe.incr(d_key)
-            pipe.expire(d_key, 2 * 86400)
-            pipe.zadd(w_key, {f"{now.timestamp()}:{d_key}": now.timestamp()})
-            pipe.zremrangebyscore(w_key, 0, now.timestamp() - 7 * 86400)
-            pipe.zcard(w_key)
-            pipe.expire(w_key, 8 * 86400)
-        replies = pipe.execute() if wanted else []
-        ok = []
-        back = self.r.pipeline(transaction=False)
-        for i, (d_key, w_key) in enumerate(keys):
-            day_n, week_n = replies[6 * i], replies[6 * i + 4]
-            allowed = day_n <= self.s.push_cap_per_day and week_n <= self.s.push_cap_per_week
-            if not allowed:
-                back.decr(d_key)
-                back.zrem(w_key, f"{now.timestamp()}:{d_key}")
-            ok.append(allowed)
-        if not all(ok):
-            back.execute()
-        return ok
+            d_key = f"{pre}:day:{day}"
+            keys += [d_key, f"{pre}:week"]
+            members.append(f"{stamp}:{d_key}")
+        if self._take is None:
+            self._take = self.r.register_script(self.TAKE)
+        args = [stamp, stamp - 7 * 86400, self.s.push_cap_per_day, self.s.push_cap_per_week]
+        return [bool(x) for x in self._take(keys=keys, args=[*args, *members])]
 
 
 def send_due(
@@ -337,25 +351,35 @@ def send_due(
     apprise = apprise or AppriseSender.from_settings(settings)
     caps = Caps(r, settings)
     totals: Counter[str] = Counter()
-    while True:
-        at = now or datetime.now(UTC)
-        with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:  # one connection for every batch
+        while True:
+            at = now or datetime.now(UTC)
             claimed = conn.execute(
                 CLAIM, {"now": at, "lease": settings.send_lease_seconds, "limit": batch}
             ).fetchall()
             if not claimed:
                 return totals
             outcomes = _send_claimed(conn, claimed, sender, apprise, caps, at, settings)
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(
-                    "update crm.deliveries set state = %s, reason = %s,"
-                    " slot = coalesce(%s, slot),"
-                    " sent_at = case when %s = 'sent' then %s::timestamptz end,"
-                    " updated_at = now() where delivery_id = %s",
-                    [(o.state, o.reason, o.retry_at, o.state, at, o.delivery_id)
-                     for o in outcomes],
-                )  # fmt: skip
+            record(conn, outcomes, at)
             totals.update(o.state for o in outcomes)
+
+
+RECORD = """
+    update crm.deliveries d
+    set state = o.state, reason = o.reason, slot = coalesce(o.retry_at, d.slot),
+        sent_at = case when o.state = 'sent' then %(at)s::timestamptz end, updated_at = now()
+    from unnest(%(ids)s::bigint[], %(states)s::text[], %(reasons)s::text[],
+                %(retry_at)s::timestamptz[]) as o(delivery_id, state, reason, retry_at)
+    where d.delivery_id = o.delivery_id
+"""
+
+
+def record(conn: psycopg.Connection, outcomes: list[Outcome], at: datetime) -> None:
+    """Every outcome of a batch in one statement (one round trip, one transaction)."""
+    conn.execute(RECORD, {"at": at, "ids": [o.delivery_id for o in outcomes],
+                          "states": [o.state for o in outcomes],
+                          "reasons": [o.reason for o in outcomes],
+                          "retry_at": [o.retry_at for o in outcomes]})  # fmt: skip
 
 
 def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSender,
@@ -412,20 +436,23 @@ def _send_claimed(conn: psycopg.Connection, claimed: list[Any], sender: FcmSende
         outcomes.append(Outcome(int(key), "failed" if failure else "sent", failure))
     results = sender.send(pushes) if pushes else []
     by_key = {p.key: p for p in pushes}
+    invalid: list[tuple[str, str | None]] = []
     for res in results:
         did = int(res.key)
         if res.outcome == "sent":
             outcomes.append(Outcome(did, "sent"))
         elif res.outcome == "invalid_token":
-            conn.execute(
-                "insert into crm.invalid_tokens (token, reason) values (%s, %s)"
-                " on conflict do nothing",
-                (by_key[res.key].token, res.reason),
-            )
+            invalid.append((by_key[res.key].token, res.reason))
             outcomes.append(Outcome(did, "failed", res.reason))
         elif res.outcome == "retry" and attempts[res.key] < settings.send_max_attempts:
             wait = max(res.retry_after or 0.0, 30.0 * 2 ** (attempts[res.key] - 1))
             outcomes.append(Outcome(did, "planned", res.reason, at + timedelta(seconds=wait)))
         else:
             outcomes.append(Outcome(did, "failed", res.reason))
+    if invalid:  # one statement for the batch's invalid tokens
+        conn.execute(
+            "insert into crm.invalid_tokens (token, reason) select * from unnest(%s::text[],"
+            " %s::text[]) on conflict do nothing",
+            ([t for t, _ in invalid], [r for _, r in invalid]),
+        )
     return outcomes

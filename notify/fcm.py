@@ -113,7 +113,7 @@ class FcmSender:
     def __init__(self, project_id: str, endpoint: str | None = None,
                  credentials_file: str | None = None, name: str = "shop-crm",
                  ca_file: str | None = None, transport: Transport = "curl",
-                 streams: int = 200) -> None:  # fmt: skip
+                 streams: int = 100) -> None:  # fmt: skip
         if endpoint:
             # the SDK builds its URL from this class constant; point it at the fake
             messaging._MessagingService.FCM_URL = (

@@ -58,10 +58,13 @@ def _headers(lines: list[bytes]) -> dict[str, str]:
 class CurlTransport:
     """POSTs to one URL over multiplexed HTTP/2 (``connections`` connections, at most
     ``streams`` requests in flight); plain ``http://`` URLs (the local fake's HTTP/1.1 mode)
-    use HTTP/1.1."""
+    use HTTP/1.1. ``streams`` stays within what a server allows on a connection (100 is
+    libcurl's default and what FCM's servers announce): more requests than that wait in
+    libcurl's own queue, and against nginx 20,000 requests went 42,089/s with 100 and
+    5,890/s with 200 (2026-12-06)."""
 
     def __init__(self, url: str, timeout: float, ca_file: str | None = None,
-                 streams: int = 200, connections: int = 1) -> None:  # fmt: skip
+                 streams: int = 100, connections: int = 1) -> None:  # fmt: skip
         self.url, self.timeout, self.ca_file = url, timeout, ca_file
         self.streams = streams
         self.multi = pycurl.CurlMulti()

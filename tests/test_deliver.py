@@ -85,9 +85,9 @@ def test_several_sender_processes_share_the_work_and_never_a_delivery(
         conn.commit()
     planned = {str(r[0]) for r in rows(shop, "state = 'planned'")}
     monkeypatch.setattr(run, "PARALLEL_MIN", 10)  # worth a process from 10 due deliveries
-    monkeypatch.setattr(run, "SEND_BATCH", 20)  # so that there is a batch for each
     parallel = settings.model_copy(update={"send_processes": 3, "fcm_endpoint": fake.endpoint,
-                                           "fcm_ca_file": fake.ca_file})  # fmt: skip
+                                           "fcm_ca_file": fake.ca_file,
+                                           "send_batch": 20})  # a batch for each  # fmt: skip
     totals = run.send_now(shop, parallel, now=NOW + timedelta(days=2))
     delivered = [m["data"]["delivery_id"] for m in fake.sent]
     assert len(delivered) == len(set(delivered)) == totals["sent"] > 0
