@@ -82,8 +82,8 @@ def show(dag_id: str, run: DagRunLog, out: Console) -> None:
         else:
             out.print("  plan: no campaign due")
     for task, value in run.returned.items():
-        if task == "send" and value == {}:
-            out.print("  send: nothing due")
+        if task in ("send", "sent") and value == {}:
+            out.print(f"  {task}: nothing due")
         elif task != "plan" and value not in (None, {}, []):
             out.print(f"  {task}: {_flat(value)}")
 

@@ -236,6 +236,14 @@ class Settings(BaseSettings):
         "claim protocol keeps them from sharing a delivery). More than the machine's cores "
         "gains nothing.",
     )
+    send_tasks: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Most send tasks the send_campaigns DAG maps when many deliveries are due "
+        "(one per 20,000 due; each on whichever Airflow worker is free, each claiming its own "
+        "batches).",
+    )
     send_batch: int = Field(
         default=0,
         ge=0,

@@ -9,7 +9,9 @@ Hourly, and again whenever `score_customers` publishes new scores. Each run:
    slot (fixed local hour, or their best hour from `ml.send_times` inside the campaign's
    window, never in quiet hours) with the message rendered for them;
 2. **send**: claim every delivery whose slot has come and send it (push through FCM, e-mail /
-   Telegram / Slack / webhooks through apprise), re-checking consent and frequency caps.
+   Telegram / Slack / webhooks through apprise), re-checking consent and frequency caps; when
+   many are due, `senders` maps several send tasks (one per 20,000 due, at most
+   `CRM_SEND_TASKS`), each on whichever worker is free; `sent` adds up what they sent.
 
 A run plans and sends as of the hour it stands for (its logical date), so clearing a run
 re-plans that hour. Re-running a run, or two runs at once, never sends twice
@@ -26,6 +28,7 @@ Same by hand: `crm campaigns run [--dry-run] [--launch ID]`.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pendulum
@@ -120,17 +123,35 @@ def send_campaigns() -> None:
                 print(f"[dry run] {cid} {s['variant']} via {s['channel']}: {s['title']}")
         return report.as_dict()
 
-    @task(outlets=[DELIVERIES])
-    def send(planned: dict[str, object]) -> dict[str, int]:
+    @task
+    def senders(planned: dict[str, object]) -> list[int]:
+        """One send task, or more when many deliveries are due (CRM_SEND_TASKS)."""
+        from crm import db
+        from crm.settings import get_settings
+        from notify.run import send_tasks
+
+        if planned.get("dry_run"):
+            return []
+        return list(range(send_tasks(db.database_url(), get_settings(), instant())))
+
+    @task(map_index_template="sender {{ task.op_kwargs['index'] }}")
+    def send(index: int) -> dict[str, int]:
+        """Claims batches of due deliveries and sends them (the claim keeps the send tasks
+        from sharing a delivery)."""
         from crm import db
         from crm.settings import get_settings
         from notify.run import send_now
 
-        if planned.get("dry_run"):
-            return {}
         return send_now(db.database_url(), get_settings(), instant())
 
-    send(plan())
+    @task(outlets=[DELIVERIES])
+    def sent(parts: list[dict[str, int]]) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for part in parts:
+            total.update(part)
+        return dict(total)
+
+    sent(send.expand(index=senders(plan())))
 
 
 send_campaigns()

@@ -61,13 +61,22 @@ PLAN_QUERY = """
                         and d.occurrence = m.occurrence)
 """
 CLAIM = """
-    with due as (
-        select delivery_id from crm.deliveries
-        where (state = 'planned' and slot <= %(now)s)
-           or (state = 'sending' and claimed_at < %(now)s - make_interval(secs => %(lease)s))
+    with expired as (  -- a worker died holding these: its lease is over
+        select delivery_id, slot from crm.deliveries
+        where state = 'sending' and claimed_at < %(now)s - make_interval(secs => %(lease)s)
         order by slot, delivery_id
         limit %(limit)s
         for update skip locked
+    ), planned as (
+        select delivery_id, slot from crm.deliveries
+        where state = 'planned' and slot <= %(now)s
+        order by slot, delivery_id
+        limit %(limit)s
+        for update skip locked
+    ), due as (
+        select delivery_id from (select * from expired union all select * from planned) d
+        order by slot, delivery_id
+        limit %(limit)s
     )
     update crm.deliveries d
     set state = 'sending', claimed_at = %(now)s, attempts = d.attempts + 1, updated_at = now()

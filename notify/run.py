@@ -69,6 +69,27 @@ PARALLEL_MIN = 2_000  # due deliveries worth one more sender process (each takes
 SEND_BATCH = {"sdk": 500, "curl": 2000}
 
 
+SEND_TASK_MIN = 20_000  # due deliveries worth one more mapped send task (a task starts in ~5 s)
+
+
+def due_count(url: str, now: datetime | None = None) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select count(*) from crm.deliveries where state in ('planned', 'sending')"
+            " and slot <= %s",
+            (now or datetime.now(UTC),),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def send_tasks(url: str, settings: Settings, now: datetime | None = None) -> int:
+    """How many send tasks to map: one per SEND_TASK_MIN due deliveries, at most
+    CRM_SEND_TASKS, at least one."""
+    if settings.send_tasks <= 1:
+        return 1
+    return max(1, min(settings.send_tasks, -(-due_count(url, now) // SEND_TASK_MIN)))
+
+
 def send_batch(settings: Settings) -> int:
     return settings.send_batch or SEND_BATCH[settings.fcm_transport]
 
@@ -82,13 +103,7 @@ def send_now(url: str, settings: Settings, now: datetime | None = None) -> dict[
     r = redis_client(settings)
     processes = 1
     if settings.send_processes > 1:
-        with psycopg.connect(url) as conn:
-            due = conn.execute(
-                "select count(*) from crm.deliveries where state in ('planned', 'sending')"
-                " and slot <= %s",
-                (now or datetime.now(UTC),),
-            ).fetchone()[0]  # type: ignore[index]
-        processes = max(1, min(settings.send_processes, due // PARALLEL_MIN))
+        processes = max(1, min(settings.send_processes, due_count(url, now) // PARALLEL_MIN))
     if processes == 1:
         return dict(_send_process(url, settings, now, None, 0, send_batch(settings)))
     # the embedded Redis is reached through its socket; a configured one through its URL

@@ -301,8 +301,10 @@ def test_send_dag_runs_hourly_and_after_scores_with_a_trigger_form(dagbag) -> No
     dag = dagbag.dags["send_campaigns"]
     assert "ml/churn_scores" in str(dag.timetable.asset_condition)
     assert {"campaigns", "launch", "adhoc", "dry_run"} <= set(dag.params.keys())
-    assert dag.task_dict["send"].outlets[0].uri.endswith("/crm/deliveries")
-    assert "plan" in dag.task_dict["send"].upstream_task_ids
+    assert dag.task_dict["sent"].outlets[0].uri.endswith("/crm/deliveries")
+    assert dag.task_dict["send"].is_mapped
+    assert dag.task_dict["send"].upstream_task_ids == {"senders"}
+    assert "plan" in dag.task_dict["senders"].upstream_task_ids
 
 
 def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
@@ -338,6 +340,8 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
         monkeypatch.setenv("CRM_HOME", str(tmp_path / "home"))
         monkeypatch.setenv("CRM_FCM_ENDPOINT", fake.endpoint)
         monkeypatch.setenv("CRM_FCM_CA_FILE", str(fake.ca_file))
+        monkeypatch.setenv("CRM_SEND_TASKS", "3")  # up to 3 send tasks ...
+        monkeypatch.setattr("notify.run.SEND_TASK_MIN", 1)  # ... one per due delivery
         get_settings.cache_clear()
         try:
             dag = without_deadline(
@@ -362,6 +366,16 @@ def test_send_dag_launches_from_the_form_and_a_dry_run_records_nothing(
             assert runs == [("flash-sale", "trigger form", at),
                             ("welcome_new_users", "trigger form", at)]  # fmt: skip
             assert count(url, "crm.deliveries") > 0
+            # a day later every slot has come: three send tasks share the due deliveries
+            later_at = at.add(days=1)
+            later = dag.test(logical_date=later_at,
+                             run_conf={"adhoc": None, "launch": [], "dry_run": False})  # fmt: skip
+            sends = [ti for ti in later.get_task_instances() if ti.task_id == "send"]
+            assert len(sends) == 3 and {ti.state for ti in sends} == {"success"}
+            delivered = [m["data"]["delivery_id"] for m in fake.sent]
+            assert len(delivered) == len(set(delivered)) > 0  # the three never shared one
+            due = f"crm.deliveries where state in ('planned', 'sending') and slot <= '{later_at}'"
+            assert count(url, due) == 0
             broken = dag.test(run_conf={"adhoc": {**adhoc, "channels": ["pigeon"]}, "launch": []})
             assert broken.state == "failed"
         finally:

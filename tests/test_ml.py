@@ -288,13 +288,13 @@ KEYS = {"customer_segments": ["customer_id"], "segment_catalog": ["segment_id"],
 
 def _published(settings: Settings) -> dict[str, pd.DataFrame]:
     """Every ml.* table a scoring run replaces, in key order, without its scoring time."""
+    out = {}
     with db.connect(settings.database_url) as conn:
-        return {
-            t: pd.DataFrame(conn.execute(f"select * from ml.{t} order by {', '.join(k)}").fetchall(),
-                            columns=[c.name for c in conn.execute(f"select * from ml.{t} limit 0")
-                                     .description or []]).drop(columns="scored_at")
-            for t, k in KEYS.items()
-        }  # fmt: skip
+        for t, k in KEYS.items():
+            cur = conn.execute(f"select * from ml.{t} order by {', '.join(k)}")
+            names = [c.name for c in cur.description or []]
+            out[t] = pd.DataFrame(cur.fetchall(), columns=names).drop(columns="scored_at")
+    return out
 
 
 def _docs(settings: Settings, ids: list[str]) -> list[dict]:
@@ -366,7 +366,7 @@ def test_train_registers_champions_and_score_publishes_them(
     docs = _docs(ml_settings, ids)
     real = shards._shard_snapshot
 
-    def lost(job, shard, url, snapshot, tables):  # type: ignore[no-untyped-def]
+    def lost(job, shard, url, snapshot, tables):
         if shard == 2 and tables is None:
             raise RuntimeError("worker lost")
         return real(job, shard, url, snapshot, tables)
