@@ -178,9 +178,11 @@ def _shop(customers: int) -> str:
     return url
 
 
+HOME = Path(tempfile.mkdtemp(prefix="bench-deliver-"))  # one embedded Redis for every run
+
+
 def _settings(url: str, fake: Nginx, processes: int, transport: str) -> Settings:
-    home = Path(tempfile.mkdtemp(prefix="bench-deliver-"))
-    return Settings(_env_file=None, database_url=url, home=home,  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=url, home=HOME,  # type: ignore[call-arg]
                     push_cap_per_day=100, push_cap_per_week=100, fcm_project_id="bench",
                     fcm_endpoint=fake.endpoint, fcm_ca_file=fake.ca_file,
                     fcm_transport=transport, send_processes=processes)  # fmt: skip
@@ -244,7 +246,6 @@ def end_to_end(url: str, fake: Nginx, processes: int, transport: str,
     }
     if prof:
         out["steps"] = _steps(prof, sent)
-    shutil.rmtree(settings.home, ignore_errors=True)
     return out
 
 
@@ -294,7 +295,6 @@ def ready_senders(url: str, fake: Nginx, processes: int, transport: str,
     assert all(set(totals) <= {"sent"} for totals, _cpu in parts), parts
     cpu_ms = {k: (after[k] - before[k]) * 1000 / sent for k in after}
     cpu_ms["sender"] = sum(cpu for _totals, cpu in parts) * 1000 / sent  # sending only
-    shutil.rmtree(settings.home, ignore_errors=True)
     return {"sent": sent, "seconds": seconds, "rate": sent / seconds, "cpu_ms": cpu_ms}
 
 

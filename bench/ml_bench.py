@@ -1,11 +1,15 @@
 """ML training and scoring time and peak memory at N simulated customers.
 
-Each size: simulate, load and build the marts (not timed here), then three fresh processes:
-load the snapshot (the baseline), train every task (MLflow, registry), score every customer
-(ml.* and Redis). Times are reported as multiples of the snapshot load in the same run; peak
-memory is each process's maximum resident set.
+Each size: simulate, load and build the marts (not timed here), then fresh processes: load the
+snapshot (the baseline), train every task (MLflow, registry), score every customer (ml.* and
+Redis) as one shard in one process, and again in shards (``--shards``, default the
+CRM_SCORE_SHARDS rule: one per 150,000 customers) over ``--workers`` processes, each shard
+reading only its customers' rows. Times are reported as multiples of the snapshot load and of
+the one-shard scoring in the same run; peak memory is each process's maximum resident set
+(for the shards, the largest of the processes that scored them).
 
     python bench/ml_bench.py [--customers 100000 1000000] [--days 35] [--scale-from 100000]
+                             [--shards N] [--workers 2]
 
 35 days is the least history every task trains on (churn: 7-day window, cut-offs back 4 weeks).
 
@@ -42,17 +46,28 @@ def _phase(name: str, env: dict[str, str], q: Any) -> None:
     from ml import jobs
     from ml.data import load_snapshot
 
+    out: dict[str, Any] = {}
     t = time.perf_counter()
-    snap = load_snapshot()
-    loaded = time.perf_counter() - t
-    t = time.perf_counter()
-    if name == "train":
-        jobs.train(params=jobs.TrainParams(churn_window_days=7), snapshot=snap)
-    elif name == "score":
-        jobs.score(snapshot=snap)
-    work = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    q.put({"load": loaded, "work": work, "rss_mb": rss_mb, "customers": len(snap.customers)})
+    if name == "score":  # each shard reads its own customers' rows
+        shards = int(env.get("BENCH_SHARDS", "0")) or None
+        result = jobs.score(shards=shards, workers=int(env.get("BENCH_WORKERS", "1")))
+        with db.connect() as conn:
+            steps = conn.execute(
+                "select step, max(peak_mb), max(seconds) from ml.score_job_shards"
+                " where job_id = %s group by step",
+                (result["job_id"],),
+            ).fetchall()
+        out |= {"shards": result["shards"], "customers": result["rows"]["customer_value"],
+                "steps": {s: (mb, sec) for s, mb, sec in steps}}  # fmt: skip
+    else:
+        snap = load_snapshot()
+        out |= {"load": time.perf_counter() - t, "customers": len(snap.customers)}
+        t = time.perf_counter()
+        if name == "train":
+            jobs.train(params=jobs.TrainParams(churn_window_days=7), snapshot=snap)
+    out["work"] = time.perf_counter() - t
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    q.put(out)
 
 
 def run_phase(name: str, env: dict[str, str]) -> dict[str, float]:
@@ -136,6 +151,8 @@ def one_size(
     admin: str,
     reuse: bool = False,
     scale_from: int | None = None,
+    shards: int | None = None,
+    workers: int = 2,
 ) -> dict[str, float]:
     sim = work / f"ml-sim-{customers}u-{days}d"
     url = _built(admin, f"bench_ml_{customers}") if reuse else None
@@ -169,21 +186,29 @@ def one_size(
     }
     base = run_phase("load", env)
     train = run_phase("train", env)
-    score = run_phase("score", env)
+    one = run_phase("score", {**env, "BENCH_SHARDS": "1", "BENCH_WORKERS": "1"})
+    sharded = run_phase("score", {**env, "BENCH_SHARDS": str(shards or 0),
+                                  "BENCH_WORKERS": str(workers)})  # fmt: skip
     row = {
         "customers": base["customers"],
         "load_s": base["load"],
         "load_mb": base["rss_mb"],
         "train_s": train["work"],
         "train_mb": train["rss_mb"],
-        "score_s": score["work"],
-        "score_mb": score["rss_mb"],
+        "score_s": one["work"],
+        "score_mb": max(one["rss_mb"], *(mb for mb, _s in one["steps"].values())),
+        "sharded_s": sharded["work"],
+        "shards": sharded["shards"],
+        "shard_mb": max(mb for mb, _s in sharded["steps"].values()),
     }
     print(
         f"  snapshot load {row['load_s']:.1f}s ({row['load_mb']:.0f} MB); train "
         f"{row['train_s']:.1f}s = {row['train_s'] / row['load_s']:.1f}x load, peak "
-        f"{row['train_mb']:.0f} MB; score {row['score_s']:.1f}s = "
-        f"{row['score_s'] / row['load_s']:.1f}x load, peak {row['score_mb']:.0f} MB",
+        f"{row['train_mb']:.0f} MB; score in one shard {row['score_s']:.1f}s = "
+        f"{row['score_s'] / row['load_s']:.1f}x load, peak {row['score_mb']:.0f} MB; in "
+        f"{row['shards']} shards, {workers} processes {row['sharded_s']:.1f}s = "
+        f"{row['sharded_s'] / row['score_s']:.2f}x one shard, peak per shard process "
+        f"{row['shard_mb']:.0f} MB; steps (peak MB, slowest s): {sharded['steps']}",
         flush=True,
     )
     return row
@@ -199,6 +224,13 @@ def main() -> None:
         default=None,
         help="reach larger sizes by copying this size's marts (module docstring)",
     )
+    ap.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="shards of the sharded scoring run (default: CRM_SCORE_SHARDS' rule)",
+    )
+    ap.add_argument("--workers", type=int, default=2, help="its processes")
     ap.add_argument("--reuse", action="store_true",
                     help="time the ML phases on the marts an earlier run built")  # fmt: skip
     args = ap.parse_args()
@@ -207,15 +239,18 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     admin = db.database_url(settings)
     rows = [
-        one_size(n, args.days, work, admin, args.reuse, args.scale_from) for n in args.customers
+        one_size(n, args.days, work, admin, args.reuse, args.scale_from, args.shards, args.workers)
+        for n in args.customers
     ]
     print(f"\n{'customers':>10}{'load s':>8}{'train s':>9}{'x load':>8}{'train MB':>10}"
-          f"{'score s':>9}{'x load':>8}{'score MB':>10}")  # fmt: skip
+          f"{'score s':>9}{'x load':>8}{'score MB':>10}{'shards':>7}{'sharded s':>10}"
+          f"{'x 1 shard':>10}{'shard MB':>9}")  # fmt: skip
     for r in rows:
         print(
             f"{r['customers']:>10,.0f}{r['load_s']:>8.1f}{r['train_s']:>9.1f}"
             f"{r['train_s'] / r['load_s']:>8.1f}{r['train_mb']:>10.0f}{r['score_s']:>9.1f}"
-            f"{r['score_s'] / r['load_s']:>8.1f}{r['score_mb']:>10.0f}"
+            f"{r['score_s'] / r['load_s']:>8.1f}{r['score_mb']:>10.0f}{r['shards']:>7.0f}"
+            f"{r['sharded_s']:>10.1f}{r['sharded_s'] / r['score_s']:>10.2f}{r['shard_mb']:>9.0f}"
         )
 
 
