@@ -212,6 +212,26 @@ def test_ease_scores_in_chunks_as_it_would_at_once(
     assert (baselines.top_n(scores, 10) == np.argsort(-scores, axis=1)[:, :10]).all()
 
 
+def test_rules_drop_recent_durables_and_cap_a_category_in_the_top_ten() -> None:
+    from types import SimpleNamespace
+
+    from ml.recommend.ranker import apply_rules
+
+    cats = [0] * 6 + [1] * 6 + [2, 2, 3]  # items 0-14; item 14 a durable bought last week
+    cand = pd.DataFrame({"r": 7, "item": range(15), "score": [-i for i in range(15)]})
+    cand.loc[14, "score"] = 99.0
+    cand["bought_before"] = (cand["item"] == 14).astype(int)
+    cand["repeat_rate"] = 0.05
+    cand["days_since_bought"] = 7.0
+    other = cand.assign(r=3, bought_before=0)  # another customer: item 14 is new to them
+    ix = SimpleNamespace(category_of=pd.Series(cats).to_numpy())
+    lists = apply_rules(pd.concat([other, cand]), ix, 12)  # type: ignore[arg-type]
+    # at most 4 of a category until 10 are picked; the held ones come after, in score order
+    assert lists[7] == [0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 4, 5]
+    assert lists[3] == [14, 0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 4]
+    assert apply_rules(cand, ix, 3)[7] == [0, 1, 2]  # type: ignore[arg-type]
+
+
 def test_ease_weights_are_each_items_ridge_regression_on_the_others() -> None:
     """EASE's closed form (used by the ranker's feature and the baseline): column j of B is
     the ridge regression of item j on every other item, with a zero diagonal."""

@@ -48,29 +48,42 @@ def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 def apply_rules(cand: pd.DataFrame, ix: Index, n: int) -> dict[int, list[int]]:
     """Per customer row: drop durables bought recently, then keep at most MAX_PER_CATEGORY
-    of one category in the first 10, in score order."""
+    of one category in the first 10, in score order (an item over its category's share waits
+    behind the others).
+
+    In arrays rather than a loop per customer: while fewer than 10 are picked, an item is
+    picked exactly when fewer than MAX_PER_CATEGORY of its category came before it in the
+    customer's list (those all were picked); after the 10th pick every item is. So the list is
+    the picked items in score order, then the held ones, cut at ``n``."""
     drop = (
         (cand.bought_before > 0)
         & (cand.repeat_rate < DURABLE_REPEAT_RATE)
         & (cand.days_since_bought <= RECENT_DURABLE_DAYS)
     )
-    cand = cand[~drop].sort_values(["r", "score"], ascending=[True, False])
-    out: dict[int, list[int]] = {}
-    for r, group in cand.groupby("r", sort=False):
-        picked: list[int] = []
-        held: list[int] = []
-        per_cat: dict[int, int] = {}
-        for item in group.item.to_numpy():
-            cat = int(ix.category_of[item])
-            if len(picked) < 10 and per_cat.get(cat, 0) >= MAX_PER_CATEGORY:
-                held.append(int(item))
-                continue
-            per_cat[cat] = per_cat.get(cat, 0) + 1
-            picked.append(int(item))
-            if len(picked) >= n:
-                break
-        out[int(r)] = (picked + held)[:n]
-    return out
+    cand = cand[~drop]
+    if not len(cand):
+        return {}
+    rows, score = cand.r.to_numpy(), cand.score.to_numpy()
+    order = np.lexsort((-score, rows))  # by customer, best first; ties keep their order
+    rows, item = rows[order], cand["item"].to_numpy()[order]
+    cat = ix.category_of[item]
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    sizes = np.diff(np.r_[starts, len(rows)])
+    group = np.repeat(np.arange(len(starts)), sizes)
+    pos = np.arange(len(rows)) - starts[group]
+    seen = pd.DataFrame({"r": rows, "c": cat}).groupby(["r", "c"], sort=False).cumcount()
+    eligible = seen.to_numpy() < MAX_PER_CATEGORY
+    running = np.cumsum(eligible)
+    eligible_so_far = running - (running[starts] - eligible[starts])[group]
+    tenth = eligible & (eligible_so_far == 10)
+    last_capped = np.full(len(starts), np.iinfo(np.int64).max)
+    last_capped[group[tenth]] = pos[tenth]
+    bound = last_capped[group]
+    picked = (eligible & (pos <= bound)) | (pos > bound)
+    final = np.lexsort((pos, ~picked, group))  # picked in score order, then the held ones
+    item = item[final][pos < n]  # ``final`` keeps the groups in place: pos is each one's rank
+    lists = np.split(item, np.cumsum(np.minimum(sizes, n))[:-1])
+    return {int(r): [int(i) for i in lst] for r, lst in zip(rows[starts], lists, strict=True)}
 
 
 @dataclass
