@@ -194,6 +194,8 @@ def _stage(
         return None
     y, _ = actual(tx, s.index, a, b)
     e = BGNBD().fit(*_cols(s)).expected((b - a) / WEEK, *_cols(s))
+    if not np.isfinite(e).all():  # BG/NBD did not converge on so short a window
+        return None
     return s, y.to_numpy(), e
 
 
