@@ -385,7 +385,7 @@ def _staged(conn: Any, job_id: str, table: str, shard: int) -> pd.DataFrame:
         for chunk in cp:
             buf.write(chunk)
     buf.seek(0)
-    return pd.read_csv(buf, dtype={"customer_id": str, "product_id": str})
+    return pd.read_csv(buf, dtype={"customer_id": str, "product_id": str}, low_memory=False)
 
 
 def publish_step(job_id: str, shard: int, settings: Settings | None = None) -> int:
