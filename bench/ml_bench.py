@@ -9,7 +9,7 @@ the one-shard scoring in the same run; peak memory is each process's maximum res
 (for the shards, the largest of the processes that scored them).
 
     python bench/ml_bench.py [--customers 100000 1000000] [--days 35] [--scale-from 100000]
-                             [--shards N] [--workers 2]
+                             [--shards N] [--workers 2] [--reuse] [--models-from 100000]
 
 35 days is the least history every task trains on (churn: 7-day window, cut-offs back 4 weeks).
 
@@ -153,6 +153,7 @@ def one_size(
     scale_from: int | None = None,
     shards: int | None = None,
     workers: int = 2,
+    models_from: int | None = None,
 ) -> dict[str, float]:
     sim = work / f"ml-sim-{customers}u-{days}d"
     url = _built(admin, f"bench_ml_{customers}") if reuse else None
@@ -178,15 +179,33 @@ def one_size(
         print(f"{customers:,} customers: pipeline {time.perf_counter() - t:.0f}s", flush=True)
     else:
         print(f"{customers:,} customers: the marts of an earlier run (--reuse)", flush=True)
-    tracking = fresh_db(admin, f"bench_mlflow_{customers}")
+    trained = models_from or customers
+    if models_from:  # the champions' promotions live in the shop's database: theirs, copied
+        import psycopg
+
+        with psycopg.connect(db.with_database(admin, f"bench_ml_{models_from}")) as s, \
+                psycopg.connect(url) as d:  # fmt: skip
+            d.execute("delete from ml.model_promotions")
+            with (
+                s.cursor().copy("copy ml.model_promotions to stdout") as out,
+                d.cursor().copy("copy ml.model_promotions from stdin") as into,
+            ):
+                for chunk in out:
+                    into.write(chunk)
+    tracking = (db.with_database(admin, f"bench_mlflow_{trained}") if models_from
+                else fresh_db(admin, f"bench_mlflow_{customers}"))  # fmt: skip
     env = {
         "CRM_DATABASE_URL": url,
-        "CRM_HOME": str(work / f"ml-home-{customers}"),
+        "CRM_HOME": str(work / f"ml-home-{trained}"),
         "CRM_MLFLOW_TRACKING_URI": sqlalchemy_url(tracking),
     }
     base = run_phase("load", env)
-    train = run_phase("train", env)
-    one = run_phase("score", {**env, "BENCH_SHARDS": "1", "BENCH_WORKERS": "1"})
+    # --models-from: score with the champions an earlier run of that size trained (its
+    # MLflow database and home); no training and no one-shard scoring at this size
+    skipped = {"work": float("nan"), "rss_mb": float("nan"), "steps": {}}
+    train = run_phase("train", env) if not models_from else skipped
+    one = (run_phase("score", {**env, "BENCH_SHARDS": "1", "BENCH_WORKERS": "1"})
+           if not models_from else skipped)  # fmt: skip
     sharded = run_phase("score", {**env, "BENCH_SHARDS": str(shards or 0),
                                   "BENCH_WORKERS": str(workers)})  # fmt: skip
     row = {
@@ -196,7 +215,7 @@ def one_size(
         "train_s": train["work"],
         "train_mb": train["rss_mb"],
         "score_s": one["work"],
-        "score_mb": max(one["rss_mb"], *(mb for mb, _s in one["steps"].values())),
+        "score_mb": max([one["rss_mb"], *(mb for mb, _s in one["steps"].values())]),
         "sharded_s": sharded["work"],
         "shards": sharded["shards"],
         "shard_mb": max(mb for mb, _s in sharded["steps"].values()),
@@ -231,6 +250,12 @@ def main() -> None:
         help="shards of the sharded scoring run (default: CRM_SCORE_SHARDS' rule)",
     )
     ap.add_argument("--workers", type=int, default=2, help="its processes")
+    ap.add_argument(
+        "--models-from",
+        type=int,
+        default=None,
+        help="score with the models a run of this size trained (sharded scoring only)",
+    )
     ap.add_argument("--reuse", action="store_true",
                     help="time the ML phases on the marts an earlier run built")  # fmt: skip
     args = ap.parse_args()
@@ -239,7 +264,17 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     admin = db.database_url(settings)
     rows = [
-        one_size(n, args.days, work, admin, args.reuse, args.scale_from, args.shards, args.workers)
+        one_size(
+            n,
+            args.days,
+            work,
+            admin,
+            args.reuse,
+            args.scale_from,
+            args.shards,
+            args.workers,
+            args.models_from if n != args.models_from else None,
+        )
         for n in args.customers
     ]
     print(f"\n{'customers':>10}{'load s':>8}{'train s':>9}{'x load':>8}{'train MB':>10}"

@@ -88,8 +88,10 @@ def features_asof(
     out = out.fillna({c: 0 for c in FEATURES if c not in ("days_since_order",)})
     out["days_since_order"] = out["days_since_order"].fillna(999.0)
     out["session_trend"] = (out.sessions_7d / 7) / ((out.sessions_30d + 1) / 30)
-    gaps = s[s.customer_id.isin(ids)].sort_values("started_at").groupby("customer_id").started_at
-    out["mean_gap_days"] = gaps.apply(lambda t: t.diff().mean() / DAY if len(t) > 1 else 60.0)
+    # the mean gap between consecutive sessions: (last - first) / (sessions - 1)
+    n = g.size()
+    span = (g.started_at.max() - g.started_at.min()) / DAY
+    out["mean_gap_days"] = (span / (n - 1)).where(n > 1, 60.0)
     return out[FEATURES].astype("float64")
 
 

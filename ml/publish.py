@@ -121,35 +121,34 @@ def _value_docs(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
 def customer_documents(
     frames: dict[str, pd.DataFrame], top_n: int = 10
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    segs = frames["customer_segments"].set_index("customer_id")
-    churn = frames["churn_scores"].set_index("customer_id")
-    send = frames["send_times"].set_index("customer_id")
-    value = _value_docs(frames["customer_value"]) if "customer_value" in frames else {}
+    """Each customer's document from the scored tables (column by column: no lookup per
+    customer and field)."""
+    docs: dict[str, dict[str, Any]] = {}
+
+    def doc(cid: Any) -> dict[str, Any]:
+        return docs.setdefault(str(cid), {})
+
+    f = frames["customer_segments"]
+    for cid, sid, name in zip(f.customer_id, f.segment_id.astype(int).tolist(),
+                              f.segment_name.tolist(), strict=True):  # fmt: skip
+        doc(cid)["segment"] = {"id": sid, "name": name}
+    f = frames["churn_scores"]
+    for cid, p, band in zip(f.customer_id, f.churn_probability.astype(float).tolist(),
+                            f.risk_band.tolist(), strict=True):  # fmt: skip
+        doc(cid)["churn"] = {"probability": p, "band": band}
+    f = frames["send_times"]
+    channel = f.best_channel.astype(object).where(f.best_channel.notna(), None).tolist()
+    hours, confidence = f.best_hour.astype(int).tolist(), f.confidence.astype(float).tolist()
+    for cid, hour, conf, ch in zip(f.customer_id, hours, confidence, channel, strict=True):
+        doc(cid)["send_time"] = {"local_hour": hour, "confidence": conf, "channel": ch}
     recs = frames["recommendations"]
     recs = recs[recs["rank"] <= top_n].sort_values(["customer_id", "rank"])
-    rec_lists = recs.groupby("customer_id").product_id.agg(list)
-    ids = set(segs.index) | set(churn.index) | set(send.index) | set(rec_lists.index)
-    ids |= set(value)
-    for cid in ids:
-        doc: dict[str, Any] = {}
-        if cid in segs.index:
-            doc["segment"] = {
-                "id": int(segs.at[cid, "segment_id"]),
-                "name": segs.at[cid, "segment_name"],
-            }
-        if cid in churn.index:
-            doc["churn"] = {"probability": float(churn.at[cid, "churn_probability"]),
-                            "band": churn.at[cid, "risk_band"]}  # fmt: skip
-        if cid in send.index:
-            ch = send.at[cid, "best_channel"]
-            doc["send_time"] = {"local_hour": int(send.at[cid, "best_hour"]),
-                                "confidence": float(send.at[cid, "confidence"]),
-                                "channel": None if pd.isna(ch) else ch}  # fmt: skip
-        if cid in rec_lists.index:
-            doc["recommendations"] = list(rec_lists[cid])
-        if cid in value:
-            doc["value"] = value[cid]
-        yield str(cid), doc
+    for cid, items in recs.groupby("customer_id", sort=False).product_id.agg(list).items():
+        doc(cid)["recommendations"] = items
+    if "customer_value" in frames:
+        for cid, value in _value_docs(frames["customer_value"]).items():
+            doc(cid)["value"] = value
+    return iter(docs.items())
 
 
 def publish_customers(

@@ -212,6 +212,51 @@ def test_ease_scores_in_chunks_as_it_would_at_once(
     assert (baselines.top_n(scores, 10) == np.argsort(-scores, axis=1)[:, :10]).all()
 
 
+def test_candidates_are_those_of_scoring_every_product_densely(snap: Snapshot) -> None:
+    """Candidate generation builds dense rows only for the sources that need every product
+    scored (co-visitation, EASE): a customer's own items and repurchases come from the sparse
+    rows, category popularity from each category's most popular products. The pairs are
+    those of every source's top ``k`` over every product, and the features follow them."""
+    import numpy as np
+
+    from ml.recommend import candidates
+
+    ix = candidates.build_index(snap)
+    rows, k = np.arange(min(400, len(ix.customers))), 15
+    w = ix.weights[rows].toarray()
+    covis = w @ np.asarray(ix.covisit, dtype=float)
+    cat_pref = np.stack([w[:, ix.category_of == c].sum(axis=1) for c in range(len(ix.categories))],
+                        axis=1)  # fmt: skip
+    cat_pref /= np.maximum(cat_pref.sum(axis=1, keepdims=True), 1e-9)
+    pop = ix.popularity / ix.popularity.max()
+    catpop = cat_pref[:, ix.category_of] * pop[None, :]
+    repurchase = ix.bought[rows].toarray() * ix.repeat_rate[None, :]
+    ease = ix.history[rows].toarray() @ np.asarray(ix.ease, dtype=float)
+    top_pop = np.argsort(-pop)[:k]
+
+    def top(scores: np.ndarray, floor: float) -> set[tuple[int, int]]:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return {(r, int(i)) for r in range(len(rows)) for i in best[r] if scores[r, i] > floor}
+
+    popular = {(r, int(i)) for r in range(len(rows)) for i in top_pop}
+    for exclude_seen in (False, True):
+        got = candidates.candidates(ix, rows, per_source=k, exclude_seen=exclude_seen)
+        if exclude_seen:
+            unseen = np.where(w > 0, 0.0, covis)
+            want = top(unseen, 0) | top(catpop, 0) | top(np.where(w > 0, -np.inf, ease), -np.inf)
+            want = {(r, i) for r, i in want | popular if w[r, i] == 0}
+        else:
+            want = top(covis, 0) | top(catpop, 0) | top(w, 0) | top(repurchase, 0)
+            want |= top(ease, -np.inf) | popular
+        assert set(zip(got.r.tolist(), got["item"].tolist(), strict=True)) == want
+        assert len(got) == len(want)  # each pair once
+        r, i = got.r.to_numpy(), got["item"].to_numpy()
+        assert np.allclose(got.covisit, covis[r, i], rtol=1e-5, atol=1e-7)
+        assert np.allclose(got.category_popularity, catpop[r, i])
+        assert (got.own_weight.to_numpy() == w[r, i]).all()
+        assert np.allclose(got.ease, ease[r, i], rtol=1e-3, atol=1e-5)
+
+
 def test_rules_drop_recent_durables_and_cap_a_category_in_the_top_ten() -> None:
     from types import SimpleNamespace
 

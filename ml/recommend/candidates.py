@@ -104,7 +104,7 @@ class Index:
     customers: pd.Index
     products: pd.Index
     weights: sp.csr_matrix  # customers x products, time-decayed interaction weights
-    covisit: sp.csr_matrix  # products x products
+    covisit: sp.csr_matrix | np.ndarray  # products x products (ItemState's)
     popularity: np.ndarray  # per product, time-decayed
     category_of: np.ndarray  # per product: category code
     categories: pd.Index
@@ -212,7 +212,7 @@ def item_stats(snap: Snapshot, end: pd.Timestamp, prep: _Prepared | None = None)
     oldest[first.index.to_numpy()] = first.to_numpy()
     return ItemStats(
         products=p.products,
-        gram=(p.history.T @ p.history).tocsr(),
+        gram=(p.history.T @ p.history).tocsr().astype(np.float32),  # summed in float64
         popularity=np.bincount(p.c, weights=weight * 0.5 ** (p.age / HALF_LIFE_DAYS), minlength=n),
         popularity_recent=np.bincount(
             p.c, weights=weight * 0.5 ** (p.age / RECENT_HALF_LIFE_DAYS), minlength=n
@@ -228,7 +228,11 @@ class ItemState:
     """What candidate generation knows of the products: the whole shop's, built once."""
 
     products: pd.Index
-    covisit: sp.csr_matrix
+    # float32: a customer's row of scores is a sum over the items it saw of these matrices'
+    # rows, and streaming them is the cost of scoring (float64 took 3.4x the time, for
+    # differences of 7e-7 relative); dense up to EASE_MAX_ITEMS products (half the pairs
+    # of a 5,000-product shop co-occur: sparse storage saved nothing and multiplied slower)
+    covisit: sp.csr_matrix | np.ndarray
     ease: np.ndarray | None
     popularity: np.ndarray
     popularity_recent: np.ndarray
@@ -266,10 +270,10 @@ def item_state(parts: list[ItemStats], catalog: pd.DataFrame, end: pd.Timestamp)
     covisit.eliminate_zeros()
     # normalise by item popularity so blockbusters do not swamp everything (cosine-like)
     norm = np.sqrt(gram.diagonal()) + 1e-9
-    covisit = (sp.diags(1 / norm) @ covisit @ sp.diags(1 / norm)).tocsr()
+    covisit = (sp.diags(1 / norm) @ covisit @ sp.diags(1 / norm)).tocsr().astype(np.float32)
     # EASE (Steck 2019) on the same input: the item-to-item weights a ridge regression of
     # each item on all the others learns; a ranker feature and a candidate source
-    ease = ease_weights(gram, EASE_LAMBDA) if n <= EASE_MAX_ITEMS else None
+    ease = ease_weights(gram, EASE_LAMBDA).astype(np.float32) if n <= EASE_MAX_ITEMS else None
     cat_map = catalog.set_index("product_id").category
     cat_series = pd.Series(products.map(cat_map), index=products).fillna("unknown")
     categories = pd.Index(sorted(cat_series.unique()))
@@ -277,7 +281,8 @@ def item_state(parts: list[ItemStats], catalog: pd.DataFrame, end: pd.Timestamp)
     rate = repeat.again / repeat.pairs
     price = pd.Series(products.map(catalog.set_index("product_id").price)).fillna(0)
     return ItemState(
-        products=products, covisit=covisit, ease=ease, popularity=popularity,
+        products=products, covisit=covisit.toarray() if n <= EASE_MAX_ITEMS else covisit,
+        ease=ease, popularity=popularity,
         popularity_recent=recent, popularity_all_time=all_time,
         first_seen_days=np.nan_to_num(oldest, nan=999.0),
         category_of=categories.get_indexer(cat_series), categories=categories,
@@ -320,76 +325,131 @@ def build_index(snap: Snapshot) -> Index:
     return customer_index(snap, items, prep)
 
 
+def _times(m: sp.csr_matrix, b: sp.csr_matrix | np.ndarray) -> np.ndarray:
+    """``m @ b`` as a dense float32 array (``m``'s rows: a few items each)."""
+    out = m.astype(np.float32) @ b
+    return out.toarray() if sp.issparse(out) else np.asarray(out)
+
+
+def _top_dense(scores: np.ndarray, k: int, floor: float,
+               cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(row, column) of each row's ``k`` best scores above ``floor``; ``cols``: the columns
+    ``scores`` holds, of the products."""
+    n = scores.shape[1]
+    k = min(k, n)
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    r, c = np.repeat(np.arange(scores.shape[0]), k), part.ravel()
+    keep = scores[r, c] > floor
+    return r[keep], (c[keep] if cols is None else cols[c[keep]])
+
+
+def _top_sparse(m: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of each row's ``k`` largest positive entries of a sparse matrix."""
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    keep = m.data > 0
+    rows, cols, data = rows[keep], m.indices[keep], m.data[keep]
+    order = np.lexsort((-data, rows))
+    rows, cols = rows[order], cols[order]
+    keep = np.arange(len(rows)) - np.searchsorted(rows, rows) < k
+    return rows[keep], cols[keep]
+
+
+def _at(m: sp.csr_matrix, rr: np.ndarray, ii: np.ndarray) -> np.ndarray:
+    return np.asarray(m[rr, ii], dtype=float).ravel()
+
+
+def _category_columns(ix: Index, pop: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most popular products of each category, sorted: a customer's ``k`` best by
+    category share x popularity are among them (within a category the order is
+    popularity's), so category popularity is scored on these columns only."""
+    order = np.lexsort((-pop, ix.category_of))
+    cat = ix.category_of[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(cat)) + 1]
+    rank = np.arange(len(cat)) - np.repeat(starts, np.diff(np.r_[starts, len(cat)]))
+    return np.sort(order[rank < k])
+
+
 def candidates(
     ix: Index, rows: np.ndarray, per_source: int = 50, exclude_seen: bool = False
 ) -> pd.DataFrame:
     """Candidate (row, item) pairs with their source scores for customer rows ``rows``;
     ``exclude_seen``: none the customer has interacted with, and co-visitation's
     ``per_source`` taken among the unseen (the items most co-visited with what a customer
-    saw are mostly what they saw: cut afterwards, few were left)."""
+    saw are mostly what they saw: cut afterwards, few were left).
+
+    Dense rows are built only for the sources that need every product scored (co-visitation
+    and EASE); a customer's own items and repurchases come from the sparse rows, category
+    popularity from each category's most popular products; pairs keep their first source's
+    order (co-visitation, category popularity, own, repurchase, EASE, popularity)."""
+    n = len(rows)
     w = ix.weights[rows]
-    covis = (w @ ix.covisit).toarray()
-    ncat = len(ix.categories)
+    covis = _times(w, ix.covisit)
     cat_onehot = sp.csr_matrix(
         (np.ones(len(ix.products)), (np.arange(len(ix.products)), ix.category_of)),
-        shape=(len(ix.products), ncat),
+        shape=(len(ix.products), len(ix.categories)),
     )
     cat_pref = (w @ cat_onehot).toarray()
     cat_pref = cat_pref / np.maximum(cat_pref.sum(axis=1, keepdims=True), 1e-9)
     pop = ix.popularity / max(ix.popularity.max(), 1e-9)
-    catpop = cat_pref[:, ix.category_of] * pop[None, :]
-    own = w.toarray()
-    bought = ix.bought[rows].toarray()
-    repurchase = bought * ix.repeat_rate[None, :]
-    ease = np.asarray(ix.history[rows] @ ix.ease) if ix.ease is not None else None
-    frames = []
-    top_pop = np.argsort(-pop)[:per_source]
-    # (scores, the floor a candidate must beat): EASE's scores can be negative
-    sources = [(np.where(own > 0, 0.0, covis), 0.0), (catpop, 0.0)] if exclude_seen else [
-        (covis, 0.0), (catpop, 0.0), (own, 0.0), (repurchase, 0.0)]  # fmt: skip
-    if ease is not None:
-        sources.append((np.where(own > 0, -np.inf, ease) if exclude_seen else ease, -np.inf))
-    for scores, floor in sources:
-        k = min(per_source, scores.shape[1])
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        r = np.repeat(np.arange(len(rows)), k)
-        c = part.ravel()
-        keep = scores[r, c] > floor
-        frames.append(pd.DataFrame({"r": r[keep], "item": c[keep]}))
-    r = np.repeat(np.arange(len(rows)), len(top_pop))
-    frames.append(pd.DataFrame({"r": r, "item": np.tile(top_pop, len(rows))}))
-    cand = pd.concat(frames, ignore_index=True).drop_duplicates()
+    bought = ix.bought[rows]
+    ease = _times(ix.history[rows], ix.ease) if ix.ease is not None else None
+    seen = np.repeat(np.arange(n), np.diff(w.indptr)), w.indices  # the customers' own items
+    cols = _category_columns(ix, pop, per_source)
+    catpop = cat_pref[:, ix.category_of[cols]] * pop[cols][None, :]
     if exclude_seen:
-        cand = cand[own[cand.r.to_numpy(), cand.item.to_numpy()] == 0]
-    rr, ii = cand.r.to_numpy(), cand.item.to_numpy()
-    cust_price = (own * ix.price[None, :]).sum(axis=1) / np.maximum(own.sum(axis=1), 1e-9)
-    last_days = ix.last_bought_days[rows].toarray()
-    cand["covisit"] = covis[rr, ii]
-    cand["category_share"] = cat_pref[rr, ix.category_of[ii]]
-    cand["category_popularity"] = catpop[rr, ii]
-    # as a share of all activity (scale-free: the ranker learns on earlier, smaller windows)
-    cand["popularity"] = np.log1p(1e6 * ix.popularity[ii] / max(ix.popularity.sum(), 1e-9))
-    cand["own_weight"] = own[rr, ii]
-    cand["bought_before"] = bought[rr, ii]
-    cand["days_since_bought"] = np.where(last_days[rr, ii] > 0, last_days[rr, ii], 999.0)
-    cand["repeat_rate"] = ix.repeat_rate[ii]
-    cand["price_ratio"] = np.log1p(ix.price[ii]) - np.log1p(cust_price[rr])
-    cand["customer_activity"] = np.log1p(own.sum(axis=1))[rr]
+        unseen = covis.copy()
+        unseen[seen] = 0.0
+        pairs = [_top_dense(unseen, per_source, 0.0), _top_dense(catpop, per_source, 0.0, cols)]
+        del unseen
+    else:
+        repurchase = bought.copy()
+        repurchase.data = repurchase.data * ix.repeat_rate[repurchase.indices]
+        pairs = [_top_dense(covis, per_source, 0.0), _top_dense(catpop, per_source, 0.0, cols),
+                 _top_sparse(w, per_source), _top_sparse(repurchase, per_source)]  # fmt: skip
+    if ease is not None:  # EASE's scores can be negative: no floor
+        if exclude_seen:
+            ease[seen] = -np.inf
+        pairs.append(_top_dense(ease, per_source, -np.inf))
+    top_pop = np.argsort(-pop)[:per_source]
+    pairs.append((np.repeat(np.arange(n), len(top_pop)), np.tile(top_pop, n)))
+    r_all = np.concatenate([p[0] for p in pairs])
+    i_all = np.concatenate([p[1] for p in pairs])
+    _, first = np.unique(r_all * len(ix.products) + i_all, return_index=True)
+    first.sort()  # each pair once, where it first came
+    rr, ii = r_all[first], i_all[first]
+    own = _at(w, rr, ii)
+    if exclude_seen:
+        keep = own == 0
+        rr, ii, own = rr[keep], ii[keep], own[keep]
+    activity = np.asarray(w.sum(axis=1)).ravel()
+    cust_price = (w @ ix.price) / np.maximum(activity, 1e-9)
+    last_days = _at(ix.last_bought_days[rows], rr, ii)
+    cat_share = cat_pref[rr, ix.category_of[ii]]
+    popularity = np.log1p(1e6 * ix.popularity[ii] / max(ix.popularity.sum(), 1e-9))
     share = ix.popularity_recent / max(ix.popularity_recent.sum(), 1e-9)
-    cand["popularity_recent"] = np.log1p(1e6 * share[ii])
-    cand["trend"] = cand.popularity_recent - cand.popularity
-    cand["item_age"] = np.log1p(ix.first_seen_days[ii])
-    covis_recent = (ix.recent_weights[rows] @ ix.covisit).toarray()
-    cand["covisit_recent"] = covis_recent[rr, ii]
-    cand["idle_days"] = ix.idle_days[rows][rr]
+    popularity_recent = np.log1p(1e6 * share[ii])
+    covisit = covis[rr, ii].astype(float)
+    cand = pd.DataFrame({
+        "r": rr, "item": ii, "covisit": covisit, "category_share": cat_share,
+        "category_popularity": cat_share * pop[ii],
+        # as a share of all activity (scale-free: the ranker learns on earlier, smaller windows)
+        "popularity": popularity, "own_weight": own, "bought_before": _at(bought, rr, ii),
+        "days_since_bought": np.where(last_days > 0, last_days, 999.0),
+        "repeat_rate": ix.repeat_rate[ii],
+        "price_ratio": np.log1p(ix.price[ii]) - np.log1p(cust_price[rr]),
+        "customer_activity": np.log1p(activity)[rr], "popularity_recent": popularity_recent,
+        "trend": popularity_recent - popularity, "item_age": np.log1p(ix.first_seen_days[ii]),
+        "covisit_recent": _times(ix.recent_weights[rows], ix.covisit)[rr, ii].astype(float),
+        "idle_days": ix.idle_days[rows][rr],
+    })  # fmt: skip
     # relative to the customer's best candidate: scale-free across customers and windows (a
     # raw co-visitation score grows with the customer's history)
     best = cand.groupby("r").covisit.transform("max").to_numpy()
-    cand["covisit_rel"] = cand.covisit.to_numpy() / np.maximum(best, 1e-12)
+    cand["covisit_rel"] = covisit / np.maximum(best, 1e-12)
     if ease is None:  # a catalogue too large for EASE: constant features
         cand["ease"] = cand["ease_rank"] = 0.0
     else:
-        cand["ease"] = ease[rr, ii]
+        cand["ease"] = ease[rr, ii].astype(float)
         cand["ease_rank"] = cand.groupby("r").ease.rank(ascending=False, method="first")
     return cand
 
