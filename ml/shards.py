@@ -275,7 +275,8 @@ def build_items(job_id: str, settings: Settings | None = None) -> dict[str, int]
     items = state.products.to_numpy()
     popular = [str(items[i]) for i in np.argsort(-state.popularity)]  # as Recommender's
     with db.connect(url) as conn, conn.transaction():
-        _put(conn, job_id, "items", (state, medians, popular[: job.recommendations]))
+        _put(conn, job_id, "items", (state, medians))
+        _put(conn, job_id, "popular", popular[: job.recommendations])
         conn.execute("delete from ml.score_job_artifacts where job_id = %s and name like"
                      " 'items/%%'", (job_id,))  # fmt: skip
     return {"products": len(state.products)}
@@ -295,7 +296,7 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
         assert found is not None
         champions[task] = found[0]
     with db.connect(url) as conn:
-        state, medians, _popular = _get(conn, job_id, "items")
+        state, medians = _get(conn, job_id, "items")
     snap = _shard_snapshot(job, shard, url, snapshot, None)
     frames = {
         "customer_segments": champions["segments"].assign(snap, medians),
@@ -425,7 +426,7 @@ def finish(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
         missing = sorted(set(range(job.shards)) - set(published))
         if missing:
             raise ShardsMissing(f"scoring job {job_id}: shards {missing} not published")
-        _state, _medians, popular = _get(conn, job_id, "items")
+        popular = _get(conn, job_id, "popular")
         catalog = _staged(conn, job_id, "segment_catalog", -1)
         rows: dict[str, int] = dict(conn.execute("select table_name, rows from ml.score_runs where"
                                  " scored_at = %s", (job.scored_at,)).fetchall())  # fmt: skip
