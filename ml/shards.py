@@ -102,6 +102,14 @@ def _columns(table: str) -> list[str]:
     return [*TABLES[table], "model_version", "scored_at"]
 
 
+def _primary_key(conn: Any, table: str) -> list[str]:
+    """The primary key columns of ``ml.<table>``, in the key's order."""
+    return [c for (c,) in conn.execute(
+        "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
+        " and a.attnum = any(i.indkey) where i.indrelid = %s::regclass and i.indisprimary"
+        " order by array_position(i.indkey::int2[], a.attnum)", (f"ml.{table}",))]  # fmt: skip
+
+
 def load_job(job_id: str, url: str) -> ScoreJob:
     with db.connect(url) as conn:
         row = conn.execute(
@@ -359,9 +367,15 @@ def swap(job_id: str, settings: Settings | None = None) -> dict[str, int]:
             cols = sql.SQL(", ").join(map(sql.Identifier, _columns(table)))
             ident = sql.Identifier("ml", table)
             conn.execute(sql.SQL("truncate {}").format(ident))
+            # in the primary key's order: the key's index grows at its end (22.3M
+            # recommendation rows: 46 s against 68 s in the shards' order)
+            key = _primary_key(conn, table)
+            order = sql.SQL(" order by {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, key))
+            ) if key else sql.SQL("")  # fmt: skip
             cur = conn.execute(
-                sql.SQL("insert into {} ({}) select {} from {}").format(
-                    ident, cols, cols, _stage(job_id, table)
+                sql.SQL("insert into {} ({}) select {} from {}{}").format(
+                    ident, cols, cols, _stage(job_id, table), order
                 )
             )
             counts[table] = cur.rowcount
