@@ -350,8 +350,13 @@ def _top_sparse(m: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols, data = rows[keep], m.indices[keep], m.data[keep]
     order = np.lexsort((-data, rows))
     rows, cols = rows[order], cols[order]
-    keep = np.arange(len(rows)) - np.searchsorted(rows, rows) < k
+    keep = _rank_in_runs(rows) < k
     return rows[keep], cols[keep]
+
+
+def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
+    """Each element's position within its run of equal values of sorted ``keys``."""
+    return np.arange(len(keys)) - np.searchsorted(keys, keys)
 
 
 def _at(m: sp.csr_matrix, rr: np.ndarray, ii: np.ndarray) -> np.ndarray:
@@ -364,9 +369,7 @@ def _category_columns(ix: Index, pop: np.ndarray, k: int) -> np.ndarray:
     popularity's), so category popularity is scored on these columns only."""
     order = np.lexsort((-pop, ix.category_of))
     cat = ix.category_of[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(cat)) + 1]
-    rank = np.arange(len(cat)) - np.repeat(starts, np.diff(np.r_[starts, len(cat)]))
-    return np.sort(order[rank < k])
+    return np.sort(order[_rank_in_runs(cat) < k])
 
 
 def candidates(
