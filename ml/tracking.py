@@ -219,12 +219,8 @@ def champion_version(task: str) -> str | None:
         return None
 
 
-def load_champion(
-    task: str, url: str | None = None, version: str | None = None
-) -> tuple[Any, str] | None:
-    """(model, version) behind ``models:/crm_<task>@champion`` (or of that ``version``, one
-    the alias pointed at: what every shard of a scoring job loads), or None before any
-    training.
+def load_champion(task: str, url: str | None = None) -> tuple[Any, str] | None:
+    """(model, version) behind ``models:/crm_<task>@champion``, or None before any training.
 
     The version's artifacts are downloaded once, their digest checked against what the
     training job recorded in ``url``'s ml.model_promotions, and only then unpickled, from
@@ -232,7 +228,7 @@ def load_champion(
     import mlflow
 
     name = model_name(task)
-    version = version or champion_version(task)
+    version = champion_version(task)
     if version is None:
         return None
     with db.connect(url) as conn:

@@ -43,15 +43,21 @@ def sample_customers(customers: list[str], k: int, seed: int) -> list[str]:
 
 def interactions(snap: Snapshot) -> pd.DataFrame:
     """(customer_id, product_id, weight, at, kind) for every view, cart add and purchase."""
-    pe = snap.product_events[snap.product_events.event_name.isin(EVENT_WEIGHTS)]
+    pe = snap.product_events
+    weight = np.zeros(len(pe))
+    for name, w in EVENT_WEIGHTS.items():  # one comparison per name, not a map of each value
+        weight[(pe.event_name == name).to_numpy(bool)] = w
+    keep = weight > 0
+    if not keep.all():
+        pe, weight = pe[keep], weight[keep]
     it = snap.items
     return pd.concat(
         [
             pd.DataFrame({
                 "customer_id": pe.customer_id, "product_id": pe.product_id,
-                "weight": pe.event_name.map(EVENT_WEIGHTS), "at": pe.event_at,
+                "weight": weight, "at": pe.event_at,
                 "kind": np.where(pe.event_name == "Product Added", "cart", "view"),
-            }),
+            }, index=pe.index),
             pd.DataFrame({
                 "customer_id": it.customer_id, "product_id": it.product_id,
                 "weight": PURCHASE_WEIGHT, "at": it.ordered_at, "kind": "purchase",
@@ -168,13 +174,16 @@ class _Prepared:
         """``products``: the columns (those interacted with, and the catalogue's if
         ``with_catalog``, when not given)."""
         inter = interactions(snap)
+        # codes through factorize (hashing each id once), then positions among the sorted ids
+        pcodes, pids = pd.factorize(inter.product_id)
         if products is None:
             known = set(snap.products.product_id.dropna()) if with_catalog else set()
-            products = pd.Index(sorted(known | set(inter.product_id.dropna())))
-        customers = pd.Index(sorted(inter.customer_id.unique()))
+            products = pd.Index(sorted(known | set(pids)))
+        rcodes, cids = pd.factorize(inter.customer_id, sort=True)
+        customers = pd.Index(np.asarray(cids, dtype=object))
         age = ((end - inter["at"]) / DAY).to_numpy(float)
-        r = customers.get_indexer(inter.customer_id)
-        c = products.get_indexer(inter.product_id)
+        r = rcodes
+        c = np.append(products.get_indexer(pids), -1)[pcodes]  # a missing id (-1) stays -1
         idle = pd.Series(age).groupby(r).min().reindex(range(len(customers))).fillna(999)
         since_last = age - idle.to_numpy()[r]  # 0 on each customer's latest interaction
         # co-visitation's input: items interacted with by the same customer, by how strongly
@@ -298,17 +307,12 @@ def customer_index(snap: Snapshot, items: ItemState, prep: _Prepared | None = No
     shape = (len(p.customers), len(items.products))
     weight = p.inter.weight.to_numpy(float)
     w = sp.csr_matrix((weight * 0.5 ** (p.age / HALF_LIFE_DAYS), (p.r, p.c)), shape=shape)
-    it = snap.items
-    buys = it.groupby(["customer_id", "product_id"]).size().rename("n").reset_index()
+    buys = snap.items.groupby(["customer_id", "product_id"]).ordered_at.agg(["size", "max"])
+    buys = buys.reset_index()
     buys = buys[buys.customer_id.isin(p.customers)]
     br, bc = p.customers.get_indexer(buys.customer_id), items.products.get_indexer(buys.product_id)
-    bought = sp.csr_matrix((buys.n.to_numpy(float), (br, bc)), shape=shape)
-    last = it.groupby(["customer_id", "product_id"]).ordered_at.max().reset_index()
-    last = last[last.customer_id.isin(p.customers)]
-    lr, lc = p.customers.get_indexer(last.customer_id), items.products.get_indexer(last.product_id)
-    last_days = sp.csr_matrix(
-        (((end - last.ordered_at) / DAY).to_numpy() + 1, (lr, lc)), shape=shape
-    )
+    bought = sp.csr_matrix((buys["size"].to_numpy(float), (br, bc)), shape=shape)
+    last_days = sp.csr_matrix((((end - buys["max"]) / DAY).to_numpy() + 1, (br, bc)), shape=shape)
     latest = weight * 0.5 ** (p.since_last / LATEST_VISIT_HALF_LIFE_DAYS)
     recent_w = sp.csr_matrix((latest, (p.r, p.c)), shape=shape)
     return Index(p.customers, items.products, w, items.covisit, items.popularity,
