@@ -47,6 +47,8 @@ from ml import tracking
 from ml.data import Snapshot, load_snapshot, shop_end
 
 log = logging.getLogger(__name__)
+# a scoring job's artifacts are stored in parts of this size (migration 0028)
+ARTIFACT_PART = 2**20
 STAGED = (
     "customer_segments",
     "segment_catalog",
@@ -224,21 +226,29 @@ def _done(conn: Any, job: ScoreJob, step: str, shard: int, rows: dict[str, int],
 
 
 def _put(conn: Any, job_id: str, name: str, value: Any) -> None:
-    conn.execute(
-        "insert into ml.score_job_artifacts (job_id, name, payload) values (%s, %s, %s)"
-        " on conflict (job_id, name) do update set payload = excluded.payload",
-        (job_id, name, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)),
-    )
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(data)
+    conn.execute("delete from ml.score_job_artifacts where job_id = %s and name = %s",
+                 (job_id, name))  # fmt: skip
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into ml.score_job_artifacts (job_id, name, part, payload)"
+            " values (%s, %s, %s, %s)",
+            [(job_id, name, i, view[at : at + ARTIFACT_PART])
+             for i, at in enumerate(range(0, max(len(data), 1), ARTIFACT_PART))],
+        )  # fmt: skip
 
 
 def _get(conn: Any, job_id: str, name: str) -> Any:
-    row = conn.execute(
-        "select payload from ml.score_job_artifacts where job_id = %s and name = %s",
+    rows = conn.execute(
+        "select payload from ml.score_job_artifacts where job_id = %s and name = %s order by part",
         (job_id, name),
-    ).fetchone()
-    if row is None:
+        binary=True,  # the bytes as they are, not as hex text (2.2 s against 0.9 for 200 MB)
+    ).fetchall()
+    if not rows:
         raise CrmError(f"scoring job {job_id}: no {name!r} yet (its earlier step has not run)")
-    return pickle.loads(row[0])  # written by this job's own earlier step, in our database
+    # written by this job's own earlier step, in our database
+    return pickle.loads(b"".join(r[0] for r in rows))
 
 
 def _shard_snapshot(
