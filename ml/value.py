@@ -26,7 +26,8 @@ P(alive) ranked the planted churn no better than chance (AUC 0.52, 28 days held 
 MBG/NBD's reached 0.81. MBG/NBD's counts lost to BG/NBD's on CDNOW, so they are not used.
 
 Time is in weeks; a customer's repeat transactions are the days with an order after their first
-(BG/NBD's convention).
+(BG/NBD's convention), and their time at risk starts when the first order's day ends (as in
+``lifetimes``: counted from the day's start, BG/NBD's 13-week CDNOW total fell 10%).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ml.btyd import BGNBD, MBGNBD, GammaGamma
 from ml.data import NotEnoughHistory, Snapshot
 
 WEEK = pd.Timedelta(days=7)
+DAY = pd.Timedelta(days=1)
 FEATURES = ["x", "t_x", "T", "recency", "mean_value", "first_value", "units_per_order",
             "rate_13w", "rate_4w"]  # fmt: skip
 WEIGHTS = np.linspace(0.0, 1.0, 11)
@@ -67,8 +69,12 @@ def summary(tx: pd.DataFrame, cut: pd.Timestamp) -> pd.DataFrame:
     past = tx[tx.date < cut].sort_values("date")
     if past.empty:
         return pd.DataFrame(columns=[*FEATURES, "m"], dtype=float)
-    first = past.groupby("customer_id").date.min()
-    past = past.assign(w=(past.date - past.customer_id.map(first)) / WEEK)
+    # A day's orders count at the day's end: the day of the first order cannot hold a repeat
+    # (repeats are other days), so time at risk starts when it ends (lifetimes' convention).
+    # A day still under way at ``cut`` ends at ``cut``.
+    done = (past.date + DAY).clip(upper=cut)
+    first = done.groupby(past.customer_id).min()
+    past = past.assign(w=(done - past.customer_id.map(first)) / WEEK)
     g = past.groupby("customer_id")
     out = pd.DataFrame({"x": g.size() - 1, "t_x": g.w.max(), "T": (cut - first) / WEEK})
     out["m"] = past[past.w > 0].groupby("customer_id").value.mean().reindex(out.index).fillna(0)

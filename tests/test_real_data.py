@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ml.btyd import BGNBD, GammaGamma, simulate
-from ml.value import WEEK, compare, read_cdnow
+from ml.value import DAY, WEEK, compare, read_cdnow, summary
 
 
 def test_bgnbd_recovers_planted_parameters() -> None:
@@ -55,3 +55,35 @@ def test_gamma_gamma_recovers_planted_spend() -> None:
     # a customer's expected spend lies between the population mean and their own
     e = gg.expected_spend(np.array([5]), np.array([100.0]))[0]
     assert gg.p * gg.v / (gg.q - 1) < e < 100
+
+
+def test_on_cdnow_the_baseline_is_lifetimes_bgnbd(real_data: Path) -> None:
+    """BG/NBD as lifetimes 0.11.3 fits it (calibration to 1997-04-01 inclusive, ``freq="D"``):
+    r 0.2597, alpha 29.05 days, a 0.5444, b 1.185; 36,957 transactions predicted to the log's
+    end, Poisson deviance 3.197. Time at risk starts when the first order's day ends."""
+    tx = read_cdnow(str(real_data / "CDNOW_master.txt"))
+    cut = pd.Timestamp("1997-01-01") + 13 * WEEK
+    s = summary(tx, cut)
+    one = s.loc[s.x == 0].iloc[0]
+    first = tx[tx.customer_id == one.name].date.min()
+    assert one.t_x == 0 and one["T"] * 7 == pytest.approx((cut - first).days - 1)
+    m = BGNBD().fit(s.x, s.t_x, s["T"])
+    assert (m.r, m.alpha * 7, m.a, m.b) == pytest.approx((0.2597, 29.05, 0.5444, 1.185), rel=0.01)
+    r, _ = compare(tx, cut, pd.Timestamp("1998-07-01"))
+    assert r["predicted_transactions_btyd"] == pytest.approx(36957, rel=0.002)
+    assert r["poisson_deviance_btyd"] == pytest.approx(3.197, abs=0.001)
+
+
+def test_time_at_risk_starts_when_the_first_orders_day_ends() -> None:
+    day = pd.Timestamp("2026-03-01")
+    tx = pd.DataFrame({"customer_id": ["a", "a", "a", "b", "c", "c"],
+                       "date": [day, day + 2 * DAY, day + 9 * DAY, day + 9 * DAY,
+                                day + 8 * DAY, day + 9 * DAY],
+                       "value": 10.0})  # fmt: skip
+    s = summary(tx, day + 9 * DAY + pd.Timedelta(hours=12))
+    s[["t_x", "T"]] *= 7  # in days
+    # a: first day ends at day 1, repeats end at days 3 and 9.5 (today, under way)
+    assert s.loc["a", ["x", "t_x", "T"]].tolist() == pytest.approx([2, 8.5, 8.5])
+    # b: first order today: nothing at risk yet; c: a repeat today
+    assert s.loc["b", ["x", "t_x", "T"]].tolist() == [0, 0, 0]
+    assert s.loc["c", ["x", "t_x", "T"]].tolist() == pytest.approx([1, 0.5, 0.5])
