@@ -170,6 +170,8 @@ def upgrade(url: str | None = None) -> list[str]:
     """
     applied_now: list[str] = []
     with connect(url, autocommit=True) as conn:
+        if _up_to_date(conn):
+            return applied_now  # nothing to do: no DDL, so a least-privilege login may run it
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             conn.execute("create schema if not exists crm")
@@ -206,9 +208,29 @@ def upgrade(url: str | None = None) -> list[str]:
                     )
                 applied_now.append(mig.name)
                 log.info("applied migration %s", mig.name)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            user = conn.info.user
+            raise DatabaseError(
+                f"migrations are pending and {user} may not apply them ({exc}): run `crm db "
+                "upgrade` as the database's owner"
+            ) from None
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied_now
+
+
+def _up_to_date(conn: psycopg.Connection) -> bool:
+    """Every migration applied, unchanged (read only; False when it cannot be read)."""
+    try:
+        with conn.transaction():
+            if conn.execute("select to_regclass('crm.schema_migrations')").fetchone() == (None,):
+                return False
+            done: dict[int, str] = dict(
+                conn.execute("select version, checksum from crm.schema_migrations")
+            )
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return all(done.get(m.version) == m.checksum for m in migrations())
 
 
 def fresh_database(server_url: str, name: str) -> str:
@@ -264,6 +286,12 @@ def ensure_reader(url: str, user: str, password: str) -> str:
     """A login role for dashboards and other readers: a member of crm_marketer (the marts, the
     ML results and the delivery log; never raw events or pii). Created, or its password reset,
     by a role allowed to; returns the reader's URL on the same server and database."""
+    return ensure_login(url, user, password, "crm_marketer")
+
+
+def ensure_login(url: str, user: str, password: str, group: str) -> str:
+    """A login role that is a member of ``group`` (one of the migrations' group roles), created
+    or its password reset; returns its URL on the same server and database."""
     info = conn_info(url)
     with psycopg.connect(url, autocommit=True) as conn:
         exists = conn.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone()
@@ -273,7 +301,7 @@ def ensure_reader(url: str, user: str, password: str) -> str:
                 sql.Identifier(user), sql.Literal(password)
             )
         )
-        conn.execute(sql.SQL("grant crm_marketer to {}").format(sql.Identifier(user)))
+        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(group), sql.Identifier(user)))
         conn.execute(
             sql.SQL("grant connect on database {} to {}").format(
                 sql.Identifier(info.dbname), sql.Identifier(user)

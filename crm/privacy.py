@@ -82,19 +82,18 @@ def resolve(conn: psycopg.Connection, any_id: str) -> Person:
 
 
 def person_tables(conn: psycopg.Connection) -> list[tuple[str, str, list[str]]]:
-    """(schema, table, identifier columns) of every base table that can hold a person."""
+    """(schema, table, identifier columns) of every base table that can hold a person. Read
+    from the catalog, not information_schema, which hides tables the role may not read: a
+    table the role lacks rights on is then an error, never silently skipped."""
     rows = conn.execute(
         """
-        select c.table_schema, c.table_name, array_agg(c.column_name::text order by c.column_name)
-        from information_schema.columns c
-        join information_schema.tables t
-          on t.table_schema = c.table_schema and t.table_name = c.table_name
-        where c.table_schema = any(%s) and c.column_name = any(%s)
-          and t.table_type = 'BASE TABLE'
-          and not exists (select 1 from pg_inherits i
-                          join pg_class k on k.oid = i.inhrelid
-                          join pg_namespace n on n.oid = k.relnamespace
-                          where n.nspname = c.table_schema and k.relname = c.table_name)
+        select n.nspname::text, c.relname::text, array_agg(a.attname::text order by a.attname)
+        from pg_class c
+        join pg_namespace n on n.oid = c.relnamespace
+        join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+        where n.nspname = any(%s) and a.attname = any(%s)
+          and c.relkind in ('r', 'p')
+          and not exists (select 1 from pg_inherits i where i.inhrelid = c.oid)
         group by 1, 2 order by 1, 2
         """,
         (list(SCHEMAS), list(ID_COLUMNS)),
@@ -330,10 +329,11 @@ def derived_event_tables(conn: psycopg.Connection) -> list[tuple[str, str, str]]
     happened, and the incremental marts of orders and sessions: (schema, table, column).
     The other marts are rebuilt from these."""
     rows = conn.execute(
-        "select c.table_schema, c.table_name, c.column_name from information_schema.columns c"
-        " join information_schema.tables t using (table_schema, table_name)"
-        " where c.table_schema in ('staging', 'intermediate') and t.table_type = 'BASE TABLE'"
-        " and c.column_name = any(%s) order by 1, 2",
+        "select n.nspname::text, c.relname::text, a.attname::text from pg_class c"
+        " join pg_namespace n on n.oid = c.relnamespace"
+        " join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped"
+        " where n.nspname in ('staging', 'intermediate') and c.relkind in ('r', 'p')"
+        " and a.attname = any(%s) order by 1, 2",
         (list(AGE_COLUMNS),),
     ).fetchall()
     best: dict[tuple[str, str], str] = {}

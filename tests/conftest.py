@@ -173,6 +173,12 @@ def ml_shop(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> tup
     return build_ml_shop(pg_server_url, out), out
 
 
+def member_url(url: str, group: str) -> str:
+    """The URL of a login role that is only a member of ``group`` (least privilege, not the
+    owner), on the same database."""
+    return db.ensure_login(url, f"{group}_member", "a-password-for-tests", group)
+
+
 @pytest.fixture
 def shop(ml_shop: tuple[str, Path], pg_server_url: str) -> Iterator[str]:
     """A private, migrated copy of the ML shop database, for tests that write to it."""

@@ -26,6 +26,22 @@ def test_edited_migration_is_refused(db_url: str) -> None:
         db.upgrade(db_url)
 
 
+def test_a_least_privilege_login_runs_the_upgrade_check_but_cannot_migrate(db_url: str) -> None:
+    """Every CLI command upgrades first: up to date, that needs no rights (no DDL is run);
+    with a migration pending, the login is told to have the owner run it."""
+    from tests.conftest import member_url
+
+    sender = member_url(db_url, "crm_sender")
+    assert db.upgrade(sender) == []
+    with psycopg.connect(db_url) as conn:
+        conn.execute("delete from crm.schema_migrations where version = %s",
+                     (db.migrations()[-1].version,))  # fmt: skip
+        conn.commit()
+    with pytest.raises(DatabaseError, match=r"crm_sender_member may not apply them.*owner"):
+        db.upgrade(sender)
+    assert db.upgrade(db_url) == [db.migrations()[-1].name]  # the owner can (idempotent SQL)
+
+
 def test_partitions_are_created_once_and_concurrently_safe(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         for _ in range(2):

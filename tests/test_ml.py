@@ -460,6 +460,15 @@ def test_train_registers_champions_and_score_publishes_them(
     for table, frame in _published(ml_settings).items():
         pd.testing.assert_frame_equal(frame, one_shard[table], obj=table, rtol=1e-9)
     assert _docs(ml_settings, ids) == docs
+    # ... and so does a login that is only a member of crm_ml (least privilege, not the owner)
+    from tests.conftest import member_url
+
+    as_ml = ml_settings.model_copy(
+        update={"database_url": member_url(str(ml_settings.database_url), "crm_ml")}
+    )
+    assert jobs.score(as_ml, shards=2)["rows"] == result["rows"]
+    for table, frame in _published(ml_settings).items():
+        pd.testing.assert_frame_equal(frame, one_shard[table], obj=table, rtol=1e-9)
     with db.connect(ml_settings.database_url) as conn:
         staged = conn.execute("select count(*) from pg_tables where schemaname = 'ml_stage'")
         assert staged.fetchone() == (0,)  # every job's staging dropped

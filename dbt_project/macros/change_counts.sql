@@ -31,7 +31,10 @@
         delta bigint not null,
         primary key ({{ cols }})
     );
-    create or replace function {{ function }}() returns trigger language plpgsql as $f$
+    {#- security definer: the bookkeeping is the owner's, whoever deletes (an erasure by the
+        privacy officer needs no rights on the changes table) -#}
+    create or replace function {{ function }}() returns trigger language plpgsql
+        security definer set search_path = pg_catalog, pg_temp as $f$
     begin
         if tg_op in ('DELETE', 'UPDATE') then
             insert into {{ changes }} ({{ cols }}, delta)
