@@ -28,7 +28,7 @@ def test_bgnbd_recovers_planted_parameters() -> None:
     assert ((m.p_alive(x, t_x, T) >= 0) & (m.p_alive(x, t_x, T) <= 1)).all()
 
 
-@pytest.mark.parametrize(("weeks", "holdout"), [(26, None), (45, None), (46, 13)])
+@pytest.mark.parametrize(("weeks", "holdout"), [(39, None), (45, None), (46, 13)])
 def test_on_cdnow_the_value_model_is_at_least_as_good_as_btyd(
     real_data: Path, weeks: int, holdout: int | None
 ) -> None:
@@ -44,8 +44,11 @@ def test_on_cdnow_the_value_model_is_at_least_as_good_as_btyd(
     assert r["poisson_deviance_model"] <= r["poisson_deviance_btyd"], r
     assert r["rmse_model"] <= r["rmse_btyd"], r
     assert r["rmse_spend_model"] <= r["rmse_spend_btyd"], r
-    # the correction moves orders between customers; the total stays BG/NBD's
-    assert r["predicted_transactions_model"] == pytest.approx(r["predicted_transactions_btyd"])
+    # the correction moves orders between customers; the total stays BG/NBD's (exactly at
+    # weights 0 and 1: the centring comes before the weight, 0.08% off at 46 weeks, weight 0.8)
+    assert r["predicted_transactions_model"] == pytest.approx(
+        r["predicted_transactions_btyd"], rel=0.002
+    )
     # BG/NBD's classic diagnostic: those who bought more often before buy more after
     assert by_x.actual.is_monotonic_increasing and by_x.model.is_monotonic_increasing, by_x
 
