@@ -31,6 +31,13 @@ def log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.nda
     return a1 + a2 + np.logaddexp(a3, a4)
 
 
+def _params(logp: np.ndarray) -> np.ndarray:
+    """The parameters from their logs, at most 1e6: where customers are not seen to drop out,
+    the likelihood keeps growing with ``b`` and ``expected`` loses every digit to cancellation
+    (b of 1e12 gave negative orders); at 1e6 drop-out is as good as nil and ~10 digits stay."""
+    return np.exp(np.minimum(logp, np.log(1e6)))
+
+
 @dataclass
 class BGNBD:
     r: float = 1.0
@@ -47,7 +54,7 @@ class BGNBD:
         x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
 
         def nll(logp: np.ndarray) -> float:
-            return -float(self.log_likelihood(np.exp(logp), x, t_x, T).sum())
+            return -float(self.log_likelihood(_params(logp), x, t_x, T).sum())
 
         best = None
         for start in ([0.0, 0.0, 0.0, 0.0], [np.log(0.5), np.log(5.0), 0.0, np.log(2.0)]):
@@ -56,7 +63,7 @@ class BGNBD:
             if best is None or res.fun < best.fun:
                 best = res
         assert best is not None
-        self.r, self.alpha, self.a, self.b = (float(v) for v in np.exp(best.x))
+        self.r, self.alpha, self.a, self.b = (float(v) for v in _params(best.x))
         return self
 
     def expected(self, t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:

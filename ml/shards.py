@@ -213,6 +213,7 @@ def plan(
         # the pinned champions, checked once here: the shards unpickle them from the job
         # (6.5 s a step through MLflow's store and artifacts)
         _put(conn, job_id, "champions", champions)
+        _put(conn, job_id, "value", champions["value"])  # for the shards' centring sums
         assert catalog is not None
         _copy(conn, job_id, "segment_catalog", catalog.assign(customers=0), -1,
               versions["segments"], scored_at)  # fmt: skip
@@ -282,19 +283,23 @@ def _shard_snapshot(
 
 def items_step(job_id: str, shard: int, settings: Settings | None = None,
                snapshot: Snapshot | None = None) -> dict[str, int]:  # fmt: skip
-    """The item statistics of shard ``shard``'s customers."""
+    """The item statistics of shard ``shard``'s customers, and the value model's sums."""
     from ml.recommend.candidates import item_stats
     from ml.segments import view_prices
 
     started = time.perf_counter()
     url = _url(settings or get_settings())
     job = load_job(job_id, url)
-    snap = _shard_snapshot(job, shard, url, snapshot, ("sessions", "items", "product_events"))
+    with db.connect(url) as conn:
+        value = _get(conn, job_id, "value")
+    tables = ("sessions", "items", "product_events", "orders")
+    snap = _shard_snapshot(job, shard, url, snapshot, tables)
     stats = item_stats(snap, job.as_of)
     prices = view_prices(snap)
+    sums = value.sums(snap, tuple(job.horizons))
     rows = {"products": len(stats.products), "customers": int(snap.sessions.customer_id.nunique())}
     with db.connect(url) as conn, conn.transaction():
-        _put(conn, job_id, f"items/{shard}", (stats, prices))
+        _put(conn, job_id, f"items/{shard}", (stats, prices, sums))
         _done(conn, job, "items", shard, rows, started)
     return rows
 
@@ -316,10 +321,12 @@ def build_items(job_id: str, settings: Settings | None = None) -> dict[str, int]
     catalog = load_snapshot(url, tables=()).products
     state = item_state([p[0] for p in parts], catalog, job.as_of)
     medians = median_prices(pd.concat([p[1] for p in parts], ignore_index=True))
+    # the value model's centring over the whole shop (None: its correction has none)
+    sums = None if parts[0][2] is None else {d: sum(p[2][d] for p in parts) for d in parts[0][2]}
     items = state.products.to_numpy()
     popular = [str(items[i]) for i in np.argsort(-state.popularity)]  # as Recommender's
     with db.connect(url) as conn, conn.transaction():
-        _put(conn, job_id, "items", (state, medians))
+        _put(conn, job_id, "items", (state, medians, sums))
         _put(conn, job_id, "popular", popular[: job.recommendations])
         conn.execute("delete from ml.score_job_artifacts where job_id = %s and name like"
                      " 'items/%%'", (job_id,))  # fmt: skip
@@ -335,7 +342,7 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
     job = load_job(job_id, url)
     with db.connect(url) as conn:
         champions = _get(conn, job_id, "champions")
-        state, medians = _get(conn, job_id, "items")
+        state, medians, sums = _get(conn, job_id, "items")
     snap = _shard_snapshot(job, shard, url, snapshot, None)
     frames = {
         "customer_segments": champions["segments"].assign(snap, medians),
@@ -344,7 +351,7 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
         "recommendations": champions["recommendations"].score(snap, items=state),
     }
     frames["customer_value"], frames["customer_value_horizons"] = champions["value"].score(
-        snap, tuple(job.horizons)
+        snap, tuple(job.horizons), sums
     )
     del snap
     rows = {t: len(f) for t, f in frames.items()}

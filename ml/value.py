@@ -136,18 +136,27 @@ class BTYD:
         self.bgnbd = BGNBD().fit(*_cols(s))
         self.gamma_gamma = GammaGamma().fit(s.x.to_numpy(), s.m.to_numpy())
 
-    def orders(self, s: pd.DataFrame, weeks: float) -> np.ndarray:
+    def orders(self, s: pd.DataFrame, weeks: float, shift: np.ndarray | None = None) -> np.ndarray:
         return self.bgnbd.expected(weeks, *_cols(s))
 
-    def predict(self, s: pd.DataFrame, weeks: float) -> pd.DataFrame:
+    def sums(self, s: pd.DataFrame, weeks: float) -> np.ndarray | None:
+        """What ``shift`` is made of, summed over ``s`` (additive over parts of the customers);
+        None when ``orders`` needs no shift."""
+        return None
+
+    def predict(
+        self, s: pd.DataFrame, weeks: float, shift: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """Per customer of ``s`` over the next ``weeks``: expected orders and spend, P(alive),
-        spend per order, and the expected weeks to the next order if active."""
+        spend per order, and the expected weeks to the next order if active. ``shift``: the
+        correction's centring (``shifts``) over all the customers scored, where ``s`` is a part
+        of them; by default ``s``'s own."""
         x, t_x, T = _cols(s)
         base = self.bgnbd.expected(weeks, x, t_x, T)
         per_order = self.gamma_gamma.expected_spend(x, s.m.to_numpy())
         rate = (self.bgnbd.r + x) / (self.bgnbd.alpha + T)  # posterior mean orders per week
         return pd.DataFrame(
-            {"orders": self.orders(s, weeks), "spend": base * per_order,
+            {"orders": self.orders(s, weeks, shift), "spend": base * per_order,
              "p_alive": self.bgnbd.p_alive(x, t_x, T), "spend_per_order": per_order,
              "weeks_to_next_order": 1.0 / rate},
             index=s.index,
@@ -196,8 +205,10 @@ class ValueModel(BTYD):
             self.booster, self.more = None, ()
         return self
 
-    def predict(self, s: pd.DataFrame, weeks: float) -> pd.DataFrame:
-        out = super().predict(s, weeks)
+    def predict(
+        self, s: pd.DataFrame, weeks: float, shift: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        out = super().predict(s, weeks, shift)
         if self.alive is not None:
             out["p_alive"] = self.alive.p_alive(*_cols(s))
         return out
@@ -206,41 +217,59 @@ class ValueModel(BTYD):
         s = pd.concat([part[0] for part in stage])
         y = np.concatenate([part[1] for part in stage])
         e = np.concatenate([part[2] for part in stage])
-        data = lgb.Dataset(s[FEATURES], y, init_score=np.log(np.maximum(e, 1e-6)))
+        data = lgb.Dataset(s[list(self.features)], y, init_score=np.log(np.maximum(e, 1e-6)))
         return [lgb.train({**BOOST, "seed": self.seed + k}, data, num_boost_round=TREES)
                 for k in range(SEEDS)]  # fmt: skip
-
-    def _corrected(
-        self, boosters: list[lgb.Booster], s: pd.DataFrame, e: np.ndarray, w: float
-    ) -> np.ndarray:
-        """``e`` corrected by each booster (centred, to the power ``w``), averaged: the mean
-        of the seeds' predictions, whose deviance and squared error are at most the seeds'
-        mean (both are convex), where one seed's were a draw (CDNOW, 46 weeks, seeds 0-4:
-        RMSE 1.3515 to 1.3548 against BG/NBD's 1.3540)."""
-        return _averaged(e, self._raw(boosters, s), w)
 
     def _raw(self, boosters: list[lgb.Booster], s: pd.DataFrame) -> np.ndarray:
         """Each booster's log-correction for ``s`` (one row per booster)."""
         x = s[list(self.features or FEATURES_V1)]
         return np.array([b.predict(x, raw_score=True) for b in boosters])
 
-    def orders(self, s: pd.DataFrame, weeks: float) -> np.ndarray:
+    def _boosters(self) -> list[lgb.Booster]:
+        return [] if self.booster is None else [self.booster, *self.more]
+
+    def orders(self, s: pd.DataFrame, weeks: float, shift: np.ndarray | None = None) -> np.ndarray:
+        """BG/NBD's orders corrected by each booster (to the power ``weight``, centred),
+        averaged: the mean of the seeds' predictions, whose deviance and squared error are at
+        most the seeds' mean (both are convex), where one seed's were a draw (CDNOW, 46 weeks,
+        seeds 0-4: RMSE 1.3515 to 1.3548 against BG/NBD's 1.3540)."""
         e = super().orders(s, weeks)
         if self.booster is None or s.empty:  # no booster when the weight is 0
             return e
-        return self._corrected([self.booster, *self.more], s.assign(horizon=weeks), e,
-                               self.weight)  # fmt: skip
+        return _averaged(e, self._raw(self._boosters(), s.assign(horizon=weeks)), self.weight,
+                         shift)  # fmt: skip
+
+    def sums(self, s: pd.DataFrame, weeks: float) -> np.ndarray | None:
+        if self.booster is None:
+            return None
+        e = super().orders(s, weeks)
+        raw = self._raw(self._boosters(), s.assign(horizon=weeks)) if len(s) else None
+        return _sums(e, raw, self.weight, len(self._boosters()))
 
 
-def _centred(e: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """The log-correction ``f`` shifted so that it keeps the total of ``e``."""
-    return f - np.log((e * np.exp(f)).sum() / max(e.sum(), 1e-12))
+def _sums(e: np.ndarray, raw: np.ndarray | None, w: float, k: int) -> np.ndarray:
+    """[sum of ``e``, and per booster the sum of ``e`` corrected by it]: additive over parts
+    of the customers, whose ``shifts`` centre the correction over all of them."""
+    if raw is None:
+        return np.zeros(k + 1)
+    return np.r_[e.sum(), (e * np.exp(w * raw)).sum(axis=1)]
 
 
-def _averaged(e: np.ndarray, raw: np.ndarray, w: float) -> np.ndarray:
-    """``e`` corrected by each booster's ``raw`` log-correction (centred, to the power ``w``),
-    averaged over the boosters."""
-    return np.mean([e * np.exp(w * _centred(e, f)) for f in raw], axis=0)
+def shifts(sums: np.ndarray) -> np.ndarray:
+    """Per booster, the log-shift that keeps the total of BG/NBD's orders."""
+    return np.log(np.maximum(sums[1:], 1e-300) / max(float(sums[0]), 1e-12))
+
+
+def _averaged(
+    e: np.ndarray, raw: np.ndarray, w: float, shift: np.ndarray | None = None
+) -> np.ndarray:
+    """``e`` corrected by each booster's ``raw`` log-correction to the power ``w`` and
+    centred (by ``shift``, by default over ``e``'s customers: the total of ``e`` is kept
+    exactly), averaged over the boosters."""
+    if shift is None:
+        shift = shifts(_sums(e, raw, w, len(raw)))
+    return np.mean([e * np.exp(w * f - c) for f, c in zip(raw, shift, strict=True)], axis=0)
 
 
 def _stage(
@@ -413,10 +442,29 @@ class CustomerValue:
         table = by_frequency(s, {"actual": n.to_numpy(), "predicted": p.orders.to_numpy()})
         return metrics, {"by_frequency": table}
 
-    def score(
+    def sums(
         self, snap: Snapshot, horizons: tuple[int, ...] = HORIZONS_DAYS
+    ) -> dict[int, np.ndarray] | None:
+        """Per horizon (days) the model's centring sums over ``snap``'s customers, to be added
+        over the shards of a shop and given to ``score``; None when the model has none."""
+        s = summary(transactions(snap), _naive(snap.end))
+        out = {}
+        for d in sorted({*HORIZONS_DAYS, *horizons}):
+            v = self.model.sums(s, d / 7)
+            if v is None:
+                return None
+            out[d] = v
+        return out
+
+    def score(
+        self,
+        snap: Snapshot,
+        horizons: tuple[int, ...] = HORIZONS_DAYS,
+        sums: dict[int, np.ndarray] | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(ml.customer_value, ml.customer_value_horizons) for every customer of ``snap``."""
+        """(ml.customer_value, ml.customer_value_horizons) for every customer of ``snap``;
+        ``sums``: ``sums`` over every shard of the shop, when ``snap`` is one of them (the
+        scores are then the shop's as if scored in one piece)."""
         assert self.first_order is not None, "fit first"
         end = _naive(snap.end)
         days = sorted({*HORIZONS_DAYS, *horizons})
@@ -430,7 +478,7 @@ class CustomerValue:
         long = []
         most = np.zeros((2, len(s) + len(rest)))  # the largest orders and value so far
         for d in days:
-            p = self.model.predict(s, d / 7)
+            p = self.model.predict(s, d / 7, shifts(sums[d]) if sums is not None else None)
             # the chance of a first order (at most one)
             orders = 1 - np.exp(-weekly * min(d / 7, FIRST_ORDER_WEEKS))
             now = np.vstack([np.r_[p.orders.to_numpy(), orders],
