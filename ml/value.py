@@ -60,6 +60,7 @@ FEATURES_V1 = ["x", "t_x", "T", "recency", "mean_value", "first_value", "units_p
                "rate_13w", "rate_4w"]  # models fitted before 2026-12-07  # fmt: skip
 HORIZON_SHARES = (0.25, 0.5, 1.0)  # the inner horizons learned, as shares of the inner window
 WEIGHTS = np.linspace(0.0, 1.0, 11)
+NO_DROP_OUT = 1e-3  # BG/NBD's mean drop-out probability per order below which none is seen
 BOOST = {"objective": "poisson", "learning_rate": 0.03, "num_leaves": 7, "min_data_in_leaf": 200,
          "lambda_l2": 10.0, "feature_fraction": 0.8, "bagging_fraction": 0.8,
          "bagging_freq": 1, "verbose": -1}  # fmt: skip
@@ -276,11 +277,17 @@ def _stage(
     tx: pd.DataFrame, a: pd.Timestamp, b: pd.Timestamp
 ) -> list[tuple[pd.DataFrame, np.ndarray, np.ndarray]] | None:
     """Features at ``a`` and, for each inner horizon (``HORIZON_SHARES`` of [a, b), in the
-    ``horizon`` column), the orders in it and BG/NBD's expectation fitted at ``a``."""
+    ``horizon`` column), the orders in it and BG/NBD's expectation fitted at ``a``; None if
+    the history before ``a`` is too short to learn or check a correction."""
     s = summary(tx, a)
     if len(s) < 200 or (s.x > 0).sum() < 20:
         return None
     bgnbd = BGNBD().fit(*_cols(s))
+    if bgnbd.a / (bgnbd.a + bgnbd.b) < NO_DROP_OUT:
+        # nobody seen to drop out yet: BG/NBD is an NBD here, and a correction learned or
+        # checked against it says little of one applied to a BG/NBD that has seen drop-out
+        # (CDNOW: the inner stages of 13 to 23 weeks)
+        return None
     out = []
     for share in HORIZON_SHARES:
         end = a + (b - a) * share

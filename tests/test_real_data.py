@@ -47,7 +47,7 @@ def test_bgnbd_without_drop_out_expects_what_nbd_does() -> None:
     assert m.expected(26, x, t_x, T) == pytest.approx(nbd, rel=1e-3)
 
 
-@pytest.mark.parametrize(("weeks", "holdout"), [(39, None), (45, None), (46, 13)])
+@pytest.mark.parametrize(("weeks", "holdout"), [(13, None), (39, None), (45, None), (46, 13)])
 def test_on_cdnow_the_value_model_is_at_least_as_good_as_btyd(
     real_data: Path, weeks: int, holdout: int | None
 ) -> None:
@@ -68,7 +68,9 @@ def test_on_cdnow_the_value_model_is_at_least_as_good_as_btyd(
         r["predicted_transactions_btyd"], rel=1e-9
     )
     # BG/NBD's classic diagnostic: those who bought more often before buy more after
-    assert by_x.actual.is_monotonic_increasing and by_x.model.is_monotonic_increasing, by_x
+    # (the actual counts are not always: 13 weeks, 11.31 after 5 repeat days, 11.29 after 6)
+    assert by_x.model.is_monotonic_increasing, by_x
+    assert by_x.actual.iloc[-1] > 10 * by_x.actual.iloc[0], by_x
 
 
 def test_gamma_gamma_recovers_planted_spend() -> None:
