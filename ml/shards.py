@@ -292,11 +292,12 @@ def items_step(job_id: str, shard: int, settings: Settings | None = None,
     job = load_job(job_id, url)
     with db.connect(url) as conn:
         value = _get(conn, job_id, "value")
-    tables = ("sessions", "items", "product_events", "orders")
+    # the orders only for a value model centred over the shop
+    tables = ("sessions", "items", "product_events", *(("orders",) if value.centred else ()))
     snap = _shard_snapshot(job, shard, url, snapshot, tables)
     stats = item_stats(snap, job.as_of)
     prices = view_prices(snap)
-    sums = value.sums(snap, tuple(job.horizons))
+    sums = value.sums(snap, tuple(job.horizons)) if value.centred else None
     rows = {"products": len(stats.products), "customers": int(snap.sessions.customer_id.nunique())}
     with db.connect(url) as conn, conn.transaction():
         _put(conn, job_id, f"items/{shard}", (stats, prices, sums))

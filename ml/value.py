@@ -140,6 +140,11 @@ class BTYD:
     def orders(self, s: pd.DataFrame, weeks: float, shift: np.ndarray | None = None) -> np.ndarray:
         return self.bgnbd.expected(weeks, *_cols(s))
 
+    @property
+    def centred(self) -> bool:
+        """Whether ``orders`` is centred over the customers scored (``sums``, ``shift``)."""
+        return False
+
     def sums(self, s: pd.DataFrame, weeks: float) -> np.ndarray | None:
         """What ``shift`` is made of, summed over ``s`` (additive over parts of the customers);
         None when ``orders`` needs no shift."""
@@ -241,8 +246,12 @@ class ValueModel(BTYD):
         return _averaged(e, self._raw(self._boosters(), s.assign(horizon=weeks)), self.weight,
                          shift)  # fmt: skip
 
+    @property
+    def centred(self) -> bool:
+        return self.booster is not None  # no booster when the weight is 0
+
     def sums(self, s: pd.DataFrame, weeks: float) -> np.ndarray | None:
-        if self.booster is None:
+        if not self.centred:
             return None
         e = super().orders(s, weeks)
         raw = self._raw(self._boosters(), s.assign(horizon=weeks)) if len(s) else None
@@ -413,6 +422,11 @@ class CustomerValue:
     def kind(self) -> str:
         return self.model.kind
 
+    @property
+    def centred(self) -> bool:
+        """Whether scoring in parts needs the shop's ``sums``."""
+        return self.model.centred
+
     def fit(self, snap: Snapshot, cut: pd.Timestamp) -> CustomerValue:
         """Fit on orders before ``cut``."""
         tx = transactions(snap.before(cut))
@@ -454,6 +468,8 @@ class CustomerValue:
     ) -> dict[int, np.ndarray] | None:
         """Per horizon (days) the model's centring sums over ``snap``'s customers, to be added
         over the shards of a shop and given to ``score``; None when the model has none."""
+        if not self.centred:
+            return None
         s = summary(transactions(snap), _naive(snap.end))
         out = {}
         for d in sorted({*HORIZONS_DAYS, *horizons}):
