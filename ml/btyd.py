@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
@@ -104,6 +105,22 @@ def simulate(n: int, r: float, alpha: float, a: float, b: float, T: np.ndarray,
             if rng.random() < p[i]:
                 break
     return x, t_x
+
+
+def simulate_log(n: int, days: int, drop: float, rng: np.random.Generator,
+                 start: str = "2026-01-01") -> pd.DataFrame:  # fmt: skip
+    """A transaction log (customer_id, date, value) of ``n`` buyers over ``days``: first orders
+    uniform over the first half, gamma-distributed daily rates (shape 0.6, mean 0.03), each
+    order's value gamma-distributed (mean 60), and after each order a drop-out chance ``drop``
+    (0: nobody drops out, the NBD's story)."""
+    rows = []
+    for i in range(n):
+        day, rate = rng.uniform(0, days / 2), rng.gamma(0.6, 1 / 20)
+        while day < days:
+            rows.append((f"c{i}", pd.Timestamp(start) + pd.Timedelta(days=int(day)),
+                         rng.gamma(2, 30)))  # fmt: skip
+            day += rng.exponential(1 / rate) if drop == 0 or rng.random() > drop else days
+    return pd.DataFrame(rows, columns=["customer_id", "date", "value"])
 
 
 def gamma_gamma_log_likelihood(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:

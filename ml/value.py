@@ -363,6 +363,11 @@ HORIZONS_DAYS = (90, 365)  # always scored; campaign files may ask for more (val
 FIRST_ORDER_WEEKS = 8  # the window first-order rates are measured over, and extrapolated to
 
 
+def _days(horizons: tuple[int, ...]) -> list[int]:
+    """The horizons scored (days): those always scored and those asked for."""
+    return sorted({*HORIZONS_DAYS, *horizons})
+
+
 def transactions(snap: Snapshot) -> pd.DataFrame:
     """The shop's orders as BTYD sees them: one row per customer and day with an order."""
     o = snap.orders
@@ -472,7 +477,7 @@ class CustomerValue:
             return None
         s = summary(transactions(snap), _naive(snap.end))
         out = {}
-        for d in sorted({*HORIZONS_DAYS, *horizons}):
+        for d in _days(horizons):
             v = self.model.sums(s, d / 7)
             if v is None:
                 return None
@@ -490,7 +495,7 @@ class CustomerValue:
         scores are then the shop's as if scored in one piece)."""
         assert self.first_order is not None, "fit first"
         end = _naive(snap.end)
-        days = sorted({*HORIZONS_DAYS, *horizons})
+        days = _days(horizons)
         s = summary(transactions(snap), end)
         customers = snap.customers.set_index(snap.customers.customer_id.astype(str))
         rest = customers.index.difference(s.index)

@@ -732,18 +732,12 @@ def test_value_scored_in_shards_with_the_shops_sums_equals_one_piece(
     import dataclasses
 
     from ml import value
+    from ml.btyd import simulate_log
     from ml.value import BTYD, CustomerValue, summary, transactions
 
     # a correction, whatever it is worth (the test shop is too short to learn one): learned on
     # 3,000 buyers of 40 weeks, gamma-distributed rates, drop-out after an order 0.1
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(3000):
-        day, rate = rng.uniform(0, 140), rng.gamma(0.6, 1 / 20)
-        while day < 280:
-            rows.append((f"c{i}", pd.Timestamp("2026-01-01") + int(day) * DAY, rng.gamma(2, 30)))
-            day += rng.exponential(1 / rate) if rng.random() > 0.1 else 280
-    tx = pd.DataFrame(rows, columns=["customer_id", "date", "value"])
+    tx = simulate_log(3000, 280, 0.1, np.random.default_rng(3))
     monkeypatch.setattr(value, "WEIGHTS", np.array([0.6]))
     model = CustomerValue().fit(snap, snap.end - 28 * DAY)
     model.model = value.ValueModel().fit(tx, pd.Timestamp("2026-01-01") + 280 * DAY)
