@@ -297,7 +297,7 @@ def items_step(job_id: str, shard: int, settings: Settings | None = None,
     snap = _shard_snapshot(job, shard, url, snapshot, tables)
     stats = item_stats(snap, job.as_of)
     prices = view_prices(snap)
-    sums = value.sums(snap, tuple(job.horizons)) if value.centred else None
+    sums = value.sums(snap, tuple(job.horizons))  # None unless centred
     rows = {"products": len(stats.products), "customers": int(snap.sessions.customer_id.nunique())}
     with db.connect(url) as conn, conn.transaction():
         _put(conn, job_id, f"items/{shard}", (stats, prices, sums))
