@@ -259,6 +259,39 @@ def test_candidates_are_those_of_scoring_every_product_densely(snap: Snapshot) -
         assert np.allclose(got.ease, ease[r, i], rtol=1e-3, atol=1e-5)
 
 
+def test_each_rows_best_are_found_when_the_sample_misjudges_a_row() -> None:
+    """``_top_dense`` ranks only what passes a bar drawn from a sample of each row; rows
+    where the sample misleads (ties at the bar, few scores above the floor, a sample of
+    zeros, all -inf, blocks of equal values) still get exactly their ``k`` best values."""
+    import numpy as np
+
+    from ml.recommend.candidates import _top_dense
+
+    rng = np.random.default_rng(5)
+    rows, n, k = 64, 3000, 40
+    scores = rng.gamma(0.3, size=(rows, n)).astype(np.float32)
+    scores[1] = 0.0  # nothing above the floor
+    scores[2] = 0.0
+    scores[2, rng.choice(n, 7, replace=False)] = 1.0 + rng.random(7)  # fewer than k
+    scores[3] = 0.0
+    scores[3, 1::2] = rng.random(n // 2)  # the strided sample sees only zeros
+    scores[4] = 2.5  # all tied
+    scores[5] = -np.inf
+    scores[6, : n // 2] = 9.0  # many tied at the top
+    scores[7] = np.round(scores[7], 1)  # a few values, many ties each
+    scores[8] = -scores[8]  # all below a floor of 0
+    for floor in (0.0, -np.inf):
+        r, c = _top_dense(scores, k, floor)
+        assert len(set(zip(r.tolist(), c.tolist(), strict=True))) == len(r)  # no pair twice
+        for row in range(rows):
+            want = np.sort(scores[row])[::-1][:k]
+            want = want[want > floor]
+            got = np.sort(scores[row, c[r == row]])[::-1]
+            assert np.array_equal(got, want), row
+    cols = np.arange(n) * 3 + 1  # the columns' product numbers
+    r, c = _top_dense(scores, k, 0.0, cols)
+    assert set(c.tolist()) <= set(cols.tolist())
+
 def test_rules_drop_recent_durables_and_cap_a_category_in_the_top_ten() -> None:
     from types import SimpleNamespace
 
