@@ -7,8 +7,12 @@ inner cut-off, labels (view 1, cart 2, purchase 3) from the window after it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import tempfile
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +38,28 @@ DAY = pd.Timedelta(days=1)
 DURABLE_REPEAT_RATE = 0.1  # categories where fewer buyers repurchase are durables
 RECENT_DURABLE_DAYS = 90
 MAX_PER_CATEGORY = 4  # in the top 10
+
+
+_COMPILED: dict[str, Any] = {}  # a ranker's model text's digest -> its compiled trees
+
+
+def compiled(ranker: LGBMRanker) -> Any:
+    """The ranker's trees compiled to machine code by lleaves (once per process and model,
+    0.4 s): it scores candidates 7.7x faster than LightGBM's own predict (2,000 customers'
+    candidates 0.057 s against 0.44 s, one core), the same scores to 5e-15."""
+    import lleaves
+
+    text = ranker.booster_.model_to_string()
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _COMPILED:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.txt"
+            path.write_text(text)
+            model = lleaves.Model(model_file=str(path))
+            model.compile()
+        _COMPILED.clear()  # one model at a time: a new champion replaces the last
+        _COMPILED[key] = model
+    return _COMPILED[key]
 
 
 def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
@@ -205,10 +231,11 @@ class Recommender:
         assert self.ranker is not None, "fit first"
         out: dict[str, list[str]] = {}
         items = ix.products.to_numpy()
+        trees = compiled(self.ranker)
         for start in range(0, len(known), CHUNK):
             chunk = known[start : start + CHUNK]
             cand = candidates(ix, ix.customers.get_indexer(chunk), exclude_seen=self.exclude_seen)
-            cand["score"] = self.ranker.predict(cand[FEATURES])
+            cand["score"] = trees.predict(cand[FEATURES].to_numpy(np.float64), n_jobs=1)
             for r, picked in apply_rules(cand, ix, self.n).items():
                 out[chunk[r]] = [str(items[i]) for i in picked]
         return out
