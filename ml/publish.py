@@ -17,8 +17,10 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from psycopg import sql
 
@@ -143,8 +145,10 @@ def customer_documents(
         doc(cid)["send_time"] = {"local_hour": hour, "confidence": conf, "channel": ch}
     recs = frames["recommendations"]
     recs = recs[recs["rank"] <= top_n].sort_values(["customer_id", "rank"])
-    for cid, items in recs.groupby("customer_id", sort=False).product_id.agg(list).items():
-        doc(cid)["recommendations"] = items
+    cids, items = recs.customer_id.to_numpy(), recs.product_id.tolist()
+    bounds = np.flatnonzero(np.r_[True, cids[1:] != cids[:-1], True]).tolist() if len(cids) else []
+    for start, end in pairwise(bounds):  # each customer's run
+        doc(cids[start])["recommendations"] = items[start:end]
     if "customer_value" in frames:
         for cid, value in _value_docs(frames["customer_value"]).items():
             doc(cid)["value"] = value

@@ -205,30 +205,33 @@ def plan(
             (job_id, n, scored_at, as_of.to_pydatetime(), json.dumps(spec)),
         )
         for table in STAGED:
+            # the job's constants as defaults: the shards copy only the scores (a fifth fewer
+            # bytes of CSV to write and for the server to parse)
             conn.execute(
-                sql.SQL("create unlogged table {} (like {}, shard integer not null)").format(
-                    _stage(job_id, table), sql.Identifier("ml", table)
+                sql.SQL("create unlogged table {} (like {}, shard integer not null);"
+                        " alter table {} alter model_version set default {},"
+                        " alter scored_at set default {}").format(
+                    _stage(job_id, table), sql.Identifier("ml", table), _stage(job_id, table),
+                    sql.Literal(versions[TASK_OF[table]]), sql.Literal(scored_at),
                 )
-            )
+            )  # fmt: skip
         # the pinned champions, checked once here: the shards unpickle them from the job
         # (6.5 s a step through MLflow's store and artifacts)
         _put(conn, job_id, "champions", champions)
         _put(conn, job_id, "value", champions["value"])  # for the shards' centring sums
         assert catalog is not None
-        _copy(conn, job_id, "segment_catalog", catalog.assign(customers=0), -1,
-              versions["segments"], scored_at)  # fmt: skip
+        _copy(conn, job_id, "segment_catalog", catalog.assign(customers=0), -1)
     return load_job(job_id, url)
 
 
-def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int,
-          version: str, scored_at: datetime) -> None:  # fmt: skip
+def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int) -> None:
+    """A shard's rows into the job's staging table (its version and time: the defaults)."""
     from ml.publish import COPY_ROWS, TABLES, _csv
 
     cols = TABLES[table]
-    data = frame[cols].assign(model_version=version, scored_at=scored_at.isoformat(), shard=shard)
+    data = frame[cols].assign(shard=shard)
     copy = sql.SQL("copy {} ({}) from stdin (format csv, null '\\N')").format(
-        _stage(job_id, table),
-        sql.SQL(", ").join(map(sql.Identifier, [*cols, "model_version", "scored_at", "shard"])),
+        _stage(job_id, table), sql.SQL(", ").join(map(sql.Identifier, [*cols, "shard"]))
     )
     with conn.cursor().copy(copy) as cp:
         for start in range(0, len(data), COPY_ROWS):
@@ -360,7 +363,7 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
         for table, frame in frames.items():
             conn.execute(sql.SQL("delete from {} where shard = %s").format(_stage(job_id, table)),
                          (shard,))  # fmt: skip
-            _copy(conn, job_id, table, frame, shard, job.versions[TASK_OF[table]], job.scored_at)
+            _copy(conn, job_id, table, frame, shard)
         _done(conn, job, "score", shard, rows, started)
     return rows
 

@@ -292,6 +292,7 @@ def test_each_rows_best_are_found_when_the_sample_misjudges_a_row() -> None:
     r, c = _top_dense(scores, k, 0.0, cols)
     assert set(c.tolist()) <= set(cols.tolist())
 
+
 def test_rules_drop_recent_durables_and_cap_a_category_in_the_top_ten() -> None:
     from types import SimpleNamespace
 
