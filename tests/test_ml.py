@@ -467,10 +467,10 @@ def test_train_registers_champions_and_score_publishes_them(
     docs = _docs(ml_settings, ids)
     real = shards._shard_snapshot
 
-    def lost(job, shard, url, snapshot, tables):
-        if shard == 2 and tables is None:
+    def lost(job, shard, settings, snapshot):
+        if shard == 2:
             raise RuntimeError("worker lost")
-        return real(job, shard, url, snapshot, tables)
+        return real(job, shard, settings, snapshot)
 
     monkeypatch.setattr(shards, "_shard_snapshot", lost)
     with pytest.raises(RuntimeError, match="worker lost"):
@@ -481,15 +481,20 @@ def test_train_registers_champions_and_score_publishes_them(
     for table, frame in _published(ml_settings).items():
         pd.testing.assert_frame_equal(frame, one_shard[table], obj=table)
     assert r.get("crm:meta:last_score") == meta and _docs(ml_settings, ids) == docs
-    # ... the shard retried alone completes the job ...
+    # (the rows the items step kept for each shard's score step: the scored ones removed)
+    on_disk = [shards._kept(ml_settings, failed.job_id, k).exists() for k in range(3)]
+    assert on_disk == [False, False, True]
+    # ... the shard retried alone completes the job (from the rows kept, then from the marts) ...
     monkeypatch.setattr(shards, "_shard_snapshot", real)
     shards.score_step(failed.job_id, 2, ml_settings)
+    assert not shards._kept(ml_settings, failed.job_id, 2).exists()
     shards.score_step(failed.job_id, 2, ml_settings)  # a retry replaces its own rows
     shards.swap(failed.job_id, ml_settings)
     for k in range(3):
         shards.publish_step(failed.job_id, k, ml_settings)
     done = shards.finish(failed.job_id, ml_settings)
     assert done["redis_keys"] == len(snap.customers)
+    assert not shards._job_dir(ml_settings, failed.job_id).exists()
     # ... and three shards in two processes score exactly what one shard does
     three = jobs.score(ml_settings, shards=3, workers=2)
     assert three["shards"] == 3 and three["rows"] == result["rows"]
