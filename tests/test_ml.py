@@ -322,14 +322,14 @@ def test_ease_weights_are_each_items_ridge_regression_on_the_others() -> None:
     from ml.recommend.candidates import ease_weights
 
     x = np.random.default_rng(3).poisson(0.6, size=(80, 12)).astype(float)
-    lam = 5.0
-    b = ease_weights(sp.csr_matrix(x.T @ x), lam)
-    assert (np.diag(b) == 0).all()
-    for j in (0, 5, 11):
-        others = np.delete(np.arange(12), j)
-        a = x[:, others]
-        ridge = np.linalg.solve(a.T @ a + lam * np.eye(11), a.T @ x[:, j])
-        assert np.allclose(b[others, j], ridge, atol=1e-8), j
+    for lam in (5.0, -1e3):  # through a Cholesky factor; not positive definite: in general
+        b = ease_weights(sp.csr_matrix(x.T @ x), lam)
+        assert (np.diag(b) == 0).all()
+        for j in (0, 5, 11):
+            others = np.delete(np.arange(12), j)
+            a = x[:, others]
+            ridge = np.linalg.solve(a.T @ a + lam * np.eye(11), a.T @ x[:, j])
+            assert np.allclose(b[others, j], ridge, atol=1e-8), (lam, j)
 
 
 def test_holdout_latest_holds_out_each_customers_latest_products() -> None:

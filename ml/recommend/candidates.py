@@ -143,7 +143,19 @@ def undecayed_weights(snap: Snapshot, ix: Index) -> sp.csr_matrix:
 def ease_weights(gram: sp.spmatrix, lam: float) -> np.ndarray:
     """EASE's closed form from the items x items gram matrix X'X: B = -P / diag(P) with
     P = (X'X + lam I)^-1, and a zero diagonal (an item does not predict itself)."""
-    inv = np.linalg.inv(gram.toarray() + lam * np.eye(gram.shape[0]))
+    from scipy.linalg import lapack
+
+    a = gram.toarray().astype(float, copy=False)
+    a.flat[:: a.shape[0] + 1] += lam
+    # symmetric positive definite: inverted through its Cholesky factor (1.5 s against
+    # np.linalg.inv's 4.0 s at 5,000 items; rounded to float32, 1.6e-7 of the weights
+    # differ from the general inverse's, by one unit in the last place)
+    factor, info = lapack.dpotrf(a, lower=False, clean=True)
+    if info == 0:
+        upper, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+        inv = np.triu(upper) + np.triu(upper, 1).T  # dpotri fills the upper triangle
+    if info != 0:  # not positive definite (lam <= 0): the general inverse
+        inv = np.linalg.inv(a)
     b = -inv / np.diag(inv)
     np.fill_diagonal(b, 0.0)
     return b
