@@ -509,8 +509,13 @@ def candidates(
     if ease is None:  # a catalogue too large for EASE: constant features
         cand["ease"] = cand["ease_rank"] = 0.0
     else:
-        cand["ease"] = ease[rr, ii].astype(float)
-        cand["ease_rank"] = cand.groupby("r").ease.rank(ascending=False, method="first")
+        cand["ease"] = e = ease[rr, ii].astype(float)
+        # each pair's rank among its customer's by EASE, ties in the pairs' order (pandas'
+        # rank(method="first") by customer did the same in 7x the time)
+        order = np.lexsort((-e, rr))
+        rank = np.empty(len(rr))
+        rank[order] = _rank_in_runs(rr[order]) + 1
+        cand["ease_rank"] = rank
     return cand
 
 
