@@ -307,6 +307,14 @@ def _shard_snapshot(job: ScoreJob, shard: int, settings: Settings,
 
 def _keep(settings: Settings, job_id: str, shard: int, snap: Snapshot) -> None:
     kept = _kept(settings, job_id, shard)
+    # what earlier jobs kept on this worker and no step of theirs will read (their score
+    # step ran on another worker, or they were abandoned): removed
+    with db.connect(_url(settings)) as conn:
+        live = {j for (j,) in conn.execute("select job_id from ml.score_jobs where state ="
+                                           " 'scoring'")}  # fmt: skip
+    for old in kept.parent.parent.glob("*") if kept.parent.parent.exists() else []:
+        if old.name not in live:
+            shutil.rmtree(old, ignore_errors=True)
     kept.parent.mkdir(parents=True, exist_ok=True)
     part = kept.with_suffix(f".{secrets.token_hex(4)}.part")
     with part.open("wb") as f:

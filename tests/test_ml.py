@@ -495,8 +495,13 @@ def test_train_registers_champions_and_score_publishes_them(
     done = shards.finish(failed.job_id, ml_settings)
     assert done["redis_keys"] == len(snap.customers)
     assert not shards._job_dir(ml_settings, failed.job_id).exists()
-    # ... and three shards in two processes score exactly what one shard does
+    # ... and three shards in two processes score exactly what one shard does (and remove
+    # what a finished job's items step kept on this worker for a score step run elsewhere)
+    left = shards._kept(ml_settings, failed.job_id, 0)
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"")
     three = jobs.score(ml_settings, shards=3, workers=2)
+    assert not left.parent.exists()
     assert three["shards"] == 3 and three["rows"] == result["rows"]
     for table, frame in _published(ml_settings).items():
         pd.testing.assert_frame_equal(frame, one_shard[table], obj=table, rtol=1e-9)
