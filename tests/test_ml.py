@@ -293,6 +293,28 @@ def test_each_rows_best_are_found_when_the_sample_misjudges_a_row() -> None:
     assert set(c.tolist()) <= set(cols.tolist())
 
 
+def test_the_compiled_ranker_scores_as_lightgbm_does() -> None:
+    """Scoring ranks candidates with the ranker's trees compiled by lleaves: the same scores
+    as LightGBM's own predict, and a retrained ranker is compiled anew."""
+    import numpy as np
+    from lightgbm import LGBMRanker
+
+    from ml.recommend.ranker import compiled
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3000, 6))
+    label = np.clip((x[:, 0] + 0.5 * x[:, 3] + rng.normal(scale=0.5, size=3000)).round(), 0, 3)
+    scores = []
+    for seed in (0, 1):
+        ranker = LGBMRanker(n_estimators=40, num_leaves=7, random_state=seed, verbose=-1,
+                            subsample=0.7, subsample_freq=1, colsample_bytree=0.7)  # fmt: skip
+        ranker.fit(x, label.astype(int), group=[30] * 100)
+        got = compiled(ranker).predict(x, n_jobs=1)
+        assert np.allclose(got, ranker.predict(x), rtol=0, atol=1e-9)
+        scores.append(got)
+    assert not np.allclose(scores[0], scores[1])  # not the first model's trees again
+
+
 def test_rules_drop_recent_durables_and_cap_a_category_in_the_top_ten() -> None:
     from types import SimpleNamespace
 
