@@ -1,7 +1,7 @@
 # The pipeline image: Airflow 3 (CeleryExecutor), dbt, MLflow and the crm, ml and notify
 # packages from uv.lock. Also serves the MLflow tracking server.
 FROM python:3.11-slim-bookworm
-ENV UV_PROJECT_ENVIRONMENT=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 UV_COMPILE_BYTECODE=1
 RUN apt-get update && apt-get install -y --no-install-recommends curl libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && pip install --no-cache-dir uv==0.13.9 \

@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from psycopg import sql
 
@@ -63,6 +64,7 @@ TABLES = {
     ],
 }
 COPY_ROWS = 200_000  # rows per CSV chunk sent to COPY
+NUMPY = orjson.OPT_SERIALIZE_NUMPY  # a document's numbers may be numpy's
 
 
 def _csv(frame: pd.DataFrame) -> str:
@@ -166,7 +168,7 @@ def publish_customers(
     pipe = r.pipeline(transaction=False)
     for cid, doc in customer_documents(frames):
         doc["scored_at"] = scored_at
-        pipe.set(f"{prefix}:customer:{cid}", json.dumps(doc, separators=(",", ":")), ex=ttl)
+        pipe.set(f"{prefix}:customer:{cid}", orjson.dumps(doc, option=NUMPY), ex=ttl)
         n += 1
         if n % 5000 == 0:
             pipe.execute()

@@ -50,6 +50,7 @@ from crm.errors import CrmError
 from crm.settings import Settings, get_settings
 from ml import tracking
 from ml.data import Snapshot, load_snapshot, shop_end
+from ml.publish import TABLES
 
 log = logging.getLogger(__name__)
 # a scoring job's artifacts are stored in parts of this size (migration 0028)
@@ -67,6 +68,9 @@ TASK_OF = {"customer_segments": "segments", "segment_catalog": "segments",
            "churn_scores": "churn", "send_times": "send_time",
            "recommendations": "recommendations", "customer_value": "value",
            "customer_value_horizons": "value"}  # fmt: skip
+# what a customer's Redis document is built from
+PUBLISHED = ("customer_segments", "churn_scores", "send_times", "recommendations",
+             "customer_value")  # fmt: skip
 STALE_HOURS = 24  # a job still scoring after this long is abandoned (its staging dropped)
 
 
@@ -105,8 +109,6 @@ def _stage(job_id: str, table: str) -> sql.Identifier:
 
 
 def _columns(table: str) -> list[str]:
-    from ml.publish import TABLES
-
     return [*TABLES[table], "model_version", "scored_at"]
 
 
@@ -232,7 +234,7 @@ def plan(
 
 def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int) -> None:
     """A shard's rows into the job's staging table (its version and time: the defaults)."""
-    from ml.publish import COPY_ROWS, TABLES, _csv
+    from ml.publish import COPY_ROWS, _csv
 
     cols = TABLES[table]
     data = frame[cols].assign(shard=shard)
@@ -245,15 +247,17 @@ def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int) -
 
 
 def _done(conn: Any, job: ScoreJob, step: str, shard: int, rows: dict[str, int],
-          started: float) -> None:  # fmt: skip
+          started: float) -> datetime:  # fmt: skip
+    """The step recorded as done; returns when (its transaction's time: a retry's differs)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    conn.execute(
+    (at,) = conn.execute(
         "insert into ml.score_job_shards (job_id, step, shard, rows, seconds, peak_mb)"
         " values (%s, %s, %s, %s, %s, %s) on conflict (job_id, step, shard) do update set"
         " rows = excluded.rows, seconds = excluded.seconds, peak_mb = excluded.peak_mb,"
-        " finished_at = now()",
+        " finished_at = now() returning finished_at",
         (job.job_id, step, shard, json.dumps(rows), time.perf_counter() - started, peak),
-    )
+    ).fetchone()
+    return at
 
 
 def _put(conn: Any, job_id: str, name: str, value: Any) -> None:
@@ -291,6 +295,11 @@ def _kept(settings: Settings, job_id: str, shard: int) -> Path:
     return _job_dir(settings, job_id) / f"shard-{shard}.pickle"
 
 
+def _kept_scores(settings: Settings, job_id: str, shard: int) -> Path:
+    """Where the score step keeps its shard's scores for the publish step on the same worker."""
+    return _job_dir(settings, job_id) / f"scores-{shard}.pickle"
+
+
 def _shard_snapshot(job: ScoreJob, shard: int, settings: Settings,
                     snapshot: Snapshot | None) -> Snapshot:  # fmt: skip
     """The shard's rows of the marts: as the items step kept them on this worker (read once
@@ -305,21 +314,25 @@ def _shard_snapshot(job: ScoreJob, shard: int, settings: Settings,
     return load_snapshot(_url(settings), shard=(shard, job.shards), as_of=job.as_of)
 
 
-def _keep(settings: Settings, job_id: str, shard: int, snap: Snapshot) -> None:
-    kept = _kept(settings, job_id, shard)
-    # what earlier jobs kept on this worker and no step of theirs will read (their score
-    # step ran on another worker, or they were abandoned): removed
-    with db.connect(_url(settings)) as conn:
-        live = {j for (j,) in conn.execute("select job_id from ml.score_jobs where state ="
-                                           " 'scoring'")}  # fmt: skip
-    for old in kept.parent.parent.glob("*") if kept.parent.parent.exists() else []:
-        if old.name not in live:
-            shutil.rmtree(old, ignore_errors=True)
+def _write(kept: Path, value: Any) -> None:
     kept.parent.mkdir(parents=True, exist_ok=True)
     part = kept.with_suffix(f".{secrets.token_hex(4)}.part")
     with part.open("wb") as f:
-        pickle.dump(snap, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
     part.replace(kept)  # whole or not at all
+
+
+def _keep(settings: Settings, job_id: str, shard: int, snap: Snapshot) -> None:
+    kept = _kept(settings, job_id, shard)
+    # what earlier jobs kept on this worker and no step of theirs will read (their score
+    # or publish step ran on another worker, or they were abandoned): removed
+    with db.connect(_url(settings)) as conn:
+        live = {j for (j,) in conn.execute("select job_id from ml.score_jobs where state in"
+                                           " ('scoring', 'swapped')")}  # fmt: skip
+    for old in kept.parent.parent.glob("*") if kept.parent.parent.exists() else []:
+        if old.name not in live:
+            shutil.rmtree(old, ignore_errors=True)
+    _write(kept, snap)
 
 
 def items_step(job_id: str, shard: int, settings: Settings | None = None,
@@ -405,8 +418,12 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
             conn.execute(sql.SQL("delete from {} where shard = %s").format(_stage(job_id, table)),
                          (shard,))  # fmt: skip
             _copy(conn, job_id, table, frame, shard)
-        _done(conn, job, "score", shard, rows, started)
+        at = _done(conn, job, "score", shard, rows, started)
     _kept(settings, job_id, shard).unlink(missing_ok=True)
+    # the scores as staged, for this worker's publish step (else it reads the staging); with
+    # the time this run was recorded, so that a retry elsewhere makes them stale
+    _write(_kept_scores(settings, job_id, shard),
+           (at, {t: frames[t][TABLES[t]] for t in PUBLISHED}))  # fmt: skip
     return rows
 
 
@@ -483,10 +500,9 @@ def swap(job_id: str, settings: Settings | None = None) -> dict[str, int]:
     return counts
 
 
-def _staged(conn: Any, job_id: str, table: str, shard: int) -> pd.DataFrame:
-    from ml.publish import TABLES
-
-    cols = sql.SQL(", ").join(map(sql.Identifier, TABLES[table]))
+def _staged(conn: Any, job_id: str, table: str, shard: int,
+            columns: list[str] | None = None) -> pd.DataFrame:  # fmt: skip
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns or TABLES[table]))
     query = sql.SQL("copy (select {} from {} where shard = {}) to stdout (format csv, header)")
     buf = io.BytesIO()
     with conn.cursor().copy(query.format(cols, _stage(job_id, table), sql.Literal(shard))) as cp:
@@ -509,12 +525,25 @@ def publish_step(job_id: str, shard: int, settings: Settings | None = None) -> i
                              (job_id,)).fetchone()  # fmt: skip
         if not state or state[0] == "scoring":
             raise CrmError(f"scoring job {job_id} has not swapped: Redis is not published")
-        tables = ("customer_segments", "churn_scores", "send_times", "recommendations",
-                  "customer_value")  # fmt: skip
-        frames = {t: _staged(conn, job_id, t, shard) for t in tables}
+        (scored,) = conn.execute("select finished_at from ml.score_job_shards where job_id = %s"
+                                 " and step = 'score' and shard = %s", (job_id, shard)
+                                 ).fetchone() or (None,)  # fmt: skip
+        kept = _kept_scores(settings, job_id, shard)
+        at, frames = (None, {})
+        if kept.exists():
+            with kept.open("rb") as f:
+                at, frames = pickle.load(f)  # written by this job's score step, in CRM_HOME
+        if at is not None and at == scored:
+            # the value bands are the swap's, over the whole shop: only they are read
+            bands = _staged(conn, job_id, "customer_value", shard, ["customer_id", "value_band"])
+            value = frames["customer_value"].drop(columns="value_band")
+            frames["customer_value"] = value.merge(bands, on="customer_id", how="left")
+        else:  # scored on another worker (or retried there): its staged rows
+            frames = {t: _staged(conn, job_id, t, shard) for t in PUBLISHED}
     n = publish_customers(frames, job.scored_at.isoformat(), settings)
     with db.connect(url) as conn, conn.transaction():
         _done(conn, job, "publish", shard, {"redis_keys": n}, started)
+    kept.unlink(missing_ok=True)
     return n
 
 
@@ -585,5 +614,11 @@ def run(
     say("swapping ml.* tables")
     swap(job.job_id, settings)
     say("publishing Redis keys")
+    if not settings.redis_url:
+        # the embedded server held open here: the shards' processes connect to it rather than
+        # each starting it (loading its whole file) and the last one saving it on exit
+        from crm.cache import redis_client
+
+        redis_client(settings)
     _each(publish_step, job.job_id, ids, settings, workers)
     return finish(job.job_id, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import zlib
 from pathlib import Path
 
@@ -512,10 +513,31 @@ def test_train_registers_champions_and_score_publishes_them(
     assert not shards._kept(ml_settings, failed.job_id, 2).exists()
     shards.score_step(failed.job_id, 2, ml_settings)  # a retry replaces its own rows
     shards.swap(failed.job_id, ml_settings)
+    # each shard's Redis keys from the scores its score step kept, else from the staging:
+    # shard 0 scored elsewhere, shard 1's kept scores stale (its score retried elsewhere)
+    shards._kept_scores(ml_settings, failed.job_id, 0).unlink()
+    stale = shards._kept_scores(ml_settings, failed.job_id, 1)
+    with stale.open("rb") as f:
+        at, frames = pickle.load(f)
+    frames["churn_scores"] = frames["churn_scores"].assign(churn_probability=0.5)
+    stale.write_bytes(pickle.dumps((at - pd.Timedelta(seconds=1), frames)))
+    read: list[tuple[int, str]] = []
+    from_staging = shards._staged
+
+    def reading(conn, job_id, table, shard, columns=None):
+        read.append((shard, table))
+        return from_staging(conn, job_id, table, shard, columns)
+
+    monkeypatch.setattr(shards, "_staged", reading)
     for k in range(3):
         shards.publish_step(failed.job_id, k, ml_settings)
+        assert not shards._kept_scores(ml_settings, failed.job_id, k).exists()
+    assert [t for s, t in read if s == 2] == ["customer_value"]  # its value bands only
+    assert len([t for s, t in read if s == 1]) == len([t for s, t in read if s == 0]) == 5
+    monkeypatch.setattr(shards, "_staged", from_staging)
     done = shards.finish(failed.job_id, ml_settings)
     assert done["redis_keys"] == len(snap.customers)
+    assert _docs(ml_settings, ids) == docs
     assert not shards._job_dir(ml_settings, failed.job_id).exists()
     # ... and three shards in two processes score exactly what one shard does (and remove
     # what a finished job's items step kept on this worker for a score step run elsewhere)
