@@ -286,6 +286,20 @@ def _get(conn: Any, job_id: str, name: str) -> Any:
     return pickle.loads(b"".join(r[0] for r in rows))
 
 
+_SHARED: dict[tuple[str, str], Any] = {}
+
+
+def _shared(conn: Any, job_id: str, name: str) -> Any:
+    """A job's artifact that every shard reads (the champions, the item state): read once
+    per process, which scores one shard after another (~300 MB of item state each time at
+    5,000 products); only the latest job's are held."""
+    if any(job != job_id for job, _ in _SHARED):
+        _SHARED.clear()
+    if (job_id, name) not in _SHARED:
+        _SHARED[job_id, name] = _get(conn, job_id, name)
+    return _SHARED[job_id, name]
+
+
 def _job_dir(settings: Settings, job_id: str) -> Path:
     return settings.home / "score-jobs" / job_id
 
@@ -399,8 +413,8 @@ def score_step(job_id: str, shard: int, settings: Settings | None = None,
     url = _url(settings)
     job = load_job(job_id, url)
     with db.connect(url) as conn:
-        champions = _get(conn, job_id, "champions")
-        state, medians, sums = _get(conn, job_id, "items")
+        champions = _shared(conn, job_id, "champions")
+        state, medians, sums = _shared(conn, job_id, "items")
     snap = _shard_snapshot(job, shard, settings, snapshot)
     frames = {
         "customer_segments": champions["segments"].assign(snap, medians),
