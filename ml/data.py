@@ -221,11 +221,13 @@ def load_snapshot(
 
 def shop_end(url: str | None = None) -> pd.Timestamp:
     """What ``load_snapshot(url).end`` is, computed in the database without reading the rows."""
-    parts = " union all ".join(
-        f"select max({TIME_COLUMNS[t]}) from ({QUERIES[t]}) {t}" for t in TIME_COLUMNS
+    # one scalar subquery per mart: each its own parallel scan (a union's maxima ran each
+    # scan in one process: 4.4-11.6 s against 3.2 s at 1.1M customers)
+    parts = ", ".join(
+        f"(select max({TIME_COLUMNS[t]}) from ({QUERIES[t]}) {t})" for t in TIME_COLUMNS
     )
     with db.connect(url) as conn:
         conn.execute("set timezone to 'UTC'")
-        row = conn.execute(f"select max(m) from ({parts}) q(m)").fetchone()
+        row = conn.execute(f"select greatest({parts})").fetchone()
     latest = row[0] if row and row[0] is not None else pd.Timestamp("1970-01-01", tz="UTC")
     return pd.Timestamp(latest).ceil("D")

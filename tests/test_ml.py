@@ -18,7 +18,7 @@ from sklearn.metrics import adjusted_rand_score
 from crm import db
 from crm.settings import Settings
 from ml.churn import ChurnModel, features_asof
-from ml.data import Snapshot, load_snapshot
+from ml.data import Snapshot, load_snapshot, shop_end
 from ml.recommend.metrics import average_precision_at_k, coverage, ndcg_at_k, recall_at_k
 from ml.recommend.ranker import Recommender
 from ml.segments import SegmentModel
@@ -62,6 +62,12 @@ def snap(ml_shop: tuple[str, Path]) -> Snapshot:
 def truth(ml_shop: tuple[str, Path]) -> pd.DataFrame:
     rows = [json.loads(line) for line in (ml_shop[1] / "ground_truth" / "users.jsonl").open()]
     return pd.DataFrame(rows).dropna(subset=["user_id"]).set_index("user_id")
+
+
+def test_the_shops_end_computed_in_the_database_is_the_snapshots(
+    snap: Snapshot, ml_shop: tuple[str, Path]
+) -> None:
+    assert shop_end(ml_shop[0]) == snap.end
 
 
 def test_features_use_nothing_after_the_cutoff(snap: Snapshot) -> None:
