@@ -234,16 +234,16 @@ def plan(
 
 def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int) -> None:
     """A shard's rows into the job's staging table (its version and time: the defaults)."""
-    from ml.publish import COPY_ROWS, _csv
+    from ml.publish import COPY_ROWS, arrow_csv
 
     cols = TABLES[table]
     data = frame[cols].assign(shard=shard)
-    copy = sql.SQL("copy {} ({}) from stdin (format csv, null '\\N')").format(
+    copy = sql.SQL("copy {} ({}) from stdin (format csv)").format(
         _stage(job_id, table), sql.SQL(", ").join(map(sql.Identifier, [*cols, "shard"]))
     )
     with conn.cursor().copy(copy) as cp:
         for start in range(0, len(data), COPY_ROWS):
-            cp.write(_csv(data.iloc[start : start + COPY_ROWS]))
+            cp.write(arrow_csv(data.iloc[start : start + COPY_ROWS]))
 
 
 def _done(conn: Any, job: ScoreJob, step: str, shard: int, rows: dict[str, int],

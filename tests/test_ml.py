@@ -916,3 +916,31 @@ def test_a_model_that_does_not_beat_its_baseline_is_not_served(
     (again,) = jobs.train(("churn",), settings=ml_settings, snapshot=snap)
     assert again.serves == "model" and again.promoted, again.reason
     assert "champion's" in again.reason
+
+
+def test_rows_staged_through_arrows_csv_come_back_as_they_were(
+    ml_shop: tuple[str, Path],
+) -> None:
+    from psycopg import sql
+
+    from ml.publish import arrow_csv
+
+    frame = pd.DataFrame({
+        "t": ['plain', 'a "quoted", comma', "line\nbreak", "", None, "ünïcode · ✓"],
+        "i": [0, -1, 2**40, 7, 3, 5],
+        "f": [0.1, 1 / 3, 1e-300, 123456789.123456789, float("nan"), -2.5e17],
+        "d": [pd.Timestamp("2026-02-27").date(), None, pd.Timestamp("1999-12-31").date(),
+              pd.Timestamp("2026-01-01").date(), None, pd.Timestamp("2030-06-30").date()],
+    })  # fmt: skip
+    with db.connect(ml_shop[0]) as conn:
+        conn.execute("create temporary table staged (t text, i bigint, f float8, d date)")
+        with conn.cursor().copy(sql.SQL("copy staged from stdin (format csv)")) as cp:
+            cp.write(arrow_csv(frame))
+        back = conn.execute("select t, i, f, d from staged").fetchall()
+    assert [r[0] for r in back] == ['plain', 'a "quoted", comma', "line\nbreak", "", None,
+                                    "ünïcode · ✓"]  # fmt: skip
+    assert [r[1] for r in back] == frame.i.tolist()
+    assert [r[2] for r in back][:4] + [r[2] for r in back][5:] == [0.1, 1 / 3, 1e-300,
+        123456789.123456789, -2.5e17]  # fmt: skip
+    assert back[4][2] is None  # NaN: NULL
+    assert [r[3] for r in back] == frame.d.tolist()
