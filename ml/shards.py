@@ -16,7 +16,8 @@
 5. ``swap``: when every shard has scored, one transaction replaces every ``ml.*`` table from
    staging, with the value bands and segment sizes of the whole shop; until then readers keep
    the previous run. A failed shard leaves ``ml.*`` and Redis as they were.
-6. ``publish`` per shard: the shard's Redis keys, from its staged rows; ``finish``: the shared
+6. ``publish`` per shard: the shard's Redis keys, from the scores its score step kept on this
+   worker (else its staged rows) and the swap's value bands; ``finish``: the shared
    keys (segments, the cold-start list, the run's meta) and the staging (and kept rows)
    dropped.
 
@@ -527,7 +528,8 @@ def _staged(conn: Any, job_id: str, table: str, shard: int,
 
 
 def publish_step(job_id: str, shard: int, settings: Settings | None = None) -> int:
-    """Shard ``shard``'s customer keys in Redis, from its staged rows (after the swap)."""
+    """Shard ``shard``'s customer keys in Redis, after the swap: from the scores its score step
+    kept on this worker (and the swap's value bands), else from its staged rows."""
     from ml.publish import publish_customers
 
     started = time.perf_counter()
