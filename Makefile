@@ -9,10 +9,6 @@ BOOT := $(CRM_HOME)/bootstrap
 UV := $(shell command -v uv 2>/dev/null || echo $(BOOT)/bin/uv)
 RUN := $(UV) run --frozen
 export UV_PROJECT_ENVIRONMENT ?= $(CURDIR)/.venv
-# bytecode compiled once at install: every process (each Airflow task, each scoring shard's
-# worker) would otherwise compile the libraries' sources again where bytecode is not written
-# (PYTHONDONTWRITEBYTECODE, read-only images): ~4 s of imports per process
-export UV_COMPILE_BYTECODE ?= 1
 export AIRFLOW_HOME ?= $(CRM_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
@@ -38,8 +34,11 @@ $(BOOT)/bin/uv:
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check \
 	  --target $(BOOT) uv==0.13.9
 
+# bytecode compiled once at install: every process (each Airflow task, each scoring shard's
+# worker) would otherwise compile the libraries' sources again where bytecode is not written
+# (PYTHONDONTWRITEBYTECODE, read-only images): ~4 s of imports per process
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 env: .venv/.synced  ## create the pipeline environment from uv.lock
