@@ -235,16 +235,9 @@ def plan(
 
 def _copy(conn: Any, job_id: str, table: str, frame: pd.DataFrame, shard: int) -> None:
     """A shard's rows into the job's staging table (its version and time: the defaults)."""
-    from ml.publish import COPY_ROWS, arrow_csv
+    from ml.publish import copy_frame
 
-    cols = TABLES[table]
-    data = frame[cols].assign(shard=shard)
-    copy = sql.SQL("copy {} ({}) from stdin (format csv)").format(
-        _stage(job_id, table), sql.SQL(", ").join(map(sql.Identifier, [*cols, "shard"]))
-    )
-    with conn.cursor().copy(copy) as cp:
-        for start in range(0, len(data), COPY_ROWS):
-            cp.write(arrow_csv(data.iloc[start : start + COPY_ROWS]))
+    copy_frame(conn, _stage(job_id, table), frame[TABLES[table]].assign(shard=shard))
 
 
 def _done(conn: Any, job: ScoreJob, step: str, shard: int, rows: dict[str, int],
