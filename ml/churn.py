@@ -23,7 +23,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from ml.data import NotEnoughHistory, Snapshot
+from ml.data import NotEnoughHistory, Snapshot, isin
 
 DAY = pd.Timedelta(days=1)
 FEATURES = [
@@ -59,7 +59,7 @@ def features_asof(
     out = pd.DataFrame(index=ids)
     if not len(ids):
         return out.assign(**{f: [] for f in FEATURES})
-    g = s[s.customer_id.isin(ids)].groupby("customer_id")
+    g = s[isin(s.customer_id, ids)].groupby("customer_id")
     days_ago = (cutoff - s.started_at) / DAY
     s = s.assign(days_ago=days_ago)
     out["recency_days"] = g.started_at.max().rsub(cutoff) / DAY

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from itertools import pairwise
+from itertools import islice, pairwise
 from typing import Any
 
 import numpy as np
@@ -171,19 +171,42 @@ def customer_documents(
 def publish_customers(
     frames: dict[str, pd.DataFrame], scored_at: str, settings: Settings | None = None
 ) -> int:
-    """One key per customer with a TTL (a customer no longer scored expires), in pipelines."""
+    """One key per customer with a TTL (a customer no longer scored expires), in batches."""
     settings = settings or get_settings()
     r = redis_client(settings)
-    prefix, ttl = settings.redis_prefix, settings.redis_ttl_seconds
+    prefix = settings.redis_prefix
+
+    def keys() -> Iterator[tuple[bytes, bytes]]:
+        for cid, doc in customer_documents(frames):
+            doc["scored_at"] = scored_at
+            yield f"{prefix}:customer:{cid}".encode(), orjson.dumps(doc, option=NUMPY)
+
+    return set_all(r, keys(), settings.redis_ttl_seconds)
+
+
+def set_all(r: Any, pairs: Iterable[tuple[bytes, bytes]], ttl: int, batch: int = 5000) -> int:
+    """``SET key value EX ttl`` for each pair, in batches on one connection, each batch's
+    commands packed here in one buffer (redis-py's pipeline packs each command in Python:
+    1.8 s per 140,000 keys against 0.47 s); an error reply raises, and the connection, with
+    the batch's other replies unread, is closed rather than reused."""
+    tail = b"\r\n$2\r\nEX\r\n$%d\r\n%d\r\n" % (len(str(int(ttl))), int(ttl))
+    conn = r.connection_pool.get_connection()
     n = 0
-    pipe = r.pipeline(transaction=False)
-    for cid, doc in customer_documents(frames):
-        doc["scored_at"] = scored_at
-        pipe.set(f"{prefix}:customer:{cid}", orjson.dumps(doc, option=NUMPY), ex=ttl)
-        n += 1
-        if n % 5000 == 0:
-            pipe.execute()
-    pipe.execute()
+    try:
+        it = iter(pairs)
+        while chunk := list(islice(it, batch)):
+            conn.send_packed_command([b"".join(
+                b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s%s" % (len(k), k, len(v), v, tail)
+                for k, v in chunk
+            )])  # fmt: skip
+            for _ in chunk:
+                conn.read_response()
+            n += len(chunk)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        r.connection_pool.release(conn)
     return n
 
 

@@ -17,7 +17,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from ml.data import NotEnoughHistory, Snapshot
+from ml.data import NotEnoughHistory, Snapshot, isin
 
 DAY = pd.Timedelta(days=1)
 BEHAVIOUR = [
@@ -43,7 +43,7 @@ def _profiled_views(snap: Snapshot) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = out[out.sessions >= MIN_SESSIONS]
     pe = snap.product_events
     views = pe.loc[  # one copy of the three columns used, not two of all six
-        pe.customer_id.isin(out.index) & pe.event_name.isin(["Product Viewed", "Product Clicked"]),
+        isin(pe.customer_id, out.index) & pe.event_name.isin(["Product Viewed", "Product Clicked"]),
         ["customer_id", "category", "price"],
     ]
     return out, views

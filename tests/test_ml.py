@@ -944,3 +944,38 @@ def test_rows_staged_through_arrows_csv_come_back_as_they_were(
         123456789.123456789, -2.5e17]  # fmt: skip
     assert back[4][2] is None  # NaN: NULL
     assert [r[3] for r in back] == frame.d.tolist()
+
+
+def test_keys_set_in_packed_batches_expire_and_a_failed_batch_leaves_the_client_usable(
+    tmp_path: Path,
+) -> None:
+    import orjson
+    import redis
+
+    from ml.publish import redis_client, set_all
+
+    r = redis_client(Settings(_env_file=None, home=tmp_path / "home"))
+    pairs = [(f"test:set_all:{i}:ü".encode(), orjson.dumps({"i": i, "s": "ünï\r\n$3\r\n"}))
+             for i in range(12)]  # fmt: skip
+    assert set_all(r, iter(pairs), 600, batch=5) == 12
+    assert [r.get(k) for k, _ in pairs] == [v for _, v in pairs]
+    assert all(0 < r.ttl(k) <= 600 for k, _ in pairs)
+    # every reply of this batch is an error (an expiry of 0): the first raises, nothing is
+    # written, and the client goes on with the replies left unread discarded
+    with pytest.raises(redis.ResponseError, match="expire"):
+        set_all(r, [(k, b"lost") for k, _ in pairs[:3]], 0)
+    assert [r.get(k) for k, _ in pairs[:3]] == [v for _, v in pairs[:3]]
+    assert r.ping()
+
+
+def test_isin_through_arrow_answers_as_pandas_does() -> None:
+    from ml.data import isin
+
+    text = pd.StringDtype("pyarrow", na_value=float("nan"))
+    values = pd.Series(["a", "ü", None, "b", "a", "", "c"] * 3, dtype=text)
+    for among in (pd.Index(["a", ""], dtype=text), pd.Index(["ü", "c"], dtype=object),
+                  ["b", None], pd.Index([], dtype=text), values.unique()):  # fmt: skip
+        found = isin(values, among)
+        assert found.dtype == bool and found.tolist() == values.isin(among).tolist(), among
+    plain = pd.Series([1, 2, 3])
+    assert isin(plain, [2]).tolist() == [False, True, False]

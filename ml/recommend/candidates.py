@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ml.data import Snapshot
+from ml.data import Snapshot, isin
 
 DAY = pd.Timedelta(days=1)
 EVENT_WEIGHTS = {"Product Viewed": 1.0, "Product Clicked": 1.0, "Product Added": 3.0}
@@ -225,7 +225,7 @@ def item_stats(snap: Snapshot, end: pd.Timestamp, prep: _Prepared | None = None)
     weight = p.inter.weight.to_numpy(float)
     cat_map = snap.products.set_index("product_id").category
     buys = snap.items.groupby(["customer_id", "product_id"]).size().rename("n").reset_index()
-    buys = buys[buys.customer_id.isin(p.customers)]
+    buys = buys[isin(buys.customer_id, p.customers)]
     buys["category"] = buys.product_id.map(cat_map)
     repeat = buys.assign(again=buys.n >= 2).groupby("category").again.agg(["size", "sum"])
     oldest = np.full(n, np.nan)
@@ -321,7 +321,7 @@ def customer_index(snap: Snapshot, items: ItemState, prep: _Prepared | None = No
     w = sp.csr_matrix((weight * 0.5 ** (p.age / HALF_LIFE_DAYS), (p.r, p.c)), shape=shape)
     buys = snap.items.groupby(["customer_id", "product_id"]).ordered_at.agg(["size", "max"])
     buys = buys.reset_index()
-    buys = buys[buys.customer_id.isin(p.customers)]
+    buys = buys[isin(buys.customer_id, p.customers)]
     br, bc = p.customers.get_indexer(buys.customer_id), items.products.get_indexer(buys.product_id)
     bought = sp.csr_matrix((buys["size"].to_numpy(float), (br, bc)), shape=shape)
     last_days = sp.csr_matrix((((end - buys["max"]) / DAY).to_numpy() + 1, (br, bc)), shape=shape)
