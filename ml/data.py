@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,26 +21,28 @@ import numpy as np
 import pandas as pd
 
 from crm import db
-from crm.errors import CrmError
+from crm.errors import CrmError, DatabaseError
 
+# money as float8 in the query: the binary format's numeric would be text to parse here
 QUERIES: dict[str, str] = {
     "customers": """
         select customer_id, is_known, time_zone, locale, push_consent, email_consent,
                lifecycle_segment, first_seen_at
         from marts.dim_customers""",
     "products": """
-        select product_id, category, price from marts.dim_products""",
+        select product_id, category, price::float8 as price from marts.dim_products""",
     "sessions": """
         select customer_id, session_id, started_at, events, product_views, converted, platform
         from marts.fct_sessions where customer_id is not null""",
     "orders": """
-        select customer_id, order_id, ordered_at, revenue from marts.fct_orders
+        select customer_id, order_id, ordered_at, revenue::float8 as revenue from marts.fct_orders
         where customer_id is not null""",
     "items": """
-        select customer_id, order_id, product_id, category, price, quantity, ordered_at
+        select customer_id, order_id, product_id, category, price::float8 as price, quantity,
+               ordered_at
         from marts.fct_order_items where customer_id is not null and product_id is not null""",
     "product_events": """
-        select customer_id, product_id, event_name, category, price, event_at
+        select customer_id, product_id, event_name, category, price::float8 as price, event_at
         from marts.fct_product_events""",
     "messages": """
         select customer_id, channel, engagement, engaged, event_at
@@ -144,38 +145,46 @@ INTEGERS = {"events", "product_views", "quantity"}
 
 
 def _read(conn: Any, query: str) -> pd.DataFrame:
-    """One mart as a DataFrame through COPY (CSV), spooled to a temporary file (TMPDIR), parsed by
-    pyarrow: no Python object per value, no copy of the whole CSV in memory, and text columns
-    stay in Arrow buffers (pandas' own str dtype) rather than being parsed twice. At 1M customers
-    the product events' CSV alone is ~4.7 GB."""
+    """One mart as a DataFrame, read as Arrow by ADBC's PostgreSQL driver (COPY in its binary
+    format: nothing formatted as text by the server nor parsed here; a shard's product events
+    at 1.1M customers, 5.3M rows, in 5.4 s against 8.4 s through COPY's CSV and pyarrow's
+    parser). Text stays in Arrow buffers (pandas' str dtype is Arrow-backed). Each column is
+    cast to its type of ``_arrow_type``, empty text is missing and an unknown flag false, as
+    the marts were read before (COPY's CSV)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
 
-    with tempfile.TemporaryFile() as buf:
-        with conn.cursor() as cur, cur.copy(f"copy ({query}) to stdout (format csv, header)") as cp:
-            for chunk in cp:
-                buf.write(chunk)
-        buf.seek(0)
-        header = buf.readline().decode().strip().split(",")
-        buf.seek(0)
-        types = {c: _arrow_type(c) for c in header}
-        table = pcsv.read_csv(
-            buf,
-            convert_options=pcsv.ConvertOptions(
-                column_types=types,
-                null_values=[""],
-                strings_can_be_null=True,
-                true_values=["t"],
-                false_values=["f"],
-            ),
-        )
-    for i, name in enumerate(table.column_names):
+    with conn.cursor() as cur:
+        cur.execute(query)
+        table = cur.fetch_arrow_table()
+    columns = []
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if isinstance(col.type, pa.BaseExtensionType):  # numeric: its text
+            col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+        want = _arrow_type(name)
+        if col.type != want:
+            col = col.cast(want)
+        if pa.types.is_string(want):
+            col = pc.if_else(pc.equal(col, ""), pa.scalar(None, want), col)
         if name in BOOLEANS:  # unknown is false, as in the marts' own reading of a flag
-            table = table.set_column(i, name, pc.fill_null(table.column(i), False))
-    # text stays in Arrow buffers: pandas' str dtype is Arrow-backed
+            col = pc.fill_null(col, False)
+        columns.append(col)
+    table = pa.table(columns, names=table.column_names)
     mapper = {pa.string(): pd.StringDtype("pyarrow", na_value=float("nan"))}
     return table.to_pandas(types_mapper=mapper.get, self_destruct=True)
+
+
+def _arrow_connection(url: str | None) -> Any:
+    """An ADBC connection to the database (``_read``'s)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    try:
+        return adbc.connect(url or db.database_url())
+    except adbc.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL ({exc}). Check CRM_DATABASE_URL, or unset it to use "
+            "the embedded server."
+        ) from None
 
 
 def _arrow_type(column: str) -> Any:
@@ -227,8 +236,7 @@ def load_snapshot(
     = (k, n) only the customers of shard k of n (and every product); ``tables`` reads only
     those (the others empty), ``as_of`` sets the snapshot's "now"."""
     frames: dict[str, pd.DataFrame] = {}
-    with db.connect(url) as conn:
-        conn.execute("set timezone to 'UTC'")
+    with _arrow_connection(url) as conn:
         for name, sql in QUERIES.items():
             query = sharded(sql, shard)
             if tables is not None and name not in tables and name != "products":

@@ -175,6 +175,12 @@ def test_recommender_beats_popularity_als_and_ease(snap: Snapshot) -> None:
     assert m["ndcg@10"] > m["als_ndcg@10"], m
     assert m["ndcg@10"] > m["ease_ndcg@10"], m
     assert m["coverage@10"] > m["popularity_coverage@10"]
+    # scoring's lists, built as columns, are ``recommend``'s, the cold start's included
+    from ml.recommend.ranker import _lists_frame
+
+    scored = model.score(snap)
+    lists = _lists_frame(model.recommend(snap, customers=list(snap.customers.customer_id)))
+    assert len(scored) > len(snap.customers) and scored.equals(lists)
 
 
 def test_the_ranker_learns_as_well_from_a_sample_of_customers(snap: Snapshot) -> None:
@@ -979,3 +985,38 @@ def test_isin_through_arrow_answers_as_pandas_does() -> None:
         assert found.dtype == bool and found.tolist() == values.isin(among).tolist(), among
     plain = pd.Series([1, 2, 3])
     assert isin(plain, [2]).tolist() == [False, True, False]
+
+
+def test_marts_read_as_arrow_keep_their_types_and_values(ml_shop: tuple[str, Path]) -> None:
+    from ml.data import _arrow_connection, _read
+
+    with db.connect(ml_shop[0]) as conn:
+        conn.execute("drop table if exists public.read_check")
+        conn.execute(
+            "create table public.read_check (customer_id text, is_known bool, price numeric,"
+            " events int4, first_seen_at timestamptz, category text)"
+        )
+        conn.execute(
+            "insert into public.read_check values ('a', null, 19.99, 3,"
+            " '2026-02-27 23:59:59.123456+01', ''), ('b', true, 0.1, null, null, null),"
+            " ('c', false, 123456789.123456789, 2147483647, '1999-12-31 00:00:00+00', 'ünï ✓')"
+        )
+        conn.commit()
+    try:
+        with _arrow_connection(ml_shop[0]) as conn:
+            frame = _read(conn, "select customer_id, is_known, price::float8 as price, events,"
+                                " first_seen_at, category from public.read_check"
+                                " order by customer_id")  # fmt: skip
+    finally:
+        with db.connect(ml_shop[0]) as conn:
+            conn.execute("drop table public.read_check")
+    assert [str(t) for t in frame.dtypes] == ["str", "bool", "float64", "float64",
+                                              "datetime64[us, UTC]", "str"]  # fmt: skip
+    assert frame.customer_id.tolist() == ["a", "b", "c"]
+    assert frame.is_known.tolist() == [False, True, False]  # an unknown flag is false
+    assert frame.price.tolist() == [19.99, 0.1, 123456789.123456789]
+    assert frame.events.tolist()[0::2] == [3, 2147483647] and np.isnan(frame.events[1])
+    assert frame.first_seen_at[0] == pd.Timestamp("2026-02-27 22:59:59.123456", tz="UTC")
+    assert pd.isna(frame.first_seen_at[1])
+    assert frame.category.isna().tolist() == [True, True, False]  # empty text is missing
+    assert frame.category[2] == "ünï ✓"

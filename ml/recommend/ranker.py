@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import tempfile
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,18 @@ def picks(cand: pd.DataFrame, ix: Index, n: int) -> tuple[np.ndarray, np.ndarray
     final = np.lexsort((pos, ~picked, group))  # picked in score order, then the held ones
     kept = pos < n  # ``final`` keeps the groups in place: pos is each one's rank
     return rows[kept], item[final][kept]
+
+
+def _lists_frame(lists: dict[str, list[str]]) -> pd.DataFrame:
+    """``Recommender.score``'s frame of customer -> list."""
+    sizes = np.fromiter((len(v) for v in lists.values()), dtype=np.int64, count=len(lists))
+    rank = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
+    frame = pd.DataFrame({
+        "customer_id": np.repeat(np.array(list(lists), dtype=object), sizes), "rank": rank,
+        "product_id": np.fromiter(chain.from_iterable(lists.values()), dtype=object),
+    })  # fmt: skip
+    frame["score"] = (1.0 / frame["rank"]).round(4)
+    return frame
 
 
 @dataclass
@@ -265,6 +278,9 @@ class Recommender:
         customers: no Python string per row)."""
         import pyarrow as pa
 
+        if type(self)._ranked is not Recommender._ranked:  # a baseline's own lists
+            return _lists_frame(self.recommend(snap, customers=list(snap.customers.customer_id),
+                                               items=items))  # fmt: skip
         ix = customer_index(snap, items) if items is not None else build_index(snap)
         wanted = snap.customers.customer_id.astype(str).to_numpy(dtype=object)
         at = ix.customers.get_indexer(wanted)
