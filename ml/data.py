@@ -157,19 +157,22 @@ def _read(conn: Any, query: str) -> pd.DataFrame:
     with conn.cursor() as cur:
         cur.execute(query)
         table = cur.fetch_arrow_table()
-    columns = []
-    for name, col in zip(table.column_names, table.columns, strict=True):
+    # a column replaced in place, only when it changes: the table is held once (the whole
+    # shop's product events are ~6 GB of Arrow)
+    for i, name in enumerate(table.column_names):
+        col = original = table.column(i)
         if isinstance(col.type, pa.BaseExtensionType):  # numeric: its text
             col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
         want = _arrow_type(name)
         if col.type != want:
             col = col.cast(want)
-        if pa.types.is_string(want):
+        if pa.types.is_string(want) and pc.any(pc.equal(col, "")).as_py():
             col = pc.if_else(pc.equal(col, ""), pa.scalar(None, want), col)
-        if name in BOOLEANS:  # unknown is false, as in the marts' own reading of a flag
+        if name in BOOLEANS and col.null_count:  # unknown is false, as the marts read a flag
             col = pc.fill_null(col, False)
-        columns.append(col)
-    table = pa.table(columns, names=table.column_names)
+        if col is not original:
+            table = table.set_column(i, name, col)
+        del col, original
     mapper = {pa.string(): pd.StringDtype("pyarrow", na_value=float("nan"))}
     return table.to_pandas(types_mapper=mapper.get, self_destruct=True)
 

@@ -27,6 +27,7 @@ matrix is 200 MB at its 5,000-item limit), not by the shop.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -587,15 +588,23 @@ def finish(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
             "shards": job.shards}  # fmt: skip
 
 
-def _each(step: Callable[..., Any], job_id: str, shards: Iterable[int], settings: Settings,
-          workers: int, **kw: Any) -> list[Any]:  # fmt: skip
-    shards = list(shards)
-    if workers <= 1 or len(shards) <= 1:
-        return [step(job_id, s, settings, **kw) for s in shards]
+def _pool(workers: int) -> Any:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=mp.get_context("spawn")) as ex:
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+
+
+def _each(step: Callable[..., Any], job_id: str, shards: Iterable[int], settings: Settings,
+          workers: int, pool: Any = None, **kw: Any) -> list[Any]:  # fmt: skip
+    """``step`` for each shard: in this process, or in ``pool`` (else a pool of its own) when
+    ``workers`` > 1."""
+    shards = list(shards)
+    if workers <= 1 or len(shards) <= 1:
+        return [step(job_id, s, settings, **kw) for s in shards]
+    if pool is not None:
+        return list(pool.map(step, [job_id] * len(shards), shards, [settings] * len(shards)))
+    with _pool(min(workers, len(shards))) as ex:
         return list(ex.map(step, [job_id] * len(shards), shards, [settings] * len(shards)))
 
 
@@ -612,14 +621,24 @@ def run(
     settings = settings.model_copy(update={"database_url": _url(settings)})
     say = progress or (lambda _msg: None)
     job = plan(settings, shards, snapshot)
-    ids = range(job.shards)
     extra = {"snapshot": snapshot} if snapshot is not None else {}
+    with contextlib.ExitStack() as stack:
+        # one pool for every step: its processes start and import once, not once per step
+        pool = None
+        if workers > 1 and job.shards > 1:
+            pool = stack.enter_context(_pool(min(workers, job.shards)))
+        return _run(job, settings, workers, pool, extra, say)
+
+
+def _run(job: ScoreJob, settings: Settings, workers: int, pool: Any, extra: dict[str, Any],
+         say: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    ids = range(job.shards)
     say(f"item statistics of {job.shards} shard(s)")
-    _each(items_step, job.job_id, ids, settings, workers, **extra)
+    _each(items_step, job.job_id, ids, settings, workers, pool, **extra)
     say("the shop's item state")
     build_items(job.job_id, settings)
     say(f"scoring {job.shards} shard(s)")
-    _each(score_step, job.job_id, ids, settings, workers, **extra)
+    _each(score_step, job.job_id, ids, settings, workers, pool, **extra)
     say("swapping ml.* tables")
     redis = None
     if not settings.redis_url:
@@ -636,5 +655,5 @@ def run(
     if redis is not None:
         redis.join()
     say("publishing Redis keys")
-    _each(publish_step, job.job_id, ids, settings, workers)
+    _each(publish_step, job.job_id, ids, settings, workers, pool)
     return finish(job.job_id, settings)
